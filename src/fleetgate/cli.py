@@ -1,0 +1,196 @@
+"""The `fleetgate` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from fleetgate import __version__
+
+app = typer.Typer(
+    name="fleetgate",
+    help="An OpenAI-compatible serving layer for fleets of vLLM servers.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+sim_app = typer.Typer(
+    help="Run simulated vLLM servers: same API, metrics and KV events as vLLM 0.26, no GPU needed.",
+    invoke_without_command=True,
+    add_completion=False,
+    context_settings={"allow_interspersed_args": True},
+)
+app.add_typer(sim_app, name="sim")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleetgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """fleetgate: gateway, routing, scaling, simulator and load tester for vLLM fleets."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+@sim_app.callback()
+def sim(
+    ctx: typer.Context,
+    profile: Annotated[
+        str, typer.Option(help="Profile name (see `fleetgate sim profiles`) or a profile YAML file.")
+    ] = "h200-llama-3.1-8b",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the first replica; replica i listens on port + i.")] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="Independent simulated servers, one process each.")] = 1,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="Run K times faster than the profiled GPU (all times divided by K).")
+    ] = 1.0,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model name to serve (alias of --served-model-name).")
+    ] = None,
+    served_model_name: Annotated[
+        list[str] | None, typer.Option(help="[vLLM] Name(s) the model is served under.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="[vLLM] Model path or id shown in /v1/models root.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="[vLLM] Context length.")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="[vLLM] Most sequences in one step.")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help="[vLLM] Token budget of one step.")] = None,
+    num_gpu_blocks_override: Annotated[int | None, typer.Option(help="[vLLM] KV cache size in blocks.")] = None,
+    block_size: Annotated[int, typer.Option(help="[vLLM] Tokens per KV block.")] = 16,
+    enable_prefix_caching: Annotated[
+        bool, typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="[vLLM] Prefix caching.")
+    ] = True,
+    enforce_eager: Annotated[bool, typer.Option(help="[vLLM] No CUDA graphs: faster start, slower steps.")] = False,
+    enable_lora: Annotated[bool, typer.Option(help="[vLLM] Serve LoRA adapters.")] = False,
+    max_loras: Annotated[int, typer.Option(help="[vLLM] Adapters active in one step.")] = 1,
+    max_lora_rank: Annotated[int, typer.Option(help="[vLLM] Accepted for compatibility.")] = 16,
+    max_cpu_loras: Annotated[int | None, typer.Option(help="[vLLM] Accepted for compatibility.")] = None,
+    lora_modules: Annotated[
+        list[str] | None, typer.Option(help="[vLLM] NAME=PATH adapters loaded at start.")
+    ] = None,
+    enable_sleep_mode: Annotated[bool, typer.Option(help="[vLLM] Allow /sleep and /wake_up.")] = False,
+    kv_events_config: Annotated[
+        str | None, typer.Option(help="[vLLM] KV-cache events, e.g. '{\"enable_kv_cache_events\":true,...}'.")
+    ] = None,
+    enable_auto_tool_choice: Annotated[bool, typer.Option(help="[vLLM] Allow tool_choice=auto.")] = False,
+    tool_call_parser: Annotated[str | None, typer.Option(help="[vLLM] Tool call format, e.g. hermes.")] = None,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="[vLLM] Accepted for compatibility.")] = 0.92,
+    seed: Annotated[int | None, typer.Option(help="Seed for generated text (per replica: seed + i).")] = None,
+    startup_time: Annotated[
+        float | None, typer.Option(help="Startup seconds before listening (default: the profile's).")
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="Serve /_sim/state, /_sim/match and /_sim/faults.")] = False,
+    fault_error_rate: Annotated[
+        str, typer.Option(help="Inject errors, e.g. '503=0.1,429=0.05' (status=probability).")
+    ] = "",
+    fault_hang_rate: Annotated[float, typer.Option(help="Probability a request never gets an answer.")] = 0.0,
+    fault_crash_rate: Annotated[float, typer.Option(help="Probability a stream kills the server mid-way.")] = 0.0,
+    fault_crash_after_tokens: Annotated[int, typer.Option(help="Tokens a crashing stream sends first.")] = 1,
+    fault_first_byte_delay: Annotated[float, typer.Option(help="Seconds before any answer starts.")] = 0.0,
+    fault_health: Annotated[str, typer.Option(help="Health answers: ok, hang or fail.")] = "ok",
+    replica_index: Annotated[int, typer.Option(hidden=True)] = 0,
+) -> None:
+    """Simulated vLLM servers on consecutive ports. vLLM's flags and gating variables
+    (VLLM_SERVER_DEV_MODE, VLLM_ALLOW_RUNTIME_LORA_UPDATING) keep vLLM's meaning."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from fleetgate.sim.cli_support import build_settings, replica_argv
+
+    del max_lora_rank, max_cpu_loras, gpu_memory_utilization
+    try:
+        settings, startup, non_default = build_settings(
+            profile=profile,
+            host=host,
+            port=port,
+            time_scale=time_scale,
+            served=[*(served_model_name or []), *([model_name] if model_name else [])],
+            model=model,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            num_gpu_blocks_override=num_gpu_blocks_override,
+            block_size=block_size,
+            enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            enable_lora=enable_lora,
+            max_loras=max_loras,
+            lora_modules=lora_modules or [],
+            enable_sleep_mode=enable_sleep_mode,
+            kv_events_config=kv_events_config,
+            auto_tool_choice=enable_auto_tool_choice,
+            tool_call_parser=tool_call_parser,
+            seed=seed,
+            startup_time=startup_time,
+            admin=admin,
+            dev_mode=_env_flag("VLLM_SERVER_DEV_MODE"),
+            runtime_lora=_env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
+            fault_error_rate=fault_error_rate,
+            fault_hang_rate=fault_hang_rate,
+            fault_crash_rate=fault_crash_rate,
+            fault_crash_after_tokens=fault_crash_after_tokens,
+            fault_first_byte_delay=fault_first_byte_delay,
+            fault_health=fault_health,
+            replica_index=replica_index,
+        )
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if replicas == 1:
+        from fleetgate.sim.launch import run_one
+
+        run_one(settings, startup, non_default)
+        return
+    from fleetgate.sim.launch import supervise
+
+    raise typer.Exit(supervise([replica_argv(sys.argv, i, port, seed) for i in range(replicas)]))
+
+
+@sim_app.command("profiles")
+def sim_profiles() -> None:
+    """List the built-in simulator profiles."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fleetgate.sim.profiles import load_profile, profile_names
+
+    table = Table("profile", "model", "KV tokens", "max seqs", "startup s", "derivation")
+    for name in profile_names():
+        p = load_profile(name)
+        kv = p.kv.num_gpu_blocks * p.kv.block_size
+        derivation = "measured" if p.derivation.startswith("Measured") else "derived"
+        startup = f"{p.startup.total(False):.0f}"
+        table.add_row(name, p.model, f"{kv:,}", str(p.limits.max_num_seqs), startup, derivation)
+    Console().print(table)
+
+
+@sim_app.command("calibrate")
+def sim_calibrate(
+    profile: Annotated[str, typer.Option(help="Profile to check against the recorded H200 runs.")] = (
+        "h200-llama-3.1-8b"
+    ),
+    fit: Annotated[bool, typer.Option(help="Refit the step coefficients on the fit rows first.")] = False,
+) -> None:
+    """Run the engine model on the reference workloads in virtual time and print predicted vs recorded."""
+    from fleetgate.sim.calibrate import main as calibrate_main
+
+    raise typer.Exit(calibrate_main(profile, fit))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,120 @@
+"""The OpenAI/vLLM wire: error shapes, SSE framing, ids and usage.
+
+One definition shared by the gateway, the simulator, the load tester and the embedded engine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIError(Exception):
+    """An error that reaches the client as `{"error": {"message", "type", "param", "code"}}`."""
+
+    status: int = 400
+    type: str = "BadRequestError"
+
+    def __init__(self, message: str, *, param: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        # vLLM repeats the HTTP status in `code`; clients such as the openai SDK read `type` and `message`.
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def to_sse(self) -> bytes:
+        """The final event of a stream that failed after its first byte."""
+        return b"data: " + self.to_json() + b"\n\n"
+
+
+class BadRequestError(OpenAIError):
+    status = 400
+    type = "BadRequestError"
+
+
+class RequestValidationError(OpenAIError):
+    """Schema-level validation failure; vLLM reports these with type "Bad Request"."""
+
+    status = 400
+    type = "Bad Request"
+
+
+class InvalidUserInputError(OpenAIError):
+    status = 400
+    type = "InvalidUserInput"
+
+
+class AuthenticationError(OpenAIError):
+    status = 401
+    type = "AuthenticationError"
+
+
+class NotFoundError(OpenAIError):
+    status = 404
+    type = "NotFoundError"
+
+
+class PayloadTooLargeError(OpenAIError):
+    status = 413
+    type = "PayloadTooLargeError"
+
+
+class RateLimitError(OpenAIError):
+    status = 429
+    type = "RateLimitError"
+
+
+class InternalServerError(OpenAIError):
+    status = 500
+    type = "InternalServerError"
+
+
+class ServiceUnavailableError(OpenAIError):
+    status = 503
+    type = "ServiceUnavailableError"
+
+
+def model_not_found(model: str) -> NotFoundError:
+    return NotFoundError(f"The model `{model}` does not exist.", param="model")
+
+
+def sse_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def random_id(prefix: str) -> str:
+    # vLLM ids are a prefix plus 16 hex digits.
+    return prefix + os.urandom(8).hex()
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self, *, with_details: bool = True) -> dict[str, Any]:
+        # Key order as vLLM writes it; streamed usage omits prompt_tokens_details.
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "total_tokens": self.total_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+        if with_details:
+            out["prompt_tokens_details"] = None
+        return out

@@ -1,0 +1,387 @@
+"""The simulated engine: vLLM V1's iteration-level loop in three verbs (schedule, run, postprocess).
+
+Each step admits waiting requests within `max_num_seqs` and a token budget of `max_num_batched_tokens`
+(chunked prefill), allocates KV blocks, reuses cached prefix blocks, preempts the newest running request when
+blocks run out, defers requests whose LoRA adapter would exceed `max_loras`, and takes as long as the
+profile's step model says. Time runs on absolute deadlines divided by the time scale, so a slow event loop
+catches up instead of drifting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetgate.sim.kvcache import Block, KVCache, chain_hashes, lora_key
+from fleetgate.sim.metrics import EngineStats
+from fleetgate.sim.profiles import Profile
+from fleetgate.tokenizer import IM_END, TextSampler
+
+WAITING, RUNNING, FINISHED = 0, 1, 2
+# A late event loop may run steps back to back to catch up, but never owes more than this much wall time.
+_MAX_LAG = 0.25
+
+
+@dataclass(slots=True, eq=False)
+class EngineRequest:
+    """One sequence in the engine, and the channel its tokens leave by."""
+
+    rid: str
+    prompt: list[int]
+    max_tokens: int
+    rng: random.Random
+    # Output ends with EOS after this many tokens (None: never, as with ignore_eos).
+    eos_after: int | None = None
+    # Tokens the answer must consist of (a tool call, JSON); sampled text follows if they run out.
+    script: tuple[int, ...] = ()
+    lora: str | None = None
+    arrival: float = 0.0
+    params_n: int = 1
+    # channel to the API layer
+    pending: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    waiter: asyncio.Future[None] | None = None
+    # engine state
+    state: int = WAITING
+    output: list[int] = field(default_factory=list)
+    computed: int = 0
+    blocks: list[Block] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)
+    committed: int = 0
+    cached_tokens: int = -1
+    deferred: bool = False
+    scheduled_at: float = 0.0
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+
+    @property
+    def total_len(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    def token_slice(self, lo: int, hi: int) -> list[int]:
+        """all_tokens[lo:hi] without copying a long prompt."""
+        p = len(self.prompt)
+        if hi <= p:
+            return self.prompt[lo:hi]
+        if lo >= p:
+            return self.output[lo - p : hi - p]
+        return self.prompt[lo:] + self.output[: hi - p]
+
+    def notify(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next_tokens(self) -> tuple[list[int], str | None]:
+        """Tokens produced since the last call, and the finish reason once finished."""
+        while not self.pending and self.finish_reason is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+            self.waiter = None
+        tokens = self.pending
+        self.pending = []
+        return tokens, self.finish_reason
+
+
+@dataclass(frozen=True, slots=True)
+class EngineArgs:
+    """vLLM engine arguments the simulator honours (vLLM's names and meanings)."""
+
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    num_gpu_blocks: int
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enable_lora: bool = False
+    max_loras: int = 1
+    enforce_eager: bool = False
+    time_scale: float = 1.0
+
+
+@dataclass(slots=True)
+class _Scheduled:
+    req: EngineRequest
+    tokens: int
+
+
+class Engine:
+    def __init__(
+        self,
+        profile: Profile,
+        args: EngineArgs,
+        sampler: TextSampler,
+        stats: EngineStats,
+        publish: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.args = args
+        self.sampler = sampler
+        self.stats = stats
+        self.kv = KVCache(args.num_gpu_blocks, args.block_size, args.enable_prefix_caching)
+        self.waiting: deque[EngineRequest] = deque()
+        self.running: list[EngineRequest] = []
+        self.sleep_level = 0
+        self._publish = publish
+        self._work = asyncio.Event()
+        self._awake = asyncio.Event()
+        self._awake.set()
+        self._deadline = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._scale = args.time_scale
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="sim-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    # ---- requests --------------------------------------------------------------------------------------
+    def add(self, req: EngineRequest) -> None:
+        lora = lora_key(req.lora) if req.lora else 0
+        req.hashes = chain_hashes(req.prompt, self.args.block_size, lora)
+        self.waiting.append(req)
+        self.stats.on_arrival(req)
+        self._work.set()
+
+    def abort(self, req: EngineRequest, reason: str = "abort") -> None:
+        """Stop a request: the client left ("abort") or a stop string ended it ("stop")."""
+        if req.state == FINISHED:
+            return
+        if req.state == RUNNING:
+            self.running.remove(req)
+        else:
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+        self._finish(req, reason, self._now())
+
+    # ---- sleep mode ------------------------------------------------------------------------------------
+    async def sleep(self, level: int) -> None:
+        seconds = self.profile.sleep.level1 if level == 1 else self.profile.sleep.level2
+        self._awake.clear()
+        await asyncio.sleep(seconds / self._scale)
+        # Both levels give the KV cache memory back, so the prefix cache is gone.
+        self.kv.reset()
+        self.sleep_level = level
+
+    async def wake_up(self) -> None:
+        if self.sleep_level:
+            await asyncio.sleep(self.profile.sleep.wake / self._scale)
+        self.sleep_level = 0
+        self._awake.set()
+
+    @property
+    def is_sleeping(self) -> bool:
+        return not self._awake.is_set()
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._awake.wait()
+            if not self.waiting and not self.running:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            batch = self.schedule()
+            if not batch:
+                # Everything waiting is blocked (KV full of running work is impossible here, so LoRA):
+                # wait for an arrival or an abort to change the picture.
+                self._work.clear()
+                await self._work.wait()
+                continue
+            now = loop.time()
+            if self._deadline < now - _MAX_LAG:
+                self._deadline = now
+            self._deadline += self._step_seconds(batch) / self._scale
+            delay = self._deadline - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.postprocess(batch, loop.time())
+
+    def _step_seconds(self, batch: list[_Scheduled]) -> float:
+        tokens = seqs = decode_ctx = 0
+        pairs = 0.0
+        prompt_of = len
+        for s in batch:
+            req = s.req
+            tokens += s.tokens
+            seqs += 1
+            if req.computed >= prompt_of(req.prompt):
+                decode_ctx += req.computed
+            else:
+                pairs += s.tokens * (req.computed + s.tokens / 2)
+        self.stats.on_iteration(tokens)
+        return self.profile.step.seconds(tokens, seqs, decode_ctx, pairs, self.args.enforce_eager)
+
+    # ---- schedule --------------------------------------------------------------------------------------
+    def _blocks_for(self, req: EngineRequest, upto: int) -> bool:
+        need = -(-upto // self.args.block_size) - len(req.blocks)
+        if need <= 0:
+            return True
+        got = self.kv.allocate(need)
+        if got is None:
+            return False
+        req.blocks += got
+        return True
+
+    def _preempt(self, req: EngineRequest) -> None:
+        self.running.remove(req)
+        self.kv.free(req.blocks)
+        req.blocks = []
+        req.computed = 0
+        req.committed = 0
+        req.state = WAITING
+        self.waiting.appendleft(req)
+        self.stats.preemptions += 1
+
+    def schedule(self) -> list[_Scheduled]:
+        args = self.args
+        budget = args.max_num_batched_tokens
+        batch: list[_Scheduled] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.total_len - req.computed, budget)
+            while not self._blocks_for(req, req.computed + n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    break
+            if req.state != RUNNING:
+                continue
+            batch.append(_Scheduled(req, n))
+            budget -= n
+            i += 1
+        active_loras = {r.lora for r in self.running if r.lora}
+        skipped: list[EngineRequest] = []
+        now = self._now()
+        while self.waiting and budget > 0 and not preempted and len(self.running) < args.max_num_seqs:
+            req = self.waiting[0]
+            if req.lora and req.lora not in active_loras and len(active_loras) >= args.max_loras:
+                req.deferred = True
+                skipped.append(self.waiting.popleft())
+                continue
+            if not req.blocks:
+                # vLLM always recomputes at least the last prompt token, so a hit stops one short.
+                usable = (req.total_len - 1) // args.block_size
+                hit = self.kv.longest_hit(req.hashes[:usable])
+                req.blocks = self.kv.touch(req.hashes[:hit])
+                req.computed = req.committed = hit * args.block_size
+                if req.cached_tokens < 0:
+                    req.cached_tokens = req.computed
+                    self.stats.on_prefix_query(len(req.prompt), req.computed)
+            n = min(req.total_len - req.computed, budget)
+            if not self._blocks_for(req, req.computed + n):
+                self.kv.free(req.blocks)
+                req.blocks = []
+                req.computed = req.committed = 0
+                break
+            self.waiting.popleft()
+            req.state = RUNNING
+            req.deferred = False
+            if not req.scheduled_at:
+                req.scheduled_at = now
+            if req.lora:
+                active_loras.add(req.lora)
+            self.running.append(req)
+            batch.append(_Scheduled(req, n))
+            budget -= n
+        self.waiting.extendleft(reversed(skipped))
+        return batch
+
+    # ---- postprocess -----------------------------------------------------------------------------------
+    def _next_token(self, req: EngineRequest) -> tuple[int, str | None]:
+        i = len(req.output)
+        if req.eos_after is not None and i >= req.eos_after:
+            return IM_END, "stop"
+        token = req.script[i] if i < len(req.script) else self.sampler.draw(req.rng)
+        return token, ("length" if i + 1 >= req.max_tokens else None)
+
+    def postprocess(self, batch: list[_Scheduled], now: float) -> None:
+        bs = self.args.block_size
+        stored: list[tuple[EngineRequest, int, int]] = []
+        for s in batch:
+            req = s.req
+            if req.state != RUNNING:
+                continue
+            req.computed += s.tokens
+            full = req.computed // bs
+            if full > req.committed:
+                stored.append((req, req.committed, full))
+                for j in range(req.committed, full):
+                    self.kv.commit(req.blocks[j], req.hashes[j])
+                req.committed = full
+            if req.computed < req.total_len:
+                continue  # prefill goes on next step
+            token, reason = self._next_token(req)
+            req.output.append(token)
+            if req.total_len % bs == 0:
+                lora = lora_key(req.lora) if req.lora else 0
+                tail = req.token_slice(req.total_len - bs, req.total_len)
+                parent = req.hashes[-1] if req.hashes else None
+                req.hashes += chain_hashes(tail, bs, lora, parent)
+            if not req.first_token_at:
+                req.first_token_at = now
+            else:
+                self.stats.on_token_gap(now - req.last_token_at)
+            req.last_token_at = now
+            req.pending.append(token)
+            if reason is not None:
+                self.running.remove(req)
+                self._finish(req, reason, now)
+            else:
+                req.notify()
+        self._emit_events(stored)
+
+    def _emit_events(self, stored: list[tuple[EngineRequest, int, int]]) -> None:
+        bs = self.args.block_size
+        events = self.kv.events
+        for req, lo, hi in stored:
+            tokens = req.token_slice(lo * bs, hi * bs)
+            parent = req.hashes[lo - 1] if lo else None
+            lora_id = lora_key(req.lora) if req.lora else None
+            events.stored(req.hashes[lo:hi], parent, tokens, bs, lora_id, req.lora)
+        items = self.kv.drain_events()
+        if items and self._publish is not None:
+            self._publish(items)
+
+    def _finish(self, req: EngineRequest, reason: str, now: float) -> None:
+        req.state = FINISHED
+        req.finish_reason = reason
+        if req.blocks:
+            self.kv.free(req.blocks)
+            req.blocks = []
+        self.stats.on_finish(req, reason, now)
+        req.notify()
+        self._work.set()
+
+    # ---- introspection (admin endpoint, metrics) -------------------------------------------------------
+    def kv_usage(self) -> float:
+        return self.kv.usage()
+
+    def waiting_by_reason(self) -> tuple[int, int]:
+        deferred = sum(1 for r in self.waiting if r.deferred)
+        return len(self.waiting) - deferred, deferred
+
+    def lora_state(self) -> tuple[list[str], list[str]]:
+        running = list(dict.fromkeys(r.lora for r in self.running if r.lora))
+        waiting = list(dict.fromkeys(r.lora for r in self.waiting if r.lora))
+        return running, waiting

@@ -1,0 +1,97 @@
+"""Starting simulated servers: the vLLM startup sequence, one replica per process, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import uvicorn
+
+from fleetgate.sim.server import VERSION, SimServer, SimSettings
+from fleetgate.sim.startup_log import RECORDED_ROUTES, StartupPlan, startup_lines
+
+
+def startup_plan(s: SimSettings, startup_seconds: float, non_default_args: dict[str, object]) -> StartupPlan:
+    p = s.profile
+    eager = s.engine.enforce_eager
+    total = p.startup.total(eager)
+    # An override shortens every phase in proportion, so the log keeps its shape.
+    k = startup_seconds / total if total else 0.0
+    return StartupPlan(
+        version=VERSION,
+        model=s.model_path,
+        served_model_names=s.served_model_names,
+        host=s.host,
+        port=s.port,
+        architecture=p.architecture,
+        max_model_len=s.engine.max_model_len,
+        max_num_batched_tokens=s.engine.max_num_batched_tokens,
+        kv_cache_tokens=s.engine.num_gpu_blocks * s.engine.block_size,
+        weights_gib=p.weights_gib,
+        enforce_eager=eager,
+        non_default_args=non_default_args,
+        load_seconds=p.startup.load * k,
+        compile_seconds=0.0 if eager else p.startup.compile * k,
+        graph_seconds=0.0 if eager else p.startup.graph * k,
+        other_seconds=p.startup.other * k,
+        routes=list(RECORDED_ROUTES),
+    )
+
+
+async def _print_startup(plan: StartupPlan, time_scale: float) -> None:
+    start = time.monotonic()
+    pid = os.getpid()
+    for offset, line in startup_lines(plan, pid, pid + 1, time.time):
+        delay = start + offset / time_scale - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        print(line, flush=True)
+
+
+async def serve_one(s: SimSettings, startup_seconds: float, non_default_args: dict[str, object]) -> None:
+    """Print vLLM's startup log over the (scaled) startup time, then listen; as vLLM, not before."""
+    await _print_startup(startup_plan(s, startup_seconds, non_default_args), s.engine.time_scale)
+    server = SimServer(s)
+    config = uvicorn.Config(
+        server.app(),
+        host=s.host,
+        port=s.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+    )
+    await uvicorn.Server(config).serve()
+
+
+def run_one(s: SimSettings, startup_seconds: float, non_default_args: dict[str, object]) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(serve_one(s, startup_seconds, non_default_args))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(serve_one(s, startup_seconds, non_default_args))
+
+
+def supervise(argv_for: Sequence[list[str]]) -> int:
+    """Run one child process per replica; forward SIGINT/SIGTERM; exit when all have exited."""
+    children = [subprocess.Popen([sys.executable, "-m", "fleetgate", *argv]) for argv in argv_for]
+
+    def forward(signum: int, _frame: object) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [c.wait() for c in children]
+    # A replica stopped by our own signal exited cleanly from the user's point of view.
+    return max((0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code) for code in codes)

@@ -1,0 +1,234 @@
+"""Bodies and SSE chunks laid out byte for byte as vLLM 0.26 writes them (key order included)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from fleetgate.protocol import SSE_DONE, Usage, sse_event
+
+FINGERPRINT = "vllm-0.26.0-nohash"
+
+_CHUNK_TAIL_NULLS = {"prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None}
+_BODY_TAIL_NULLS = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+class ChatChunks:
+    """Encodes the chunks of one chat stream; the content chunk is the hot path, so it is spliced."""
+
+    def __init__(self, rid: str, created: int, model: str) -> None:
+        self.head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        prefix = _dumps(self.head)[:-1] + b',"choices":[{"index":'
+        self._prefix = prefix
+
+    def role(self, index: int) -> bytes:
+        choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
+        choice["finish_reason"] = None
+        return sse_event(_dumps({**self.head, "choices": [choice], "prompt_token_ids": None, "prompt_text": None}))
+
+    def content(self, index: int, text: str, logprobs: Any = None) -> bytes:
+        if logprobs is None:
+            return b"".join(
+                (
+                    b"data: ",
+                    self._prefix,
+                    str(index).encode(),
+                    b',"delta":{"content":',
+                    _dumps(text),
+                    b'},"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n',
+                )
+            )
+        return self.delta(index, {"content": text}, logprobs)
+
+    def delta(self, index: int, delta: dict[str, Any], logprobs: Any = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None, "token_ids": None}
+        return sse_event(_dumps({**self.head, "choices": [choice]}))
+
+    def finish(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        reason: str,
+        stop_reason: str | int | None,
+        fingerprint: bool,
+        logprobs: Any = None,
+    ) -> bytes:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": reason,
+            "stop_reason": stop_reason,
+            "token_ids": None,
+        }
+        body: dict[str, Any] = {**self.head, "choices": [choice]}
+        if fingerprint:
+            body["system_fingerprint"] = FINGERPRINT
+        return sse_event(_dumps(body))
+
+    def usage(self, usage: Usage) -> bytes:
+        body = {**self.head, "choices": [], "usage": usage.to_dict(with_details=False)}
+        body["system_fingerprint"] = FINGERPRINT
+        return sse_event(_dumps(body))
+
+
+class CompletionChunks:
+    def __init__(self, rid: str, created: int, model: str) -> None:
+        self.head = {"id": rid, "object": "text_completion", "created": created, "model": model}
+        self._prefix = _dumps(self.head)[:-1] + b',"choices":[{"index":'
+
+    def text(self, index: int, text: str, logprobs: Any = None) -> bytes:
+        if logprobs is None:
+            return b"".join(
+                (
+                    b"data: ",
+                    self._prefix,
+                    str(index).encode(),
+                    b',"text":',
+                    _dumps(text),
+                    b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
+                    b'"prompt_token_ids":null,"token_ids":null}]}\n\n',
+                )
+            )
+        return self.finish(index, text, None, None, False, logprobs)
+
+    def finish(
+        self,
+        index: int,
+        text: str,
+        reason: str | None,
+        stop_reason: str | int | None,
+        fingerprint: bool,
+        logprobs: Any = None,
+    ) -> bytes:
+        choice = {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": reason,
+            "stop_reason": stop_reason,
+            "prompt_token_ids": None,
+            "token_ids": None,
+        }
+        body: dict[str, Any] = {**self.head, "choices": [choice]}
+        if fingerprint:
+            body["system_fingerprint"] = FINGERPRINT
+        return sse_event(_dumps(body))
+
+    def usage(self, usage: Usage) -> bytes:
+        body = {**self.head, "choices": [], "usage": usage.to_dict(with_details=False)}
+        body["system_fingerprint"] = FINGERPRINT
+        return sse_event(_dumps(body))
+
+
+DONE = SSE_DONE
+
+
+def chat_message(content: str | None, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "role": "assistant",
+        "content": content,
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+    }
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    msg["reasoning"] = None
+    return msg
+
+
+def chat_body(
+    rid: str, created: int, model: str, choices: list[dict[str, Any]], usage: Usage
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "service_tier": None,
+        "system_fingerprint": FINGERPRINT,
+        "usage": usage.to_dict(),
+        **_CHUNK_TAIL_NULLS,
+        **_BODY_TAIL_NULLS,
+    }
+
+
+def chat_choice(
+    index: int, message: dict[str, Any], logprobs: Any, reason: str, stop_reason: str | int | None
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": reason,
+        "stop_reason": stop_reason,
+        "token_ids": None,
+        "routed_experts": None,
+    }
+
+
+def completion_body(
+    rid: str, created: int, model: str, choices: list[dict[str, Any]], usage: Usage
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "service_tier": None,
+        "system_fingerprint": FINGERPRINT,
+        "usage": usage.to_dict(),
+        **_BODY_TAIL_NULLS,
+    }
+
+
+def completion_choice(
+    index: int, text: str, logprobs: Any, reason: str, stop_reason: str | int | None
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "text": text,
+        "logprobs": logprobs,
+        "finish_reason": reason,
+        "stop_reason": stop_reason,
+        "token_ids": None,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "routed_experts": None,
+    }
+
+
+def token_logprob(text: str, rng: random.Random, top: int) -> dict[str, Any]:
+    """A chat logprobs entry; a random-weight model is near-uniform over its vocabulary (~ -11.76)."""
+    lp = -11.76 - rng.random() * 1e-4
+    entry: dict[str, Any] = {"token": text, "logprob": lp, "bytes": list(text.encode())}
+    alts = [{"token": text, "logprob": lp, "bytes": list(text.encode())}]
+    for k in range(1, top):
+        alt = f"<r{rng.randrange(1, 128000)}>"
+        alts.append({"token": alt, "logprob": lp - k * 1e-6, "bytes": list(alt.encode())})
+    entry["top_logprobs"] = alts[:top]
+    return entry
+
+
+def completion_logprobs(texts: list[str], lps: list[float], offset: int) -> dict[str, Any]:
+    offsets = []
+    pos = offset
+    for t in texts:
+        offsets.append(pos)
+        pos += len(t)
+    return {
+        "text_offset": offsets,
+        "token_logprobs": lps,
+        "tokens": texts,
+        "top_logprobs": [{t: lp} for t, lp in zip(texts, lps, strict=True)],
+    }

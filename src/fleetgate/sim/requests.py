@@ -1,0 +1,197 @@
+"""Request bodies as vLLM 0.26 validates them, with vLLM's error messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fleetgate.protocol import BadRequestError, RequestValidationError
+
+
+class _Body(BaseModel):
+    # vLLM accepts and ignores fields it does not know (it only logs them).
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Body):
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+
+class FunctionDef(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class _Sampling(_Body):
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    n: int = 1
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    user: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = 0
+    tools: list[ToolDef] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+
+
+class CompletionRequest(_Sampling):
+    prompt: list[int] | list[list[int]] | str | list[str]
+    logprobs: int | None = None
+    echo: bool | None = False
+
+
+class ResponsesRequest(_Body):
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = False
+
+
+class TokenizeRequest(_Body):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    tools: list[dict[str, Any]] | None = None
+
+
+class EmbeddingRequest(_Body):
+    model: str | None = None
+    input: list[int] | list[list[int]] | str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+class LoadLoRARequest(_Body):
+    lora_name: str
+    lora_path: str = ""
+    load_inplace: bool = False
+
+
+class UnloadLoRARequest(_Body):
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson's messages differ from the stdlib's, which FastAPI (and so vLLM) reports.
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as e:
+        err = {"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error", "input": {}}
+        err["ctx"] = {"error": e.msg}
+        raise _validation_error([err]) from None
+    except UnicodeDecodeError:
+        err = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {}}
+        raise _validation_error([err]) from None
+    raise RequestValidationError("could not parse the body as JSON", param="body")
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> RequestValidationError:
+    n = len(errors)
+    text = f"{n} validation error{'s' if n > 1 else ''}:\n  " + "\n  ".join(str(e) for e in errors)
+    param = ".".join(str(p) for p in errors[0]["loc"])
+    return RequestValidationError(text, param=param)
+
+
+def validate(model: type[M], body: Any) -> M:
+    if not isinstance(body, dict):
+        err = {"type": "model_attributes_type", "loc": ("body",), "msg": "Input should be a valid dictionary"}
+        err["input"] = body
+        raise _validation_error([err])
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        errors = [
+            {k: (("body", *v) if k == "loc" else v) for k, v in err.items() if k != "url"}
+            for err in e.errors(include_url=False)
+        ]
+        raise _validation_error(errors) from None
+
+
+def _param_error(name: str, value: Any, rule: str) -> BadRequestError:
+    return BadRequestError(f"{name} {rule}, got {value}. (parameter={name}, value={value})", param=name)
+
+
+def check_sampling(req: _Sampling | ChatCompletionRequest) -> None:
+    """vLLM's SamplingParams checks, with its wording."""
+    if req.temperature is not None and req.temperature < 0:
+        raise _param_error("temperature", float(req.temperature), "must be non-negative")
+    if req.top_p is not None and not 0 < req.top_p <= 1:
+        raise _param_error("top_p", float(req.top_p), "must be in (0, 1]")
+    if req.top_k is not None and (req.top_k < -1 or req.top_k == 0):
+        raise _param_error("top_k", req.top_k, "must be -1 (disable), or at least 1")
+    if req.n < 1:
+        raise _param_error("n", req.n, "must be at least 1")
+    if req.max_tokens is not None and req.max_tokens < 1:
+        raise _param_error("max_tokens", req.max_tokens, "must be at least 1")
+    if req.min_tokens < 0:
+        raise _param_error("min_tokens", req.min_tokens, "must be greater than or equal to 0")
+
+
+def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int) -> int:
+    """The output budget vLLM grants, or its 400 when the request cannot fit the context."""
+    if requested is not None and requested > max_model_len:
+        raise BadRequestError(
+            f"max_tokens={requested} cannot be greater than max_model_len=max_total_tokens={max_model_len}. "
+            f"Please request fewer output tokens. (parameter=max_tokens, value={requested})",
+            param="max_tokens",
+        )
+    if requested is None:
+        if prompt_len >= max_model_len:
+            raise BadRequestError(
+                f"This model's maximum context length is {max_model_len} tokens. However, your request has "
+                f"{prompt_len} input tokens. Please reduce the length of the input messages. "
+                f"(parameter=input_tokens, value={prompt_len})",
+                param="input_tokens",
+            )
+        return max_model_len - prompt_len
+    if prompt_len + requested > max_model_len:
+        raise BadRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{requested} output tokens and your prompt contains {prompt_len} input tokens, for a total of "
+            f"{prompt_len + requested} tokens. Please reduce the length of the input prompt or the number of "
+            f"requested output tokens. (parameter=input_tokens, value={prompt_len})",
+            param="input_tokens",
+        )
+    return requested
+
+

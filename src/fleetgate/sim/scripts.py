@@ -1,0 +1,102 @@
+"""Answers the simulator must give in a set shape: tool calls (Hermes format) and JSON output.
+
+Where vLLM's random-weight model fills a constrained answer with whitespace until `max_tokens`, the simulator
+completes it: arguments valid against the tool's schema, JSON valid against `response_format`. The answer
+becomes a script of token ids the engine emits one per step, and `ToolStream` maps each emitted token to the
+delta vLLM's Hermes parser would stream for it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from fleetgate.protocol import random_id
+from fleetgate.sim.jsongen import generate
+from fleetgate.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    tokens: tuple[int, ...]
+    # For a tool call: tokens [0, head) are `<tool_call>{"name": ..., "arguments": `, [head, head+args) the
+    # arguments JSON, the rest the closing markup.
+    tool_name: str | None = None
+    call_id: str = ""
+    head: int = 0
+    args: int = 0
+    arguments: str = ""
+
+
+def _schema_of(response_format: Mapping[str, Any]) -> Any:
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        return spec.get("schema", {}) if isinstance(spec, Mapping) else {}
+    return {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+def json_script(tokenizer: Tokenizer, response_format: Mapping[str, Any], rng: random.Random) -> Script | None:
+    if response_format.get("type") not in ("json_schema", "json_object"):
+        return None
+    text = orjson.dumps(generate(_schema_of(response_format), rng)).decode()
+    return Script(tuple(tokenizer.encode(text)))
+
+
+def pick_tool(
+    tools: Sequence[Mapping[str, Any]], tool_choice: Any, messages: Sequence[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """Which tool a travel-assistant-like model would call now, or None for a text answer."""
+    if not tools or tool_choice == "none":
+        return None
+    if isinstance(tool_choice, Mapping):
+        name = (tool_choice.get("function") or {}).get("name")
+        return next((t for t in tools if t["function"]["name"] == name), None)
+    if tool_choice != "required" and messages and messages[-1].get("role") == "tool":
+        return None  # with a tool's result in hand the model answers in text
+    return tools[0]
+
+
+def tool_script(tokenizer: Tokenizer, tool: Mapping[str, Any], rng: random.Random) -> Script:
+    fn = tool["function"]
+    name = str(fn["name"])
+    arguments = orjson.dumps(generate(fn.get("parameters") or {"type": "object"}, rng)).decode()
+    head = tokenizer.encode(f'<tool_call>\n{{"name": "{name}", "arguments": ')
+    args = tokenizer.encode(arguments)
+    tail = tokenizer.encode("}\n</tool_call>")
+    return Script(
+        tokens=(*head, *args, *tail),
+        tool_name=name,
+        call_id=random_id("chatcmpl-tool-"),
+        head=len(head),
+        args=len(args),
+        arguments=arguments,
+    )
+
+
+class ToolStream:
+    """Turns the tokens of a tool-call script into vLLM's streamed `tool_calls` deltas."""
+
+    def __init__(self, script: Script, tokenizer: Tokenizer) -> None:
+        self.script = script
+        self.tokenizer = tokenizer
+        self.index = 0
+
+    def delta(self, token: int) -> dict[str, Any] | None:
+        s = self.script
+        i = self.index
+        self.index += 1
+        if i == s.head - 1:
+            call = {"id": s.call_id, "type": "function", "index": 0, "function": {"name": s.tool_name}}
+            return {"content": None, "tool_calls": [call]}
+        if s.head <= i < s.head + s.args:
+            piece = self.tokenizer.token_text(token)
+            return {"content": None, "tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        return None
+
+    @property
+    def complete(self) -> bool:
+        return self.index >= len(self.script.tokens)

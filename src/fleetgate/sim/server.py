@@ -1,0 +1,1048 @@
+"""One simulated vLLM server: vLLM 0.26's HTTP API in front of the simulated engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from fleetgate.protocol import (
+    BadRequestError,
+    InternalServerError,
+    InvalidUserInputError,
+    NotFoundError,
+    OpenAIError,
+    RateLimitError,
+    ServiceUnavailableError,
+    Usage,
+    model_not_found,
+    random_id,
+)
+from fleetgate.sim import render
+from fleetgate.sim.engine import Engine, EngineArgs, EngineRequest
+from fleetgate.sim.faults import Faults
+from fleetgate.sim.kv_publisher import KVEventPublisher, KVEventsConfig
+from fleetgate.sim.kvcache import chain_hashes, lora_key
+from fleetgate.sim.metrics import EngineStats
+from fleetgate.sim.profiles import Profile
+from fleetgate.sim.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    LoadLoRARequest,
+    ResponsesRequest,
+    TokenizeRequest,
+    UnloadLoRARequest,
+    check_sampling,
+    parse_json,
+    resolve_max_tokens,
+    validate,
+)
+from fleetgate.sim.scripts import Script, ToolStream, json_script, pick_tool, tool_script
+from fleetgate.tokenizer import IM_END, TextSampler, Tokenizer, render_chat
+
+VERSION = "0.26.0"
+# Mean length of an answer that ends on its own (no ignore_eos): chat answers run a few hundred tokens.
+NATURAL_OUTPUT_MEDIAN = 160
+_NOT_FOUND = {"detail": "Not Found"}
+
+
+@dataclass
+class SimSettings:
+    """Everything one simulated server needs; built by the CLI from vLLM-style flags."""
+
+    profile: Profile
+    engine: EngineArgs
+    served_model_names: list[str]
+    model_path: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    seed: int | None = None
+    enable_sleep_mode: bool = False
+    dev_mode: bool = False
+    runtime_lora: bool = False
+    lora_modules: dict[str, str] = field(default_factory=dict)
+    auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    kv_events: KVEventsConfig | None = None
+    faults: Faults = field(default_factory=Faults)
+    admin: bool = False
+
+
+class _Crash(Exception):
+    """A fault that kills the process mid-stream, as a dying vLLM would."""
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(e: OpenAIError) -> Response:
+    return Response(e.to_json(), status_code=e.status, media_type="application/json")
+
+
+def _fault_error(status: int) -> OpenAIError:
+    kinds: dict[int, type[OpenAIError]] = {429: RateLimitError, 500: InternalServerError, 503: ServiceUnavailableError}
+    return kinds.get(status, OpenAIError)("injected fault", status=status)
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@dataclass(slots=True)
+class _Choice:
+    """Per-choice decoding state: stop strings and how its tokens become deltas."""
+
+    index: int
+    req: EngineRequest
+    stops: tuple[str, ...]
+    tool: ToolStream | None = None
+    tail: str = ""
+    stop_hit: str | None = None
+    completion_tokens: int = 0
+
+    def cut(self, text: str) -> str:
+        """`text` up to a stop string, remembering which stop string ended it."""
+        if not self.stops:
+            return text
+        window = self.tail + text
+        for s in self.stops:
+            at = window.find(s)
+            if at >= 0:
+                self.stop_hit = s
+                return window[len(self.tail) : at] if at >= len(self.tail) else ""
+        keep = max(len(s) for s in self.stops) - 1
+        self.tail = window[-keep:] if keep else ""
+        return text
+
+
+class SimServer:
+    def __init__(self, settings: SimSettings) -> None:
+        self.s = settings
+        self.profile = settings.profile
+        self.tokenizer = Tokenizer()
+        self.sampler = TextSampler(self.tokenizer)
+        self.model_name = settings.served_model_names[0]
+        args = settings.engine
+        cache_info = {
+            "_block_size_resolved": "True",
+            "block_size": str(args.block_size),
+            "cache_dtype": "auto",
+            "calculate_kv_scales": "False",
+            "enable_prefix_caching": str(args.enable_prefix_caching),
+            "gpu_memory_utilization": "0.92",
+            "is_attention_free": "False",
+            "kv_cache_dtype_skip_layers": "[]",
+            "kv_cache_max_concurrency": f"{args.num_gpu_blocks * args.block_size / args.max_model_len:.2f}",
+            "kv_cache_memory_bytes": "None",
+            "kv_cache_size_tokens": str(args.num_gpu_blocks * args.block_size),
+            "kv_offloading_backend": "native",
+            "kv_offloading_size": "None",
+            "kv_sharing_fast_prefill": "False",
+            "mamba_block_size": "None",
+            "mamba_cache_dtype": "auto",
+            "mamba_cache_mode": "none",
+            "mamba_page_size_padded": "None",
+            "mamba_ssm_cache_dtype": "auto",
+            "num_cpu_blocks": "None",
+            "num_gpu_blocks": str(args.num_gpu_blocks),
+            "num_gpu_blocks_override": str(args.num_gpu_blocks)
+            if args.num_gpu_blocks != self.profile.kv.num_gpu_blocks
+            else "None",
+            "prefix_caching_hash_algo": "sha256",
+            "prefix_match_unit": "None",
+            "skip_page_size_padded": "None",
+            "sliding_window": "None",
+            "user_specified_block_size": "False",
+            "user_specified_mamba_block_size": "False",
+        }
+        self.stats = EngineStats(
+            self.model_name,
+            cache_info,
+            args.max_loras if args.enable_lora else None,
+            tool_parser=settings.tool_call_parser is not None,
+        )
+        self.publisher: KVEventPublisher | None = None
+        kv = settings.kv_events
+        if kv is not None and kv.enable_kv_cache_events and kv.publisher == "zmq":
+            self.publisher = KVEventPublisher(kv.endpoint, kv.topic)
+        self.engine = Engine(
+            self.profile,
+            args,
+            self.sampler,
+            self.stats,
+            self.publisher.publish if self.publisher else None,
+        )
+        self.loras: dict[str, str] = dict(settings.lora_modules)
+        self.created = int(time.time())
+        self.rng = random.Random(settings.seed)
+        self.faults = settings.faults
+        self.in_flight = 0
+        self._scale = args.time_scale
+
+    # ---- app -------------------------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/version", self.version, methods=["GET"]),
+            Route("/load", self.load, methods=["GET"]),
+            Route("/ping", self.ping, methods=["GET", "POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
+            Route("/detokenize", self.detokenize, methods=["POST"]),
+        ]
+        if self.profile.task == "generate":
+            routes += [
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
+            ]
+        else:
+            routes.append(Route("/v1/embeddings", self.embeddings, methods=["POST"]))
+        if self.s.runtime_lora:
+            routes += [
+                Route("/v1/load_lora_adapter", self.load_lora, methods=["POST"]),
+                Route("/v1/unload_lora_adapter", self.unload_lora, methods=["POST"]),
+            ]
+        if self.s.dev_mode:
+            routes += [
+                Route("/reset_prefix_cache", self.reset_prefix_cache, methods=["POST"]),
+                Route("/sleep", self.sleep, methods=["POST"]),
+                Route("/wake_up", self.wake_up, methods=["POST"]),
+                Route("/is_sleeping", self.is_sleeping, methods=["GET"]),
+            ]
+        if self.s.admin:
+            routes += [
+                Route("/_sim/state", self.admin_state, methods=["GET"]),
+                Route("/_sim/match", self.admin_match, methods=["POST"]),
+                Route("/_sim/faults", self.admin_faults, methods=["GET", "POST"]),
+            ]
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            self.engine.start()
+            try:
+                yield
+            finally:
+                await self.engine.stop()
+                if self.publisher is not None:
+                    self.publisher.close()
+
+        return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: self._not_found})
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        return JSONResponse(_NOT_FOUND, status_code=404)
+
+    # ---- plain endpoints -------------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        if self.faults.health == "hang":
+            await _until_disconnect(request)
+        if self.faults.health == "fail":
+            return Response(status_code=503)
+        return Response(status_code=200)
+
+    async def version(self, request: Request) -> Response:
+        return _json({"version": VERSION})
+
+    async def load(self, request: Request) -> Response:
+        return _json({"server_load": self.in_flight})
+
+    async def ping(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def metrics(self, request: Request) -> Response:
+        if self.s.engine.enable_lora:
+            self.stats.on_lora_change(*self.engine.lora_state())
+        return PlainTextResponse(self.stats.render(self.engine), media_type="text/plain; version=0.0.4")
+
+    def _model_entry(self, name: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "vllm",
+            "root": root,
+            "parent": parent,
+            "max_model_len": max_len,
+            "permission": [
+                {
+                    "id": random_id("modelperm-"),
+                    "object": "model_permission",
+                    "created": self.created,
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
+        }
+
+    async def models(self, request: Request) -> Response:
+        data = [
+            self._model_entry(n, self.s.model_path, None, self.s.engine.max_model_len)
+            for n in self.s.served_model_names
+        ]
+        data += [self._model_entry(n, p, self.model_name, None) for n, p in self.loras.items()]
+        return _json({"object": "list", "data": data})
+
+    def _check_model(self, model: str | None) -> str | None:
+        """The LoRA adapter a request names (None for the base model); 404 for anything unknown."""
+        if model is None or model in self.s.served_model_names:
+            return None
+        if model in self.loras:
+            return model
+        raise model_not_found(model)
+
+    async def _body(self, request: Request) -> Any:
+        return parse_json(await request.body())
+
+    # ---- tokenize --------------------------------------------------------------------------------------
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            req = validate(TokenizeRequest, await self._body(request))
+            self._check_model(req.model)
+            if req.messages is not None:
+                ids = render_chat(self.tokenizer, req.messages, req.tools, req.add_generation_prompt)
+            else:
+                ids = list(self.tokenizer.encode(req.prompt or ""))
+        except OpenAIError as e:
+            return _error(e)
+        body = {"count": len(ids), "max_model_len": self.s.engine.max_model_len, "tokens": ids, "token_strs": None}
+        return _json(body)
+
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            body = await self._body(request)
+            tokens = body.get("tokens") if isinstance(body, dict) else None
+            if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                raise BadRequestError("tokens must be a list of token ids", param="tokens")
+        except OpenAIError as e:
+            return _error(e)
+        return _json({"prompt": self.tokenizer.decode(tokens)})
+
+    # ---- generation core -------------------------------------------------------------------------------
+    def _new_request(
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        seed: int | None,
+        ignore_eos: bool,
+        lora: str | None,
+        n: int,
+        script: Script | None,
+    ) -> EngineRequest:
+        rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
+        if ignore_eos:
+            eos_after = None
+        elif script is not None:
+            eos_after = len(script.tokens)
+        else:
+            eos_after = max(1, round(rng.lognormvariate(math.log(NATURAL_OUTPUT_MEDIAN), 0.8)))
+        return EngineRequest(
+            rid=random_id(""),
+            prompt=prompt,
+            max_tokens=max_tokens,
+            rng=rng,
+            eos_after=eos_after,
+            script=script.tokens if script else (),
+            lora=lora,
+            arrival=asyncio.get_running_loop().time(),
+            params_n=n,
+        )
+
+    async def _admit(self, request: Request, reqs: Sequence[EngineRequest]) -> bool:
+        """Apply injected faults and the per-request overhead, then hand the requests to the engine."""
+        f = self.faults
+        if f.first_byte_delay:
+            await asyncio.sleep(f.first_byte_delay)
+        status = f.pick_error(self.rng)
+        if status is not None:
+            raise _fault_error(status)
+        if f.hang_rate and self.rng.random() < f.hang_rate:
+            await _until_disconnect(request)
+            return False
+        if self.profile.step.overhead:
+            await asyncio.sleep(self.profile.step.overhead / self._scale)
+        for r in reqs:
+            self.engine.add(r)
+        return True
+
+    def _crash_point(self) -> int | None:
+        f = self.faults
+        if f.crash_rate and self.rng.random() < f.crash_rate:
+            return f.crash_after_tokens
+        return None
+
+    async def _run(
+        self, request: Request, reqs: list[EngineRequest], make: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """Serve a non-streamed answer, aborting the engine work if the client leaves first."""
+        self.in_flight += 1
+        work = asyncio.ensure_future(make())
+        gone = asyncio.ensure_future(_until_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                return work.result()
+            work.cancel()
+            return Response(status_code=499)
+        finally:
+            gone.cancel()
+            for r in reqs:
+                self.engine.abort(r)
+            self.in_flight -= 1
+
+    async def _wait_all(self, reqs: Sequence[EngineRequest]) -> None:
+        for r in reqs:
+            while r.finish_reason is None:
+                await r.next_tokens()
+
+    def _text_of(self, tokens: Sequence[int]) -> str:
+        tt = self.tokenizer.token_text
+        return "".join(tt(t) for t in tokens if t != IM_END)
+
+    def _finish_of(self, choice: _Choice) -> tuple[str, str | None]:
+        if choice.stop_hit is not None:
+            return "stop", choice.stop_hit
+        return choice.req.finish_reason or "stop", None
+
+    # ---- chat ------------------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        try:
+            req = validate(ChatCompletionRequest, await self._body(request))
+            lora = self._check_model(req.model)
+            check_sampling(req)
+            self._check_tools(req)
+            prompt = render_chat(
+                self.tokenizer, req.messages, [t.model_dump() for t in req.tools] if req.tools else None
+            )
+            requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+            max_tokens = resolve_max_tokens(requested, len(prompt), self.s.engine.max_model_len)
+            tools = [t.model_dump() for t in req.tools or ()]
+            reqs: list[EngineRequest] = []
+            choices: list[_Choice] = []
+            stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+            for i in range(req.n):
+                seed = None if req.seed is None else req.seed + i
+                rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
+                script: Script | None = None
+                tool = pick_tool(tools, req.tool_choice, req.messages) if tools else None
+                if tool is not None:
+                    script = tool_script(self.tokenizer, tool, rng)
+                elif req.response_format:
+                    script = json_script(self.tokenizer, req.response_format, rng)
+                er = self._new_request(prompt, max_tokens, seed, req.ignore_eos, lora, req.n, script)
+                reqs.append(er)
+                stream = ToolStream(script, self.tokenizer) if script and script.tool_name else None
+                choices.append(_Choice(i, er, stops, stream))
+            if not await self._admit(request, reqs):
+                return Response(status_code=499)
+        except OpenAIError as e:
+            return _error(e)
+        model = req.model or self.model_name
+        rid = random_id("chatcmpl-")
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            top = (req.top_logprobs or 0) if req.logprobs else -1
+            gen = self._chat_stream(choices, len(prompt), rid, created, model, include_usage, top)
+            return self._streaming(gen, reqs)
+
+        async def make() -> Response:
+            await self._wait_all(reqs)
+            out = []
+            completion = 0
+            for c in choices:
+                out.append(self._chat_choice(c, req.logprobs, req.top_logprobs or 0))
+                completion += len(c.req.output)
+            body = render.chat_body(rid, created, model, out, Usage(len(prompt), completion))
+            return _json(body)
+
+        return await self._run(request, reqs, make)
+
+    def _check_tools(self, req: ChatCompletionRequest) -> None:
+        choice = req.tool_choice
+        if choice == "auto" and not (self.s.auto_tool_choice and self.s.tool_call_parser):
+            raise BadRequestError(
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+            )
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            if not self.s.tool_call_parser:
+                raise BadRequestError(f'tool_choice=function "{name}" requires --tool-call-parser to be set')
+            if not any(t.function.name == name for t in req.tools or ()):
+                raise BadRequestError(f"Tool '{name}' has not been passed in `tools`.", param="tool_choice")
+        if choice is not None and not req.tools and choice != "none":
+            raise BadRequestError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
+        if choice is None and req.tools and not (self.s.auto_tool_choice and self.s.tool_call_parser):
+            # vLLM treats tools without tool_choice as "auto" only when auto tool choice is enabled.
+            req.tool_choice = "none"
+
+    def _chat_choice(self, c: _Choice, logprobs: bool | None, top: int) -> dict[str, Any]:
+        tokens = c.req.output
+        script_tool = c.tool.script if c.tool else None
+        if script_tool is not None and c.req.finish_reason == "stop":
+            call = {
+                "id": script_tool.call_id,
+                "type": "function",
+                "function": {"name": script_tool.tool_name, "arguments": script_tool.arguments},
+            }
+            self.stats.on_tool_parse(streaming=False, called=True)
+            message = render.chat_message(None, [call])
+            return render.chat_choice(c.index, message, None, "tool_calls", None)
+        if self.s.tool_call_parser:
+            self.stats.on_tool_parse(streaming=False, called=False)
+        text = c.cut(self._text_of(tokens))
+        reason, stop_reason = self._finish_of(c)
+        lp = None
+        if logprobs:
+            tt = self.tokenizer.token_text
+            lp = {"content": [render.token_logprob(tt(t), c.req.rng, top) for t in tokens if t != IM_END]}
+        return render.chat_choice(c.index, render.chat_message(text, None), lp, reason, stop_reason)
+
+    async def _chat_stream(
+        self,
+        choices: list[_Choice],
+        prompt_len: int,
+        rid: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        top: int,
+    ) -> AsyncIterator[bytes]:
+        enc = render.ChatChunks(rid, created, model)
+        crash = self._crash_point()
+        sent = 0
+        for c in choices:
+            yield enc.role(c.index)
+        async for c, tokens, finish in _merge(choices):
+            out: list[bytes] = []
+            tt = self.tokenizer.token_text
+            last = len(tokens) - 1
+            for k, tok in enumerate(tokens):
+                text = "" if tok == IM_END else tt(tok)
+                lp = {"content": [render.token_logprob(text, c.req.rng, top)]} if top >= 0 else None
+                ending = finish is not None and k == last
+                if c.tool is not None:
+                    delta = c.tool.delta(tok)
+                    if self.s.tool_call_parser:
+                        self.stats.on_tool_parse(streaming=True, called=delta is not None)
+                    if ending:
+                        reason = "tool_calls" if finish == "stop" else finish
+                        out.append(enc.finish(c.index, {}, reason, None, not include_usage))
+                    elif delta is not None:
+                        out.append(enc.delta(c.index, delta, lp))
+                    continue
+                text = c.cut(text)
+                if c.stop_hit is not None:
+                    self.engine.abort(c.req, "stop")
+                    out.append(enc.finish(c.index, {"content": text}, "stop", c.stop_hit, not include_usage, lp))
+                    break
+                if ending:
+                    out.append(enc.finish(c.index, {"content": text}, finish, None, not include_usage, lp))
+                else:
+                    out.append(enc.content(c.index, text, lp))
+            if out:
+                yield b"".join(out)
+            sent += len(tokens)
+            if crash is not None and sent >= crash:
+                raise _Crash
+        if include_usage:
+            completion = sum(len(c.req.output) for c in choices)
+            yield enc.usage(Usage(prompt_len, completion))
+        yield render.DONE
+
+    def _streaming(self, gen: AsyncIterator[bytes], reqs: list[EngineRequest]) -> Response:
+        async def guarded() -> AsyncIterator[bytes]:
+            self.in_flight += 1
+            try:
+                async for chunk in gen:
+                    yield chunk
+            except _Crash:
+                os._exit(1)
+            finally:
+                self.in_flight -= 1
+                for r in reqs:
+                    self.engine.abort(r)
+
+        return StreamingResponse(guarded(), media_type="text/event-stream; charset=utf-8")
+
+    # ---- completions -----------------------------------------------------------------------------------
+    def _prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+        if isinstance(prompt, str):
+            return [list(self.tokenizer.encode(prompt))]
+        if not prompt:
+            raise BadRequestError("Prompt cannot be empty", param="prompt")
+        if isinstance(prompt[0], int):
+            return [list(prompt)]  # type: ignore[arg-type]
+        if isinstance(prompt[0], str):
+            return [list(self.tokenizer.encode(p)) for p in prompt]  # type: ignore[arg-type]
+        return [list(p) for p in prompt]  # type: ignore[arg-type]
+
+    async def completions(self, request: Request) -> Response:
+        try:
+            req = validate(CompletionRequest, await self._body(request))
+            lora = self._check_model(req.model)
+            check_sampling(req)
+            prompts = self._prompts(req.prompt)
+            for p in prompts:
+                if not p:
+                    raise BadRequestError("Prompt cannot be empty", param="prompt")
+                if any(t < 0 or t >= self.tokenizer.vocab_size for t in p):
+                    raise BadRequestError("Token id out of vocabulary range", param="prompt")
+            stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+            choices: list[_Choice] = []
+            for pi, p in enumerate(prompts):
+                max_tokens = resolve_max_tokens(req.max_tokens or 16, len(p), self.s.engine.max_model_len)
+                for i in range(req.n):
+                    seed = None if req.seed is None else req.seed + i
+                    er = self._new_request(p, max_tokens, seed, req.ignore_eos, lora, req.n, None)
+                    choices.append(_Choice(pi * req.n + i, er, stops))
+            reqs = [c.req for c in choices]
+            if not await self._admit(request, reqs):
+                return Response(status_code=499)
+        except OpenAIError as e:
+            return _error(e)
+        model = req.model or self.model_name
+        rid = random_id("cmpl-")
+        created = int(time.time())
+        prompt_tokens = sum(len(p) for p in prompts) * req.n
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            gen = self._completion_stream(choices, prompt_tokens, rid, created, model, include_usage, req.logprobs)
+            return self._streaming(gen, reqs)
+
+        async def make() -> Response:
+            await self._wait_all(reqs)
+            out = []
+            for c in choices:
+                text = c.cut(self._text_of(c.req.output))
+                reason, stop_reason = self._finish_of(c)
+                lp = None
+                if req.logprobs is not None:
+                    texts = [self.tokenizer.token_text(t) for t in c.req.output if t != IM_END]
+                    lp = render.completion_logprobs(texts, [-11.76] * len(texts), 0)
+                out.append(render.completion_choice(c.index, text, lp, reason, stop_reason))
+            completion = sum(len(c.req.output) for c in choices)
+            return _json(render.completion_body(rid, created, model, out, Usage(prompt_tokens, completion)))
+
+        return await self._run(request, reqs, make)
+
+    async def _completion_stream(
+        self,
+        choices: list[_Choice],
+        prompt_tokens: int,
+        rid: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        logprobs: int | None,
+    ) -> AsyncIterator[bytes]:
+        enc = render.CompletionChunks(rid, created, model)
+        crash = self._crash_point()
+        sent = 0
+        offsets = [0] * len(choices)
+        async for c, tokens, finish in _merge(choices):
+            out: list[bytes] = []
+            last = len(tokens) - 1
+            for k, tok in enumerate(tokens):
+                text = c.cut("" if tok == IM_END else self.tokenizer.token_text(tok))
+                lp = None
+                if logprobs is not None:
+                    lp = render.completion_logprobs([text], [-11.76], offsets[c.index])
+                    offsets[c.index] += len(text)
+                if c.stop_hit is not None:
+                    self.engine.abort(c.req, "stop")
+                    out.append(enc.finish(c.index, text, "stop", c.stop_hit, not include_usage, lp))
+                    break
+                if finish is not None and k == last:
+                    out.append(enc.finish(c.index, text, finish, None, not include_usage, lp))
+                else:
+                    out.append(enc.text(c.index, text, lp))
+            if out:
+                yield b"".join(out)
+            sent += len(tokens)
+            if crash is not None and sent >= crash:
+                raise _Crash
+        if include_usage:
+            completion = sum(len(c.req.output) for c in choices)
+            yield enc.usage(Usage(prompt_tokens, completion))
+        yield render.DONE
+
+    # ---- responses -------------------------------------------------------------------------------------
+    async def responses(self, request: Request) -> Response:
+        try:
+            req = validate(ResponsesRequest, await self._body(request))
+            lora = self._check_model(req.model)
+            messages: list[dict[str, Any]] = []
+            if req.instructions:
+                messages.append({"role": "system", "content": req.instructions})
+            if isinstance(req.input, str):
+                messages.append({"role": "user", "content": req.input})
+            else:
+                messages += [_response_item_message(item) for item in req.input]
+            prompt = render_chat(self.tokenizer, messages)
+            max_tokens = resolve_max_tokens(req.max_output_tokens, len(prompt), self.s.engine.max_model_len)
+            er = self._new_request(prompt, max_tokens, None, False, lora, 1, None)
+            if not await self._admit(request, [er]):
+                return Response(status_code=499)
+        except OpenAIError as e:
+            return _error(e)
+        model = req.model or self.model_name
+        rid = random_id("resp_")
+        mid = random_id("msg_")
+        created = int(time.time())
+        temperature = 1.0 if req.temperature is None else req.temperature
+        top_p = 1.0 if req.top_p is None else req.top_p
+
+        def body(text: str, status: str) -> dict[str, Any]:
+            return _response_body(
+                rid, mid, created, model, text, status, req.max_output_tokens, temperature, top_p,
+                Usage(len(prompt), len(er.output)),
+            )  # fmt: skip
+
+        if req.stream:
+            return self._streaming(self._responses_stream(er, body, mid), [er])
+
+        async def make() -> Response:
+            await self._wait_all([er])
+            status = "incomplete" if er.finish_reason == "length" else "completed"
+            return _json(body(self._text_of(er.output), status))
+
+        return await self._run(request, [er], make)
+
+    async def _responses_stream(
+        self, er: EngineRequest, body: Callable[[str, str], dict[str, Any]], mid: str
+    ) -> AsyncIterator[bytes]:
+        seq = 0
+
+        def event(kind: str, payload: dict[str, Any]) -> bytes:
+            nonlocal seq
+            data = {"type": kind, **payload, "sequence_number": seq}
+            seq += 1
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+        item = {"id": mid, "content": [], "role": "assistant", "status": "in_progress", "type": "message"}
+        part = {"annotations": [], "text": "", "type": "output_text", "logprobs": None}
+        yield event("response.created", {"response": body("", "in_progress")})
+        yield event("response.in_progress", {"response": body("", "in_progress")})
+        yield event("response.output_item.added", {"output_index": 0, "item": item})
+        yield event("response.content_part.added", {"item_id": mid, "output_index": 0, "content_index": 0, "part": part})
+        pieces: list[str] = []
+        while True:
+            tokens, finish = await er.next_tokens()
+            text = self._text_of(tokens)
+            pieces.append(text)
+            if tokens:
+                where = {"item_id": mid, "output_index": 0, "content_index": 0}
+                yield event("response.output_text.delta", {**where, "delta": text, "logprobs": []})
+            if finish is not None:
+                break
+        full = "".join(pieces)
+        where = {"item_id": mid, "output_index": 0, "content_index": 0}
+        yield event("response.output_text.done", {**where, "text": full, "logprobs": []})
+        yield event("response.content_part.done", {**where, "part": {**part, "text": full}})
+        done_item = {**item, "status": "completed", "content": [{**part, "text": full}]}
+        yield event("response.output_item.done", {"output_index": 0, "item": done_item})
+        status = "incomplete" if er.finish_reason == "length" else "completed"
+        yield event(f"response.{status}", {"response": body(full, status)})
+
+    # ---- embeddings ------------------------------------------------------------------------------------
+    async def embeddings(self, request: Request) -> Response:
+        try:
+            req = validate(EmbeddingRequest, await self._body(request))
+            self._check_model(req.model)
+            prompts = self._prompts(req.input)
+            for p in prompts:
+                if len(p) > self.s.engine.max_model_len:
+                    raise BadRequestError(
+                        f"This model's maximum context length is {self.s.engine.max_model_len} tokens. However, "
+                        f"you requested {len(p)} tokens in the input for embedding generation. Please reduce "
+                        "the length of the input.",
+                        param="input_tokens",
+                    )
+            reqs = [self._new_request(p, 1, 0, True, None, 1, None) for p in prompts]
+            if not await self._admit(request, reqs):
+                return Response(status_code=499)
+        except OpenAIError as e:
+            return _error(e)
+        dim = req.dimensions or self.profile.embedding_dim
+        model = req.model or self.model_name
+
+        async def make() -> Response:
+            await self._wait_all(reqs)
+            data = [
+                {"index": i, "object": "embedding", "embedding": _embed(p, dim)} for i, p in enumerate(prompts)
+            ]
+            total = sum(len(p) for p in prompts)
+            usage = {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0}
+            usage["prompt_tokens_details"] = None
+            body = {"id": random_id("embd-"), "object": "list", "created": int(time.time()), "model": model}
+            return _json({**body, "data": data, "usage": usage})
+
+        return await self._run(request, reqs, make)
+
+    # ---- LoRA ------------------------------------------------------------------------------------------
+    async def load_lora(self, request: Request) -> Response:
+        try:
+            req = validate(LoadLoRARequest, await self._body(request))
+            if req.lora_name in self.loras and not req.load_inplace:
+                raise InvalidUserInputError(
+                    f"The lora adapter '{req.lora_name}' has already been loaded. If you want to load the "
+                    "adapter in place, set 'load_inplace' to True."
+                )
+            if not _adapter_exists(req.lora_path):
+                raise NotFoundError(f"Loading lora {req.lora_name} failed: No adapter found for {req.lora_path}")
+        except OpenAIError as e:
+            return _error(e)
+        await asyncio.sleep(self.profile.lora_load_seconds / self._scale)
+        self.loras[req.lora_name] = req.lora_path
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
+
+    async def unload_lora(self, request: Request) -> Response:
+        try:
+            req = validate(UnloadLoRARequest, await self._body(request))
+            if req.lora_name not in self.loras:
+                raise NotFoundError(f"The lora adapter '{req.lora_name}' cannot be found.")
+        except OpenAIError as e:
+            return _error(e)
+        del self.loras[req.lora_name]
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
+
+    # ---- dev mode --------------------------------------------------------------------------------------
+    async def reset_prefix_cache(self, request: Request) -> Response:
+        return _json({"success": self.engine.kv.reset()})
+
+    async def sleep(self, request: Request) -> Response:
+        if not self.s.enable_sleep_mode:
+            return _error(BadRequestError("Sleep mode is not enabled. Set --enable-sleep-mode to use it."))
+        try:
+            level = int(request.query_params.get("level", "1"))
+        except ValueError:
+            level = 0
+        if level not in (1, 2):
+            return _error(BadRequestError(f"Invalid sleep level {level}: use 1 or 2.", param="level"))
+        await self.engine.sleep(level)
+        return Response(status_code=200)
+
+    async def wake_up(self, request: Request) -> Response:
+        await self.engine.wake_up()
+        return Response(status_code=200)
+
+    async def is_sleeping(self, request: Request) -> Response:
+        return _json({"is_sleeping": self.engine.is_sleeping})
+
+    # ---- admin (simulator only, off by default) --------------------------------------------------------
+    async def admin_state(self, request: Request) -> Response:
+        eng = self.engine
+
+        def row(r: EngineRequest) -> dict[str, Any]:
+            return {
+                "id": r.rid,
+                "prompt_tokens": len(r.prompt),
+                "output_tokens": len(r.output),
+                "computed_tokens": r.computed,
+                "cached_tokens": max(r.cached_tokens, 0),
+                "lora": r.lora,
+                "deferred": r.deferred,
+            }
+
+        return _json(
+            {
+                "kv_usage": eng.kv.usage(),
+                "num_gpu_blocks": eng.kv.num_blocks,
+                "free_blocks": eng.kv.num_free,
+                "cached_block_hashes": eng.kv.cached_hashes(),
+                "running": [row(r) for r in eng.running],
+                "waiting": [row(r) for r in eng.waiting],
+                "sleep_level": eng.sleep_level,
+                "loras": self.loras,
+                "faults": self.faults.model_dump(),
+            }
+        )
+
+    async def admin_match(self, request: Request) -> Response:
+        """How many tokens of a prompt this server has cached now, and its queue: an oracle's inputs."""
+        try:
+            body = await self._body(request)
+            if not isinstance(body, dict):
+                raise BadRequestError("expected a JSON object")
+            if "messages" in body:
+                ids = render_chat(self.tokenizer, body["messages"], body.get("tools"))
+            elif isinstance(body.get("prompt"), str):
+                ids = list(self.tokenizer.encode(body["prompt"]))
+            else:
+                ids = list(body.get("prompt") or [])
+            lora = body.get("lora")
+        except OpenAIError as e:
+            return _error(e)
+        eng = self.engine
+        bs = self.s.engine.block_size
+        hashes = chain_hashes(ids, bs, lora_key(lora) if lora else 0)
+        hit = eng.kv.longest_hit(hashes[: (len(ids) - 1) // bs]) * bs if ids else 0
+        waiting_tokens = sum(r.total_len - r.computed for r in eng.waiting)
+        return _json(
+            {
+                "prompt_tokens": len(ids),
+                "hit_tokens": hit,
+                "running": len(eng.running),
+                "waiting": len(eng.waiting),
+                "waiting_tokens": waiting_tokens,
+                "kv_usage": eng.kv.usage(),
+            }
+        )
+
+    async def admin_faults(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = await self._body(request)
+                self.faults = Faults.model_validate({**self.faults.model_dump(), **body})
+            except OpenAIError as e:
+                return _error(e)
+            except ValueError as e:
+                return _error(BadRequestError(str(e)))
+        return _json(self.faults.model_dump())
+
+
+async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, list[int], str | None]]:
+    """Token batches of all choices as they come; one choice (the common case) needs no tasks."""
+    if len(choices) == 1:
+        c = choices[0]
+        while True:
+            tokens, finish = await c.req.next_tokens()
+            yield c, tokens, finish
+            if finish is not None or c.stop_hit is not None:
+                return
+    queue: asyncio.Queue[tuple[_Choice, list[int], str | None]] = asyncio.Queue()
+
+    async def pump(c: _Choice) -> None:
+        while True:
+            tokens, finish = await c.req.next_tokens()
+            await queue.put((c, tokens, finish))
+            if finish is not None:
+                return
+
+    tasks = [asyncio.ensure_future(pump(c)) for c in choices]
+    try:
+        live = len(choices)
+        while live:
+            c, tokens, finish = await queue.get()
+            if c.stop_hit is not None:
+                continue
+            yield c, tokens, finish
+            if finish is not None or c.stop_hit is not None:
+                live -= 1
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _response_item_message(item: dict[str, Any]) -> dict[str, Any]:
+    content = item.get("content", "")
+    if isinstance(content, list):
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return {"role": item.get("role", "user"), "content": content}
+
+
+def _response_body(
+    rid: str,
+    mid: str,
+    created: int,
+    model: str,
+    text: str,
+    status: str,
+    max_output_tokens: int | None,
+    temperature: float,
+    top_p: float,
+    usage: Usage,
+) -> dict[str, Any]:
+    output = []
+    if status != "in_progress":
+        content = [{"annotations": [], "text": text, "type": "output_text", "logprobs": None}]
+        output.append(
+            {"id": mid, "content": content, "role": "assistant", "status": "completed", "type": "message", "phase": None}
+        )
+    return {
+        "id": rid,
+        "created_at": created,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": None,
+        "metadata": None,
+        "model": model,
+        "object": "response",
+        "output": output,
+        "parallel_tool_calls": True,
+        "temperature": temperature,
+        "tool_choice": "none",
+        "tools": [],
+        "top_p": top_p,
+        "background": False,
+        "max_output_tokens": max_output_tokens,
+        "max_tool_calls": None,
+        "previous_response_id": None,
+        "prompt": None,
+        "reasoning": None,
+        "service_tier": "auto",
+        "status": status,
+        "text": None,
+        "top_logprobs": None,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {
+                "reasoning_tokens": 0,
+                "tool_output_tokens": 0,
+                "output_tokens_per_turn": [],
+                "tool_output_tokens_per_turn": [],
+            },
+            "total_tokens": usage.total_tokens,
+        },
+        "user": None,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "input_messages": None,
+        "output_messages": None,
+    }
+
+
+def _embed(tokens: Sequence[int], dim: int) -> list[float]:
+    """A normalised bag-of-tokens projection: texts sharing tokens get close vectors, as real ones do."""
+    vec = [0.0] * dim
+    for t in tokens:
+        h = zlib.crc32(t.to_bytes(4, "little"))
+        vec[h % dim] += 1.0 if (h >> 16) & 1 else -1.0
+        vec[(h >> 8) % dim] += 0.5
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
+def _adapter_exists(path: str) -> bool:
+    # A local path must exist, as vLLM reads it from disk; anything else is a hub id vLLM would download.
+    if path.startswith(("/", ".", "~")):
+        return os.path.exists(os.path.expanduser(path))
+    return bool(path)
