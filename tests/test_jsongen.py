@@ -92,6 +92,12 @@ SELF_ROOT = {
     "minProperties": 1,
 }
 
+SELF_OPTIONAL = {
+    "type": "object",
+    "properties": {"sub": {"$ref": "#"}, "v": {"type": "integer"}},
+    "required": ["v"],
+}
+
 CASES: list[Any] = [
     SEARCH,
     ITINERARY,
@@ -99,7 +105,7 @@ CASES: list[Any] = [
     BOOKING,
     TREE,
     LINKED,
-    {"type": "object", "properties": {"sub": {"$ref": "#"}, "v": {"type": "integer"}}, "required": ["v"]},
+    SELF_OPTIONAL,
     {"type": "array", "items": {"type": "integer"}, "minItems": 5, "maxItems": 6},
     {"type": "array", "items": {"type": "string"}, "maxItems": 0},
     {"type": "array", "items": {"enum": ["a", "b", "c"]}, "minItems": 3, "uniqueItems": True},
@@ -128,6 +134,23 @@ CASES: list[Any] = [
         ]
     },
     {"allOf": [{"type": ["number", "string"]}, {"type": "integer"}], "minimum": 5, "maximum": 5},
+    {
+        "allOf": [
+            {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+                "required": ["a"],
+            },
+            {"properties": {"a": {"minimum": 0}}, "additionalProperties": False},
+        ]
+    },
+    {"allOf": [{"properties": {"a": {"type": "integer"}}}, {"additionalProperties": {"type": "integer"}}]},
+    {"allOf": [{"enum": [1, 2, 3]}, {"enum": [2, 3, 4]}]},
+    {"type": "string", "enum": ["a", 1, None, True]},
+    {
+        "type": "object",
+        "properties": {"x": {"const": 3, "type": "string"}, "y": {"const": 3, "type": "integer"}},
+    },
     {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
     {"type": "number", "minimum": 0.001, "maximum": 0.002},
     {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3},
@@ -202,7 +225,8 @@ def test_shared_rng_advances() -> None:
 
 
 def test_none_and_true_mean_any_short_string() -> None:
-    for schema in (None, True, {}):
+    schemas: list[Any] = [None, True, {}]
+    for schema in schemas:
         value = generate(schema, random.Random(1))
         assert isinstance(value, str)
         assert 0 < len(value) <= 12
@@ -213,7 +237,7 @@ def test_false_schema_gives_none() -> None:
 
 
 def test_const_is_a_copy() -> None:
-    schema = {"const": {"nested": [1, 2]}}
+    schema: dict[str, Any] = {"const": {"nested": [1, 2]}}
     value = generate(schema, random.Random(0))
     value["nested"].append(3)
     assert schema == {"const": {"nested": [1, 2]}}
@@ -247,10 +271,11 @@ def test_values_small_and_plausible() -> None:
 
 
 def test_recursion_stays_shallow() -> None:
-    for schema in (TREE, LINKED, CASES[6]):
+    for schema in (TREE, LINKED, SELF_OPTIONAL):
         for seed in SEEDS:
             value = generate(schema, random.Random(seed))
             assert _depth(value) <= 12, (seed, value)
+            assert len(json.dumps(value)) < 2000, (seed, value)
             assert not list(_validator(schema).iter_errors(value))
 
 

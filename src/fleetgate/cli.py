@@ -52,10 +52,15 @@ def sim(
         str, typer.Option(help="Profile name (see `fleetgate sim profiles`) or a profile YAML file.")
     ] = "h200-llama-3.1-8b",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the first replica; replica i listens on port + i.")] = 8000,
-    replicas: Annotated[int, typer.Option(min=1, help="Independent simulated servers, one process each.")] = 1,
+    port: Annotated[
+        int, typer.Option(help="Port of the first replica; replica i listens on port + i.")
+    ] = 8000,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Independent simulated servers, one process each.")
+    ] = 1,
     time_scale: Annotated[
-        float, typer.Option(min=0.001, help="Run K times faster than the profiled GPU (all times divided by K).")
+        float,
+        typer.Option(min=0.001, help="Run K times faster than the profiled GPU (all times divided by K)."),
     ] = 1.0,
     model_name: Annotated[
         str | None, typer.Option(help="Model name to serve (alias of --served-model-name).")
@@ -63,16 +68,25 @@ def sim(
     served_model_name: Annotated[
         list[str] | None, typer.Option(help="[vLLM] Name(s) the model is served under.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="[vLLM] Model path or id shown in /v1/models root.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="[vLLM] Model path or id shown in /v1/models root.")
+    ] = None,
     max_model_len: Annotated[int | None, typer.Option(help="[vLLM] Context length.")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="[vLLM] Most sequences in one step.")] = None,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(help="[vLLM] Token budget of one step.")] = None,
-    num_gpu_blocks_override: Annotated[int | None, typer.Option(help="[vLLM] KV cache size in blocks.")] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(help="[vLLM] Token budget of one step.")
+    ] = None,
+    num_gpu_blocks_override: Annotated[
+        int | None, typer.Option(help="[vLLM] KV cache size in blocks.")
+    ] = None,
     block_size: Annotated[int, typer.Option(help="[vLLM] Tokens per KV block.")] = 16,
     enable_prefix_caching: Annotated[
-        bool, typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="[vLLM] Prefix caching.")
+        bool,
+        typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="[vLLM] Prefix caching."),
     ] = True,
-    enforce_eager: Annotated[bool, typer.Option(help="[vLLM] No CUDA graphs: faster start, slower steps.")] = False,
+    enforce_eager: Annotated[
+        bool, typer.Option(help="[vLLM] No CUDA graphs: faster start, slower steps.")
+    ] = False,
     enable_lora: Annotated[bool, typer.Option(help="[vLLM] Serve LoRA adapters.")] = False,
     max_loras: Annotated[int, typer.Option(help="[vLLM] Adapters active in one step.")] = 1,
     max_lora_rank: Annotated[int, typer.Option(help="[vLLM] Accepted for compatibility.")] = 16,
@@ -85,7 +99,9 @@ def sim(
         str | None, typer.Option(help="[vLLM] KV-cache events, e.g. '{\"enable_kv_cache_events\":true,...}'.")
     ] = None,
     enable_auto_tool_choice: Annotated[bool, typer.Option(help="[vLLM] Allow tool_choice=auto.")] = False,
-    tool_call_parser: Annotated[str | None, typer.Option(help="[vLLM] Tool call format, e.g. hermes.")] = None,
+    tool_call_parser: Annotated[
+        str | None, typer.Option(help="[vLLM] Tool call format, e.g. hermes.")
+    ] = None,
     gpu_memory_utilization: Annotated[float, typer.Option(help="[vLLM] Accepted for compatibility.")] = 0.92,
     seed: Annotated[int | None, typer.Option(help="Seed for generated text (per replica: seed + i).")] = None,
     startup_time: Annotated[
@@ -96,7 +112,9 @@ def sim(
         str, typer.Option(help="Inject errors, e.g. '503=0.1,429=0.05' (status=probability).")
     ] = "",
     fault_hang_rate: Annotated[float, typer.Option(help="Probability a request never gets an answer.")] = 0.0,
-    fault_crash_rate: Annotated[float, typer.Option(help="Probability a stream kills the server mid-way.")] = 0.0,
+    fault_crash_rate: Annotated[
+        float, typer.Option(help="Probability a stream kills the server mid-way.")
+    ] = 0.0,
     fault_crash_after_tokens: Annotated[int, typer.Option(help="Tokens a crashing stream sends first.")] = 1,
     fault_first_byte_delay: Annotated[float, typer.Option(help="Seconds before any answer starts.")] = 0.0,
     fault_health: Annotated[str, typer.Option(help="Health answers: ok, hang or fail.")] = "ok",

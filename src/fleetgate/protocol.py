@@ -29,7 +29,9 @@ class OpenAIError(Exception):
 
     def body(self) -> dict[str, Any]:
         # vLLM repeats the HTTP status in `code`; clients such as the openai SDK read `type` and `message`.
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}
+        }
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.body())

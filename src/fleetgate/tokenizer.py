@@ -51,7 +51,7 @@ def _cjk_split(run: str) -> Iterable[str]:
 
 def _split(piece: str) -> Iterable[str]:
     first = piece[0]
-    if "\u3000" <= first and not first.isspace() and _is_cjk(first):
+    if first >= "\u3000" and not first.isspace() and _is_cjk(first):
         yield from _cjk_split(piece)
     elif first.isalpha() or (first == " " and len(piece) > 1 and piece[1].isalpha()):
         yield piece[:_WORD_HEAD]
@@ -81,7 +81,7 @@ class Tokenizer:
         self.vocab_size = vocab_size
         self._span = vocab_size - FIRST_ORDINARY_ID
         self._text_of: dict[int, str] = {ENDOFTEXT: "", IM_START: "<|im_start|>", IM_END: "<|im_end|>"}
-        self.encode = lru_cache(maxsize=8192)(self._encode)  # type: ignore[method-assign]
+        self.encode = lru_cache(maxsize=8192)(self._encode)
 
     def piece_id(self, piece: str) -> int:
         token = FIRST_ORDINARY_ID + zlib.crc32(piece.encode()) % self._span
@@ -178,7 +178,7 @@ def render_chat(
 
 # Words a generated answer is drawn from, most frequent first (Zipf weights), so output reads like text,
 # detokenizes to about 4-5 characters per token, and common stop strings (" the", ".") really occur.
-_OUTPUT_WORDS = (
+_OUTPUT_TEXT = (
     "the , . of and to a in is for that on with as it you are be this by from at your or can we day "
     "will an have not more all one two trip city time first best also travel hotel visit food night see "
     "local most near about there their which when after walk tour temple market morning evening train "
@@ -191,7 +191,7 @@ _OUTPUT_WORDS = (
     "holiday season spring summer autumn winter rain sun wind cloud sea mountain valley trail bike boat "
     "flight airport check book reserve cancel arrive leave return stop start finish enjoy try taste explore "
     ": ; ! ? - ( ) 1 2 3 4 5 10 20 30 2024 km am pm"
-).split() + ["\n"]
+)
 
 
 _NO_SPACE_BEFORE = frozenset({"\n", ",", ".", ":", ";", "!", "?", ")"})
@@ -203,7 +203,7 @@ class TextSampler:
     _TABLE_BITS = 14
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        words = [w if w in _NO_SPACE_BEFORE else " " + w for w in _OUTPUT_WORDS]
+        words = [w if w in _NO_SPACE_BEFORE else " " + w for w in [*_OUTPUT_TEXT.split(), "\n"]]
         ids = [tokenizer.piece_id(w) for w in words]
         weights = [1.0 / (rank + 2) for rank in range(len(ids))]
         rng = random.Random(0)

@@ -78,7 +78,9 @@ def build_settings(
     if kv_events is not None and replica_index:
         # Each replica publishes on its own port: the configured one plus its index.
         kv_events = kv_events.model_copy(
-            update={"endpoint": re.sub(r":(\d+)$", lambda m: f":{int(m[1]) + replica_index}", kv_events.endpoint)}
+            update={
+                "endpoint": re.sub(r":(\d+)$", lambda m: f":{int(m[1]) + replica_index}", kv_events.endpoint)
+            }
         )
     try:
         faults = Faults(
@@ -87,7 +89,7 @@ def build_settings(
             crash_rate=fault_crash_rate,
             crash_after_tokens=fault_crash_after_tokens,
             first_byte_delay=fault_first_byte_delay,
-            health=fault_health,  # type: ignore[arg-type]
+            health=fault_health,
         )
     except ValidationError as e:
         raise ValueError(f"fault flags: {e.errors()[0]['msg']}") from None

@@ -10,6 +10,7 @@ catches up instead of drifting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from collections.abc import Callable
@@ -87,6 +88,10 @@ class EngineRequest:
         return tokens, self.finish_reason
 
 
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 @dataclass(frozen=True, slots=True)
 class EngineArgs:
     """vLLM engine arguments the simulator honours (vLLM's names and meanings)."""
@@ -117,6 +122,7 @@ class Engine:
         sampler: TextSampler,
         stats: EngineStats,
         publish: Callable[[list[dict[str, Any]]], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.profile = profile
         self.args = args
@@ -133,6 +139,8 @@ class Engine:
         self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         self._scale = args.time_scale
+        # The calibrator drives schedule/postprocess itself on a virtual clock; servers use the loop's.
+        self._clock = clock or _loop_time
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,10 +149,8 @@ class Engine:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     # ---- requests --------------------------------------------------------------------------------------
     def add(self, req: EngineRequest) -> None:
@@ -161,10 +167,8 @@ class Engine:
         if req.state == RUNNING:
             self.running.remove(req)
         else:
-            try:
+            with contextlib.suppress(ValueError):
                 self.waiting.remove(req)
-            except ValueError:
-                pass
         self._finish(req, reason, self._now())
 
     # ---- sleep mode ------------------------------------------------------------------------------------
@@ -188,7 +192,7 @@ class Engine:
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self._clock()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -208,26 +212,29 @@ class Engine:
             now = loop.time()
             if self._deadline < now - _MAX_LAG:
                 self._deadline = now
-            self._deadline += self._step_seconds(batch) / self._scale
+            self._deadline += self.step_seconds(batch) / self._scale
             delay = self._deadline - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             self.postprocess(batch, loop.time())
 
-    def _step_seconds(self, batch: list[_Scheduled]) -> float:
-        tokens = seqs = decode_ctx = 0
-        pairs = 0.0
-        prompt_of = len
+    def step_seconds(self, batch: list[_Scheduled]) -> float:
+        tokens = decode_ctx = 0
+        decode_sq = pairs = 0.0
+        knee = self.profile.step.KNEE
         for s in batch:
             req = s.req
             tokens += s.tokens
-            seqs += 1
-            if req.computed >= prompt_of(req.prompt):
-                decode_ctx += req.computed
+            ctx = req.computed
+            if ctx >= len(req.prompt):
+                decode_ctx += ctx
+                decode_sq += ctx * (ctx if ctx < knee else knee)
             else:
-                pairs += s.tokens * (req.computed + s.tokens / 2)
+                pairs += s.tokens * (ctx + s.tokens / 2)
         self.stats.on_iteration(tokens)
-        return self.profile.step.seconds(tokens, seqs, decode_ctx, pairs, self.args.enforce_eager)
+        return self.profile.step.seconds(
+            tokens, len(batch), decode_ctx, decode_sq, pairs, self.args.enforce_eager
+        )
 
     # ---- schedule --------------------------------------------------------------------------------------
     def _blocks_for(self, req: EngineRequest, upto: int) -> bool:

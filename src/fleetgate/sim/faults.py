@@ -23,7 +23,9 @@ class Faults(BaseModel):
     def _rates(cls, v: dict[int, float]) -> dict[int, float]:
         for status, p in v.items():
             if not 400 <= status <= 599 or not 0 <= p <= 1:
-                raise ValueError(f"error rate {status}={p}: need a 4xx/5xx status and a probability in [0, 1]")
+                raise ValueError(
+                    f"error rate {status}={p}: need a 4xx/5xx status and a probability in [0, 1]"
+                )
         if sum(v.values()) > 1:
             raise ValueError("error rates add up to more than 1")
         return v

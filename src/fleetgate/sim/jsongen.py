@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = ["generate"]
 
@@ -33,10 +34,15 @@ _WORDS = (
 _CJK = ("北京", "上海", "东京", "酒店", "机场")
 # Past this depth we steer towards terminating choices so recursive $refs stay small; past the hard
 # limit there may be no finite instance at all, so we give up with null rather than recurse forever.
-_SOFT_DEPTH = 6
+_SOFT_DEPTH = 7
 _HARD_DEPTH = 48
 _TYPE_COST = ("null", "boolean", "integer", "number", "string", "array", "object")
 _CATEGORY = {"DIGIT": "0123456789", "WORD": "abcdefgh", "SPACE": " ", "NOT_DIGIT": "ab", "NOT_WORD": "-"}
+_INFER = (
+    ("object", ("properties", "required", "additionalProperties", "minProperties", "maxProperties")),
+    ("array", ("items", "prefixItems", "minItems", "maxItems", "uniqueItems")),
+    ("number", ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")),
+)
 _LOWER = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
 _UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
 
@@ -63,7 +69,9 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         elif k == "type":
             out[k] = _meet(_types(out[k]), _types(v))  # empty marks the conjunction unsatisfiable
         elif k == "enum":
-            out[k] = [e for e in out[k] if e in v]
+            out[k] = [e for e in out[k] if any(_eq(e, x) for x in v)]
+        elif k == "const" and not _eq(out[k], v):
+            out["type"] = []  # contradictory consts: mark the conjunction unsatisfiable
         elif k in _LOWER or k in _UPPER:
             out[k] = (max if k in _LOWER else min)(out[k], v)
         elif k in ("anyOf", "oneOf"):
@@ -82,7 +90,7 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         loose = [p for p in mine.get("properties", {}) if p not in known and extra is not True]
         if loose:
             props = out["properties"] = dict(out["properties"])  # never write into the client's schema
-            props.update({p: extra is not False and {"allOf": [props[p], extra]} for p in loose})
+            props.update({p: False if extra is False else {"allOf": [props[p], extra]} for p in loose})
     return out
 
 
@@ -94,6 +102,10 @@ def _meet(a: list[str], b: list[str]) -> list[str]:
     """Type intersection, where integer is the overlap of integer with number."""
     both = [t for t in a if t in b or (t == "integer" and "number" in b)]
     return both + ["integer"] * ("integer" not in both and "number" in a and "integer" in b)
+
+
+def _choices(s: Mapping[str, Any]) -> list[Any] | None:
+    return [s["const"]] if "const" in s else list(s["enum"]) if "enum" in s else None
 
 
 def _copy(v: Any) -> Any:
@@ -146,7 +158,7 @@ class _Gen:
             return {}
         node = self.root
         for part in filter(None, ref[1:].split("/")):
-            key = part.replace("~1", "/").replace("~0", "~")
+            key = unquote(part).replace("~1", "/").replace("~0", "~")
             try:
                 node = node[int(key)] if isinstance(node, list) else node[key]
             except (KeyError, IndexError, ValueError, TypeError):
@@ -160,7 +172,7 @@ class _Gen:
             if not isinstance(s, Mapping):
                 return s
             if "$ref" not in s and "allOf" not in s:
-                return self.narrow(s)
+                return s
             s = dict(s)
             if "$ref" in s:
                 target = self.lookup(s.pop("$ref"))
@@ -174,24 +186,24 @@ class _Gen:
                 s = _merge(s, part) if isinstance(part, Mapping) else s
         return {}
 
-    def narrow(self, s: Mapping[str, Any]) -> Any:
-        """Keep the enum/const values that sibling keywords accept; none left means unsatisfiable."""
-        if s.get("type") == []:
-            return False
-        if "const" not in s and "enum" not in s:
+    def resolve(self, s: Any) -> Any:
+        """flatten(), plus False for schemas (usually produced by merging) that nothing can satisfy."""
+        s = self.flatten(s)
+        if not isinstance(s, Mapping):
             return s
-        rest = {k: v for k, v in s.items() if k not in ("const", "enum")}
-        vals = [s["const"]] if "const" in s else list(s["enum"])
-        vals = [v for v in vals if "enum" not in s or any(_eq(v, e) for e in s["enum"])]
-        vals = [v for v in vals if not rest or self.valid(rest, v)]
-        return {**rest, "enum": vals} if vals else False
+        vals = _choices(s)
+        if s.get("type") == [] or (vals is not None and not any(self.valid(s, v) for v in vals)):
+            return False
+        return s
 
     def valid(self, s: Any, v: Any, depth: int = 0) -> bool:
-        """Small validator, used only to keep a oneOf choice from also matching its siblings."""
+        """Small validator for the generator's own checks: oneOf exclusivity, enum values versus siblings."""
         s = self.flatten(s)
         if not isinstance(s, Mapping) or depth > _HARD_DEPTH:
             return s is not False
-        if "enum" in s and not any(_eq(e, v) for e in s["enum"]):  # flatten() turned const into enum
+        if ("const" in s and not _eq(s["const"], v)) or (
+            "enum" in s and not any(_eq(e, v) for e in s["enum"])
+        ):
             return False
         if "type" in s and not any(_is_type(v, t) for t in _types(s["type"])):
             return False
@@ -235,17 +247,24 @@ class _Gen:
         )
 
     def value(self, schema: Any, depth: int) -> Any:
-        s = self.flatten(schema)
+        # Recursion can only come through $ref, so each hop costs extra depth to bottom out sooner.
+        if isinstance(schema, Mapping) and "$ref" in schema:
+            depth += 1
+        s = self.resolve(schema)
         if s is False or depth > _HARD_DEPTH:
             return None
         if not isinstance(s, Mapping):
             return self.word()
-        if "enum" in s:
-            return _copy(self.rng.choice(s["enum"]))
+        if (vals := _choices(s)) is not None:
+            pick = self.rng.choice(vals)
+            if not self.valid(s, pick):  # sibling keywords reject some listed values; resolve() saw one pass
+                pick = self.rng.choice([v for v in vals if self.valid(s, v)])
+            return _copy(pick)
         for key in ("anyOf", "oneOf"):
             if s.get(key):
                 return self.branch(s, key, depth)
-        ts = (_types(s["type"]) if "type" in s else [self.infer(s)]) or ["string"]
+        inferred = next((t for t, keys in _INFER if any(k in s for k in keys)), "string")
+        ts = (_types(s["type"]) if "type" in s else [inferred]) or ["string"]
         if depth >= _SOFT_DEPTH:
             t = min(ts, key=lambda x: _TYPE_COST.index(x) if x in _TYPE_COST else len(_TYPE_COST))
         else:
@@ -259,17 +278,6 @@ class _Gen:
         if t == "boolean":
             return self.rng.random() < 0.5
         return None if t == "null" else self.text(s)
-
-    @staticmethod
-    def infer(s: Mapping[str, Any]) -> str:
-        for t, keys in (
-            ("object", ("properties", "required", "additionalProperties", "minProperties", "maxProperties")),
-            ("array", ("items", "prefixItems", "minItems", "maxItems", "uniqueItems")),
-            ("number", ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")),
-        ):
-            if any(k in s for k in keys):
-                return t
-        return "string"
 
     def branch(self, s: Mapping[str, Any], key: str, depth: int) -> Any:
         base = {k: v for k, v in s.items() if k != key}
@@ -288,7 +296,7 @@ class _Gen:
             # overlapping oneOf branches such as {"required": ["a"]} versus {"required": ["b"]}.
             sub = max(depth + 1, _SOFT_DEPTH) if i // len(options) == 1 else depth + 1
             v = self.value(_merge(base, b) if isinstance(b, Mapping) else base if b is True else b, sub)
-            if key == "anyOf" or sum(self.valid(o, v, depth) for o in s[key]) == 1:
+            if key == "anyOf" or sum(self.valid(o, v) for o in s[key]) == 1:
                 return v
             first = v if i == 0 else first
         return first
@@ -298,14 +306,14 @@ class _Gen:
         required = list(s.get("required", ()))
         extra = s.get("additionalProperties", True)
         lo, hi = int(s.get("minProperties", 0)), s.get("maxProperties", math.inf)
-        allowed = [k for k in props if self.flatten(props[k]) is not False]
+        allowed = [k for k in props if self.resolve(props[k]) is not False]
         keys = [k for k in allowed if k in required or (depth < _SOFT_DEPTH and self.rng.random() < 0.5)]
         keys += [k for k in required if k not in keys]
         keys += [k for k in allowed if k not in keys][: max(0, lo - len(keys))]
         for w in _WORDS if extra is not False and len(keys) < lo else ():
             if len(keys) >= lo:
                 break
-            keys += [w] if w not in keys else []
+            keys += [w] if w not in keys and w not in props else []
         while len(keys) > hi and any(k not in required for k in keys):
             keys.remove(next(k for k in reversed(keys) if k not in required))
         return {k: self.value(props.get(k, extra), depth + 1) for k in keys}

@@ -11,7 +11,6 @@ import zmq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
-
 class KVEventsConfig(BaseModel):
     """vLLM's `--kv-events-config` JSON (the fields the simulator honours)."""
 
@@ -31,7 +30,7 @@ class KVEventsConfig(BaseModel):
 
 class KVEventPublisher:
     def __init__(self, endpoint: str, topic: str) -> None:
-        self._ctx = zmq.Context.instance()
+        self._ctx: Any = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)

@@ -18,13 +18,78 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from fleetgate.sim.engine import EngineRequest
 
-_TIME_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0)
+_TIME_BUCKETS: tuple[float, ...] = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+)
 _TIME_BUCKETS += (240.0, 480.0, 960.0, 1920.0, 7680.0)
-_TOKEN_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
+_TOKEN_BUCKETS: tuple[float, ...] = (
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1000.0,
+    2000.0,
+    5000.0,
+    10000.0,
+)
 _TOKEN_BUCKETS += (20000.0, 50000.0, 100000.0)
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_TTFT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 _TTFT_BUCKETS += (20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_ITL_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 _ITL_BUCKETS += (20.0, 40.0, 80.0)
 _ITER_BUCKETS = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0)
 _N_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -173,7 +238,9 @@ class EngineStats:
             family(f"{base}_created", "gauge", help_, [f"{base}_created{{{labels}}} {created}"])
 
         def counter_multi(base: str, help_: str, rows: list[tuple[str, float]]) -> None:
-            family(f"{base}_total", "counter", help_, [f"{base}_total{{{lb}}} {go_float(v)}" for lb, v in rows])
+            family(
+                f"{base}_total", "counter", help_, [f"{base}_total{{{lb}}} {go_float(v)}" for lb, v in rows]
+            )
             family(f"{base}_created", "gauge", help_, [f"{base}_created{{{lb}}} {created}" for lb, _ in rows])
 
         def histogram(name: str, help_: str, h: Histogram) -> None:
@@ -192,16 +259,35 @@ class EngineStats:
 
         out.extend(_process_families())
         mfu = "(for Model Flops Utilization calculations)."
-        counter("vllm:estimated_flops_per_gpu", f"Estimated number of floating point operations per GPU {mfu}", 0)
-        counter("vllm:estimated_read_bytes_per_gpu", f"Estimated number of bytes read from memory per GPU {mfu}", 0)
-        counter("vllm:estimated_write_bytes_per_gpu", f"Estimated number of bytes written to memory per GPU {mfu}", 0)
+        counter(
+            "vllm:estimated_flops_per_gpu", f"Estimated number of floating point operations per GPU {mfu}", 0
+        )
+        counter(
+            "vllm:estimated_read_bytes_per_gpu",
+            f"Estimated number of bytes read from memory per GPU {mfu}",
+            0,
+        )
+        counter(
+            "vllm:estimated_write_bytes_per_gpu",
+            f"Estimated number of bytes written to memory per GPU {mfu}",
+            0,
+        )
         capacity, deferred = engine.waiting_by_reason()
-        gauge("vllm:num_requests_running", "Number of requests in model execution batches.", [(lab, len(engine.running))])
-        gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", [(lab, capacity + deferred)])
+        gauge(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            [(lab, len(engine.running))],
+        )
+        gauge(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            [(lab, capacity + deferred)],
+        )
         gauge(
             "vllm:num_requests_waiting_by_reason",
-            "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; "
-            "'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). "
+            "Number of waiting requests by reason. Reason labels: "
+            "'capacity' = waiting for scheduling capacity; 'deferred' = deferred by transient constraints "
+            "(LoRA budget, KV transfer, blocked status). "
             "Sum of all reasons equals vllm:num_requests_waiting.",
             [(f'{lab},reason="capacity"', capacity), (f'{lab},reason="deferred"', deferred)],
         )
@@ -216,15 +302,25 @@ class EngineStats:
                 (f'{lab},sleep_state="discard_all"', 1 if level == 2 else 0),
             ],
         )
-        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", [(lab, engine.kv_usage())])
+        gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            [(lab, engine.kv_usage())],
+        )
         counter(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
             self.prefix_queries,
         )
-        counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", self.prefix_hits)
+        counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            self.prefix_hits,
+        )
         ext = "from KV connector cross-instance cache sharing, in terms of number of"
-        counter("vllm:external_prefix_cache_queries", f"External prefix cache queries {ext} queried tokens.", 0)
+        counter(
+            "vllm:external_prefix_cache_queries", f"External prefix cache queries {ext} queried tokens.", 0
+        )
         counter("vllm:external_prefix_cache_hits", f"External prefix cache hits {ext} cached tokens.", 0)
         if self.max_loras is not None:
             rows = [
@@ -250,7 +346,11 @@ class EngineStats:
                 (f'{lab},source="external_kv_transfer"', 0),
             ],
         )
-        counter("vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external).", self.cached_tokens)
+        counter(
+            "vllm:prompt_tokens_cached",
+            "Number of cached prompt tokens (local + external).",
+            self.cached_tokens,
+        )
         counter("vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens)
         counter_multi(
             "vllm:request_success",
@@ -261,25 +361,41 @@ class EngineStats:
             ],
         )
         histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", self.h_prompt)
-        histogram("vllm:request_generation_tokens", "Number of generation tokens processed.", self.h_generation)
-        histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", self.h_iteration)
+        histogram(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", self.h_generation
+        )
+        histogram(
+            "vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", self.h_iteration
+        )
         histogram(
             "vllm:request_max_num_generation_tokens",
             "Histogram of maximum number of requested generation tokens.",
             self.h_max_gen,
         )
         histogram("vllm:request_params_n", "Histogram of the n request parameter.", self.h_n)
-        histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", self.h_max_tokens)
-        histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.h_ttft)
-        histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", self.h_itl)
+        histogram(
+            "vllm:request_params_max_tokens",
+            "Histogram of the max_tokens request parameter.",
+            self.h_max_tokens,
+        )
+        histogram(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.h_ttft
+        )
+        histogram(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", self.h_itl
+        )
         histogram(
             "vllm:request_time_per_output_token_seconds",
             "Histogram of time_per_output_token_seconds per request.",
             self.h_tpot,
         )
-        histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.h_e2e)
         histogram(
-            "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", self.h_queue
+            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.h_e2e
+        )
+        histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            self.h_queue,
         )
         histogram(
             "vllm:request_inference_time_seconds",
@@ -287,10 +403,14 @@ class EngineStats:
             self.h_inference,
         )
         histogram(
-            "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", self.h_prefill
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            self.h_prefill,
         )
         histogram(
-            "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", self.h_decode
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+            self.h_decode,
         )
         histogram(
             "vllm:request_prefill_kv_computed_tokens",

@@ -30,7 +30,9 @@ class ChatChunks:
     def role(self, index: int) -> bytes:
         choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
         choice["finish_reason"] = None
-        return sse_event(_dumps({**self.head, "choices": [choice], "prompt_token_ids": None, "prompt_text": None}))
+        return sse_event(
+            _dumps({**self.head, "choices": [choice], "prompt_token_ids": None, "prompt_text": None})
+        )
 
     def content(self, index: int, text: str, logprobs: Any = None) -> bytes:
         if logprobs is None:
@@ -47,7 +49,13 @@ class ChatChunks:
         return self.delta(index, {"content": text}, logprobs)
 
     def delta(self, index: int, delta: dict[str, Any], logprobs: Any = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None, "token_ids": None}
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": None,
+            "token_ids": None,
+        }
         return sse_event(_dumps({**self.head, "choices": [choice]}))
 
     def finish(

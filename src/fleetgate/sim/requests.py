@@ -141,7 +141,7 @@ def validate(model: type[M], body: Any) -> M:
         return model.model_validate(body)
     except ValidationError as e:
         errors = [
-            {k: (("body", *v) if k == "loc" else v) for k, v in err.items() if k != "url"}
+            {k: (("body", *err["loc"]) if k == "loc" else v) for k, v in err.items() if k != "url"}
             for err in e.errors(include_url=False)
         ]
         raise _validation_error(errors) from None
@@ -193,5 +193,3 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: in
             param="input_tokens",
         )
     return requested
-
-

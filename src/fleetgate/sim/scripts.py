@@ -39,7 +39,9 @@ def _schema_of(response_format: Mapping[str, Any]) -> Any:
     return {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
 
-def json_script(tokenizer: Tokenizer, response_format: Mapping[str, Any], rng: random.Random) -> Script | None:
+def json_script(
+    tokenizer: Tokenizer, response_format: Mapping[str, Any], rng: random.Random
+) -> Script | None:
     if response_format.get("type") not in ("json_schema", "json_object"):
         return None
     text = orjson.dumps(generate(_schema_of(response_format), rng)).decode()

@@ -78,7 +78,7 @@ class SimSettings:
     auto_tool_choice: bool = False
     tool_call_parser: str | None = None
     kv_events: KVEventsConfig | None = None
-    faults: Faults = field(default_factory=Faults)
+    faults: Faults = field(default_factory=lambda: Faults())
     admin: bool = False
 
 
@@ -95,7 +95,11 @@ def _error(e: OpenAIError) -> Response:
 
 
 def _fault_error(status: int) -> OpenAIError:
-    kinds: dict[int, type[OpenAIError]] = {429: RateLimitError, 500: InternalServerError, 503: ServiceUnavailableError}
+    kinds: dict[int, type[OpenAIError]] = {
+        429: RateLimitError,
+        500: InternalServerError,
+        503: ServiceUnavailableError,
+    }
     return kinds.get(status, OpenAIError)("injected fault", status=status)
 
 
@@ -328,7 +332,12 @@ class SimServer:
                 ids = list(self.tokenizer.encode(req.prompt or ""))
         except OpenAIError as e:
             return _error(e)
-        body = {"count": len(ids), "max_model_len": self.s.engine.max_model_len, "tokens": ids, "token_strs": None}
+        body = {
+            "count": len(ids),
+            "max_model_len": self.s.engine.max_model_len,
+            "tokens": ids,
+            "token_strs": None,
+        }
         return _json(body)
 
     async def detokenize(self, request: Request) -> Response:
@@ -543,13 +552,13 @@ class SimServer:
             for k, tok in enumerate(tokens):
                 text = "" if tok == IM_END else tt(tok)
                 lp = {"content": [render.token_logprob(text, c.req.rng, top)]} if top >= 0 else None
-                ending = finish is not None and k == last
+                ending = finish if k == last else None
                 if c.tool is not None:
                     delta = c.tool.delta(tok)
                     if self.s.tool_call_parser:
                         self.stats.on_tool_parse(streaming=True, called=delta is not None)
-                    if ending:
-                        reason = "tool_calls" if finish == "stop" else finish
+                    if ending is not None:
+                        reason = "tool_calls" if ending == "stop" else ending
                         out.append(enc.finish(c.index, {}, reason, None, not include_usage))
                     elif delta is not None:
                         out.append(enc.delta(c.index, delta, lp))
@@ -557,10 +566,12 @@ class SimServer:
                 text = c.cut(text)
                 if c.stop_hit is not None:
                     self.engine.abort(c.req, "stop")
-                    out.append(enc.finish(c.index, {"content": text}, "stop", c.stop_hit, not include_usage, lp))
+                    out.append(
+                        enc.finish(c.index, {"content": text}, "stop", c.stop_hit, not include_usage, lp)
+                    )
                     break
-                if ending:
-                    out.append(enc.finish(c.index, {"content": text}, finish, None, not include_usage, lp))
+                if ending is not None:
+                    out.append(enc.finish(c.index, {"content": text}, ending, None, not include_usage, lp))
                 else:
                     out.append(enc.content(c.index, text, lp))
             if out:
@@ -595,10 +606,10 @@ class SimServer:
         if not prompt:
             raise BadRequestError("Prompt cannot be empty", param="prompt")
         if isinstance(prompt[0], int):
-            return [list(prompt)]  # type: ignore[arg-type]
+            return [list(prompt)]
         if isinstance(prompt[0], str):
-            return [list(self.tokenizer.encode(p)) for p in prompt]  # type: ignore[arg-type]
-        return [list(p) for p in prompt]  # type: ignore[arg-type]
+            return [list(self.tokenizer.encode(p)) for p in prompt]
+        return [list(p) for p in prompt]
 
     async def completions(self, request: Request) -> Response:
         try:
@@ -630,7 +641,9 @@ class SimServer:
         prompt_tokens = sum(len(p) for p in prompts) * req.n
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            gen = self._completion_stream(choices, prompt_tokens, rid, created, model, include_usage, req.logprobs)
+            gen = self._completion_stream(
+                choices, prompt_tokens, rid, created, model, include_usage, req.logprobs
+            )
             return self._streaming(gen, reqs)
 
         async def make() -> Response:
@@ -744,11 +757,14 @@ class SimServer:
             return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
         item = {"id": mid, "content": [], "role": "assistant", "status": "in_progress", "type": "message"}
-        part = {"annotations": [], "text": "", "type": "output_text", "logprobs": None}
+        part: dict[str, Any] = {"annotations": [], "text": "", "type": "output_text", "logprobs": None}
         yield event("response.created", {"response": body("", "in_progress")})
         yield event("response.in_progress", {"response": body("", "in_progress")})
         yield event("response.output_item.added", {"output_index": 0, "item": item})
-        yield event("response.content_part.added", {"item_id": mid, "output_index": 0, "content_index": 0, "part": part})
+        yield event(
+            "response.content_part.added",
+            {"item_id": mid, "output_index": 0, "content_index": 0, "part": part},
+        )
         pieces: list[str] = []
         while True:
             tokens, finish = await er.next_tokens()
@@ -777,9 +793,9 @@ class SimServer:
             for p in prompts:
                 if len(p) > self.s.engine.max_model_len:
                     raise BadRequestError(
-                        f"This model's maximum context length is {self.s.engine.max_model_len} tokens. However, "
-                        f"you requested {len(p)} tokens in the input for embedding generation. Please reduce "
-                        "the length of the input.",
+                        f"This model's maximum context length is {self.s.engine.max_model_len} tokens. "
+                        f"However, you requested {len(p)} tokens in the input for embedding generation. "
+                        "Please reduce the length of the input.",
                         param="input_tokens",
                     )
             reqs = [self._new_request(p, 1, 0, True, None, 1, None) for p in prompts]
@@ -793,10 +809,11 @@ class SimServer:
         async def make() -> Response:
             await self._wait_all(reqs)
             data = [
-                {"index": i, "object": "embedding", "embedding": _embed(p, dim)} for i, p in enumerate(prompts)
+                {"index": i, "object": "embedding", "embedding": _embed(p, dim)}
+                for i, p in enumerate(prompts)
             ]
             total = sum(len(p) for p in prompts)
-            usage = {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0}
+            usage: dict[str, Any] = {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0}
             usage["prompt_tokens_details"] = None
             body = {"id": random_id("embd-"), "object": "list", "created": int(time.time()), "model": model}
             return _json({**body, "data": data, "usage": usage})
@@ -813,7 +830,9 @@ class SimServer:
                     "adapter in place, set 'load_inplace' to True."
                 )
             if not _adapter_exists(req.lora_path):
-                raise NotFoundError(f"Loading lora {req.lora_name} failed: No adapter found for {req.lora_path}")
+                raise NotFoundError(
+                    f"Loading lora {req.lora_name} failed: No adapter found for {req.lora_path}"
+                )
         except OpenAIError as e:
             return _error(e)
         await asyncio.sleep(self.profile.lora_load_seconds / self._scale)
@@ -959,7 +978,7 @@ async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, list[in
 
 
 def _response_item_message(item: dict[str, Any]) -> dict[str, Any]:
-    content = item.get("content", "")
+    content: Any = item.get("content", "")
     if isinstance(content, list):
         content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return {"role": item.get("role", "user"), "content": content}
@@ -977,11 +996,20 @@ def _response_body(
     top_p: float,
     usage: Usage,
 ) -> dict[str, Any]:
-    output = []
+    output: list[dict[str, Any]] = []
     if status != "in_progress":
-        content = [{"annotations": [], "text": text, "type": "output_text", "logprobs": None}]
+        content: list[dict[str, Any]] = [
+            {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
+        ]
         output.append(
-            {"id": mid, "content": content, "role": "assistant", "status": "completed", "type": "message", "phase": None}
+            {
+                "id": mid,
+                "content": content,
+                "role": "assistant",
+                "status": "completed",
+                "type": "message",
+                "phase": None,
+            }
         )
     return {
         "id": rid,
@@ -1010,7 +1038,11 @@ def _response_body(
         "truncation": "disabled",
         "usage": {
             "input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
+            "input_tokens_details": {
+                "cached_tokens": 0,
+                "input_tokens_per_turn": [],
+                "cached_tokens_per_turn": [],
+            },
             "output_tokens": usage.completion_tokens,
             "output_tokens_details": {
                 "reasoning_tokens": 0,

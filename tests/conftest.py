@@ -1,0 +1,99 @@
+"""Fixtures that run real simulator processes on ephemeral ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SimProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    """Poll /health until the server answers; fail with its log if it dies or never comes up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"simulator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"simulator did not become ready:\n{log.read_text()[-3000:]}")
+
+
+SimFactory = Callable[..., SimProcess]
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[SimFactory]:
+    """Start `fleetgate sim` with extra flags; every process is stopped at teardown."""
+    started: list[SimProcess] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None, port: int | None = None) -> SimProcess:
+        port = port or free_port()
+        log = tmp_path / f"sim-{port}.log"
+        cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        sim = SimProcess(proc, port, log)
+        started.append(sim)
+        wait_ready(sim.url, proc, log)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    """A fast H200 Llama-8B simulator serving `llama-8b`, shared by read-only tests."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("sim") / "llama.log"
+    cmd = [
+        sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0",
+        "--served-model-name", "llama-8b", "--time-scale", "20", "--seed", "7",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    sim = SimProcess(proc, port, log)
+    wait_ready(sim.url, proc, log)
+    yield sim
+    sim.stop()
