@@ -71,7 +71,9 @@ def sim_factory(tmp_path: Path) -> Iterator[SimFactory]:
         log = tmp_path / f"sim-{port}.log"
         cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
         sim = SimProcess(proc, port, log)
         started.append(sim)
         wait_ready(sim.url, proc, log)

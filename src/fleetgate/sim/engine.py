@@ -291,7 +291,8 @@ class Engine:
                 usable = (req.total_len - 1) // args.block_size
                 hit = self.kv.longest_hit(req.hashes[:usable])
                 req.blocks = self.kv.touch(req.hashes[:hit])
-                req.computed = req.committed = hit * args.block_size
+                req.committed = hit
+                req.computed = hit * args.block_size
                 if req.cached_tokens < 0:
                     req.cached_tokens = req.computed
                     self.stats.on_prefix_query(len(req.prompt), req.computed)
