@@ -183,7 +183,7 @@ def test_abort_frees_blocks_and_counts_as_abort() -> None:
 
 
 def test_step_time_grows_with_batch_and_context() -> None:
-    engine, clock, _ = make_engine()
+    engine, _, _ = make_engine()
     profile = engine.profile.step
     one = profile.seconds(1, 1, 1000, 1000 * 1000, 0.0)
     many = profile.seconds(64, 64, 64000, 64 * 1000 * 1000, 0.0)

@@ -21,7 +21,6 @@ sim_app = typer.Typer(
     help="Run simulated vLLM servers: same API, metrics and KV events as vLLM 0.26, no GPU needed.",
     invoke_without_command=True,
     add_completion=False,
-    context_settings={"allow_interspersed_args": True},
 )
 app.add_typer(sim_app, name="sim")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,12 +74,11 @@ async def serve_one(s: SimSettings, startup_seconds: float, non_default_args: di
 
 
 def run_one(s: SimSettings, startup_seconds: float, non_default_args: dict[str, object]) -> None:
-    try:
-        import uvloop
+    import uvloop
 
+    # uvicorn re-raises the SIGINT it handled once it has shut down; for us that is a clean exit.
+    with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve_one(s, startup_seconds, non_default_args))
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve_one(s, startup_seconds, non_default_args))
 
 
 def supervise(argv_for: Sequence[list[str]]) -> int:

@@ -1,0 +1,217 @@
+"""Sleep mode, runtime LoRA, faults, replicas and the admin endpoint, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import SimFactory
+
+DEV = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"{name}{labels} not found")
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_dev_endpoints_exist_only_in_dev_mode(sim_factory: SimFactory) -> None:
+    plain = sim_factory("--enable-sleep-mode", "--enable-lora")
+    for method, path in [("GET", "/is_sleeping"), ("POST", "/sleep"), ("POST", "/v1/load_lora_adapter")]:
+        r = httpx.request(method, plain.url + path, json={"lora_name": "a", "lora_path": "x"})
+        assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
+
+
+def test_sleep_holds_generation_until_woken(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--served-model-name", "m", "--enable-sleep-mode", "--time-scale", "50", env=DEV)
+    assert httpx.get(f"{sim.url}/is_sleeping").json() == {"is_sleeping": False}
+    assert httpx.post(f"{sim.url}/sleep?level=1", timeout=10).status_code == 200
+    assert httpx.get(f"{sim.url}/is_sleeping").json() == {"is_sleeping": True}
+    assert httpx.get(f"{sim.url}/health").status_code == 200  # as vLLM: healthy while asleep
+    assert metric(sim.url, "vllm:engine_sleep_state", sleep_state="awake") == 0
+    assert metric(sim.url, "vllm:engine_sleep_state", sleep_state="weights_offloaded") == 1
+
+    async def scenario() -> str:
+        async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+            body = {"model": "m", "prompt": "x", "max_tokens": 3, "ignore_eos": True}
+            pending = asyncio.ensure_future(client.post("/v1/completions", json=body))
+            # The request is accepted and queued; it must not complete while the engine sleeps.
+            while metric(sim.url, "vllm:num_requests_waiting") < 1:
+                await asyncio.sleep(0.01)
+            assert not pending.done()
+            woke = await client.post("/wake_up")
+            assert woke.status_code == 200
+            r = await pending
+            assert r.status_code == 200
+            return str(r.json()["choices"][0]["finish_reason"])
+
+    assert asyncio.run(scenario()) == "length"
+    assert metric(sim.url, "vllm:engine_sleep_state", sleep_state="awake") == 1
+    assert httpx.post(f"{sim.url}/sleep?level=2", timeout=10).status_code == 200
+    assert metric(sim.url, "vllm:engine_sleep_state", sleep_state="discard_all") == 1
+
+
+def test_runtime_lora_lifecycle_matches_vllm(sim_factory: SimFactory, tmp_path: Path) -> None:
+    adapter = tmp_path / "food-review"
+    adapter.mkdir()
+    sim = sim_factory("--served-model-name", "llama-8b", "--enable-lora", "--max-loras", "2", env=DEV)
+    ok = httpx.post(
+        f"{sim.url}/v1/load_lora_adapter", json={"lora_name": "food-review", "lora_path": str(adapter)}
+    )
+    assert (ok.status_code, ok.text) == (200, "Success: LoRA adapter 'food-review' added successfully.")
+    dup = httpx.post(
+        f"{sim.url}/v1/load_lora_adapter", json={"lora_name": "food-review", "lora_path": str(adapter)}
+    )
+    assert dup.status_code == 400 and dup.json()["error"]["type"] == "InvalidUserInput"
+    bad = httpx.post(
+        f"{sim.url}/v1/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(tmp_path / "nope")}
+    )
+    assert bad.status_code == 404 and bad.json()["error"]["type"] == "NotFoundError"
+    models = httpx.get(f"{sim.url}/v1/models").json()["data"]
+    entry = next(m for m in models if m["id"] == "food-review")
+    assert entry["parent"] == "llama-8b" and entry["root"] == str(adapter) and entry["max_model_len"] is None
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)
+    done = client.completions.create(model="food-review", prompt="x", max_tokens=2)
+    assert done.usage is not None and done.usage.completion_tokens >= 1
+    gone = httpx.post(f"{sim.url}/v1/unload_lora_adapter", json={"lora_name": "food-review"})
+    assert gone.status_code == 200
+    with pytest.raises(openai.NotFoundError, match="The model `food-review` does not exist."):
+        client.completions.create(model="food-review", prompt="x", max_tokens=2)
+    missing = httpx.post(f"{sim.url}/v1/unload_lora_adapter", json={"lora_name": "never"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "The lora adapter 'never' cannot be found."
+
+
+def test_a_third_adapter_is_deferred_with_max_loras_2(sim_factory: SimFactory) -> None:
+    sim = sim_factory(
+        "--served-model-name", "llama-8b", "--enable-lora", "--max-loras", "2",
+        "--lora-modules", "a=org/a", "--lora-modules", "b=org/b", "--lora-modules", "c=org/c",
+    )  # fmt: skip
+
+    async def scenario() -> tuple[float, float]:
+        async with httpx.AsyncClient(base_url=sim.url, timeout=60) as client:
+            long = {"prompt": "x", "max_tokens": 400, "ignore_eos": True}
+            tasks = [
+                asyncio.ensure_future(client.post("/v1/completions", json={**long, "model": m})) for m in "ab"
+            ]
+            while metric(sim.url, "vllm:num_requests_running") < 2:
+                await asyncio.sleep(0.01)
+            third = asyncio.ensure_future(client.post("/v1/completions", json={**long, "model": "c"}))
+            while metric(sim.url, "vllm:num_requests_waiting") < 1:
+                await asyncio.sleep(0.01)
+            deferred = metric(sim.url, "vllm:num_requests_waiting_by_reason", reason="deferred")
+            capacity = metric(sim.url, "vllm:num_requests_waiting_by_reason", reason="capacity")
+            for t in [*tasks, third]:
+                t.cancel()
+            return deferred, capacity
+
+    assert asyncio.run(scenario()) == (1.0, 0.0)
+    text = httpx.get(f"{sim.url}/metrics").text
+    assert 'vllm:lora_requests_info{max_lora="2"' in text
+
+
+def test_client_disconnect_aborts_the_request(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--served-model-name", "m")
+    body = {"model": "m", "prompt": "x", "max_tokens": 5000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{sim.url}/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break
+    wait_for(lambda: metric(sim.url, "vllm:request_success_total", finished_reason="abort") == 1)
+    assert metric(sim.url, "vllm:num_requests_running") == 0
+
+
+def test_injected_errors_hangs_and_health(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--served-model-name", "m", "--admin", "--fault-error-rate", "503=1")
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.completions.create(model="m", prompt="x", max_tokens=1)
+    assert err.value.status_code == 503
+    faults = httpx.post(f"{sim.url}/_sim/faults", json={"error_rates": {}, "health": "fail"}).json()
+    assert faults["health"] == "fail" and faults["error_rates"] == {}
+    assert httpx.get(f"{sim.url}/health").status_code == 503
+    assert client.completions.create(model="m", prompt="x", max_tokens=1).choices
+    httpx.post(f"{sim.url}/_sim/faults", json={"health": "hang", "hang_rate": 1.0})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(f"{sim.url}/health", timeout=0.3)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{sim.url}/v1/completions", json={"model": "m", "prompt": "x"}, timeout=0.3)
+    rejected = httpx.post(f"{sim.url}/_sim/faults", json={"hang_rate": 2})
+    assert rejected.status_code == 400
+
+
+def test_crash_mid_stream_kills_the_server(sim_factory: SimFactory) -> None:
+    sim = sim_factory(
+        "--served-model-name", "m", "--fault-crash-rate", "1", "--fault-crash-after-tokens", "3"
+    )
+    body = {"model": "m", "prompt": "x", "max_tokens": 50, "ignore_eos": True, "stream": True}
+    events = 0
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", f"{sim.url}/v1/completions", json=body) as r,
+    ):
+        for line in r.iter_lines():
+            events += line.startswith("data: ")
+    assert 3 <= events < 50
+    assert sim.proc.wait(10) == 1
+
+
+def test_admin_state_and_match_report_true_cache(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--served-model-name", "m", "--admin")
+    prompt = list(range(1000, 1100))
+    assert httpx.post(f"{sim.url}/_sim/match", json={"prompt": prompt}).json()["hit_tokens"] == 0
+    httpx.post(
+        f"{sim.url}/v1/completions", json={"model": "m", "prompt": prompt, "max_tokens": 1}, timeout=30
+    )
+    match = httpx.post(f"{sim.url}/_sim/match", json={"prompt": prompt}).json()
+    assert match["hit_tokens"] == 96 and match["prompt_tokens"] == 100
+    state = httpx.get(f"{sim.url}/_sim/state").json()
+    assert len(state["cached_block_hashes"]) == 6 and state["running"] == [] and state["waiting"] == []
+
+
+def test_admin_is_off_by_default(sim_factory: SimFactory) -> None:
+    sim = sim_factory()
+    assert httpx.get(f"{sim.url}/_sim/state").status_code == 404
+
+
+def test_replicas_are_independent_processes(sim_factory: SimFactory) -> None:
+    from tests.conftest import free_port, wait_ready
+
+    base = free_port()
+    sim = sim_factory("--replicas", "2", "--served-model-name", "m", "--seed", "1", port=base)
+    other = f"http://127.0.0.1:{base + 1}"
+    wait_ready(other, sim.proc, sim.log)
+    for url in (sim.url, other):
+        models = httpx.get(f"{url}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["m"]
+    httpx.post(f"{sim.url}/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}, timeout=30)
+    assert metric(sim.url, "vllm:request_success_total", finished_reason="length") == 1
+    assert metric(other, "vllm:request_success_total", finished_reason="length") == 0
+    assert sim.stop() == 0
+
+
+def test_startup_log_is_printed_before_listening(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--served-model-name", "m")
+    log = sim.log.read_text()
+    assert "Starting vLLM server on http://127.0.0.1:" in log
+    assert "non-default args:" in log
+    assert json.dumps(["m"]).replace('"', "'") in log
