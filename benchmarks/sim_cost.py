@@ -123,9 +123,8 @@ def main() -> None:
         ("CPU per token (200 streams, K=10)", measure(200, args.tokens, 10.0, 64)),
         (f"capacity ({args.streams} streams, K=1)", measure(args.streams, args.tokens // 2, 1.0, 64)),
     ]
-    print(
-        f"{'run':40} {'done':>11} {'tokens':>8} {'wall s':>7} {'sim CPU s':>9} {'us/token':>9} {'tok/s/str':>9}"
-    )
+    cols = ("done", "tokens", "wall s", "sim CPU s", "us/token", "tok/s/str")
+    print(f"{'run':40} " + " ".join(f"{c:>9}" for c in cols))
     for name, r in rows:
         done = f"{r['completed']:.0f}/{r['streams']:.0f}"
         print(

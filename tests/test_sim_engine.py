@@ -23,7 +23,9 @@ class Clock:
 
 def make_engine(**overrides: Any) -> tuple[Engine, Clock, list[list[dict[str, Any]]]]:
     profile = load_profile("h200-llama-3.1-8b")
-    args = dict(max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=2048, num_gpu_blocks=1024)
+    args: dict[str, Any] = dict(
+        max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=2048, num_gpu_blocks=1024
+    )
     args.update(overrides)
     published: list[list[dict[str, Any]]] = []
     clock = Clock()

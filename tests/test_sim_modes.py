@@ -27,6 +27,16 @@ def metric(url: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{labels} not found")
 
 
+async def until(cond: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll a condition another process makes true, with a deadline."""
+    deadline = time.monotonic() + seconds
+    for _ in iter(int, 1):
+        if cond():
+            return
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -55,8 +65,7 @@ def test_sleep_holds_generation_until_woken(sim_factory: SimFactory) -> None:
             body = {"model": "m", "prompt": "x", "max_tokens": 3, "ignore_eos": True}
             pending = asyncio.ensure_future(client.post("/v1/completions", json=body))
             # The request is accepted and queued; it must not complete while the engine sleeps.
-            while metric(sim.url, "vllm:num_requests_waiting") < 1:
-                await asyncio.sleep(0.01)
+            await until(lambda: metric(sim.url, "vllm:num_requests_waiting") >= 1)
             assert not pending.done()
             woke = await client.post("/wake_up")
             assert woke.status_code == 200
@@ -94,7 +103,7 @@ def test_runtime_lora_lifecycle_matches_vllm(sim_factory: SimFactory, tmp_path: 
     assert done.usage is not None and done.usage.completion_tokens >= 1
     gone = httpx.post(f"{sim.url}/v1/unload_lora_adapter", json={"lora_name": "food-review"})
     assert gone.status_code == 200
-    with pytest.raises(openai.NotFoundError, match="The model `food-review` does not exist."):
+    with pytest.raises(openai.NotFoundError, match=r"The model `food-review` does not exist\."):
         client.completions.create(model="food-review", prompt="x", max_tokens=2)
     missing = httpx.post(f"{sim.url}/v1/unload_lora_adapter", json={"lora_name": "never"})
     assert missing.status_code == 404
@@ -113,11 +122,9 @@ def test_a_third_adapter_is_deferred_with_max_loras_2(sim_factory: SimFactory) -
             tasks = [
                 asyncio.ensure_future(client.post("/v1/completions", json={**long, "model": m})) for m in "ab"
             ]
-            while metric(sim.url, "vllm:num_requests_running") < 2:
-                await asyncio.sleep(0.01)
+            await until(lambda: metric(sim.url, "vllm:num_requests_running") >= 2)
             third = asyncio.ensure_future(client.post("/v1/completions", json={**long, "model": "c"}))
-            while metric(sim.url, "vllm:num_requests_waiting") < 1:
-                await asyncio.sleep(0.01)
+            await until(lambda: metric(sim.url, "vllm:num_requests_waiting") >= 1)
             deferred = metric(sim.url, "vllm:num_requests_waiting_by_reason", reason="deferred")
             capacity = metric(sim.url, "vllm:num_requests_waiting_by_reason", reason="capacity")
             for t in [*tasks, third]:
