@@ -209,3 +209,14 @@ def test_metrics_follow_finished_requests() -> None:
     text = s.render(engine)
     assert 'vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 4.0' in text
     assert 'vllm:generation_tokens_total{engine="0",model_name="m"} 12.0' in text
+
+
+def test_calibration_check_rows_stay_within_tolerance() -> None:
+    """The H200 profile reproduces the recorded runs it was not fitted on (virtual time, deterministic)."""
+    from fleetgate.sim.calibrate import ROWS, TOLERANCE, predict
+
+    profile = load_profile("h200-llama-3.1-8b")
+    for row in ROWS:
+        got = predict(profile, profile.step, row)
+        for key, tol in TOLERANCE.items():
+            assert abs(got[key] / getattr(row, key) - 1) <= tol, (row.name, key, got[key])
