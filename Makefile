@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 # The most complete thing that exists today: one simulated vLLM (Llama-3.1-8B on an H200) on :8000.
 run: $(STAMP)
-	$(BIN)/fleetgate sim --profile h200-llama-3.1-8b --port 8000 --served-model-name llama-8b
+	$(BIN)/fleetgate sim --profile h200-llama-3.1-8b --port 8000 --served-model-name llama-8b --startup-time 3
 
 test: lint typecheck unit
 

@@ -27,7 +27,8 @@ FIRST_ORDINARY_ID = 256
 # short digit runs, whitespace runs, punctuation runs.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\u3000-\u303f"
 _PIECE = re.compile(
-    rf"[{_CJK}]+|[ ]?[^\W\d_{_CJK}]+|[ ]?\d{{1,3}}|\s*\n|[ \t]+(?!\S)|[ \t]+|[ ]?[^\s\w{_CJK}]+|_+",
+    rf"[{_CJK}]+|[ ]?[^\W\d_{_CJK}]+|[ ]?\d{{1,3}}|\s*\n|[ \t]+(?!\S)|[ \t]+|[ ]?[^\s\w{_CJK}]+|_+|\s+|.",
+    re.DOTALL,
 )
 _WORD_HEAD = 6  # a word piece up to this long (leading space included) is one token
 _WORD_TAIL = 5  # longer words split into further tokens of this many characters
