@@ -73,7 +73,7 @@ PROMPTS = {"english": ENGLISH, "chinese": CHINESE}
 IGNORE_EOS = {"ignore_eos": True}
 
 
-# ---- simulators ---------------------------------------------------------------------------------------------
+# ---- simulators --------------------------------------------------------------------------------------------
 def _spawn(log_dir: Path, *flags: str) -> SimProcess:
     port = free_port()
     log = log_dir / f"sim-{port}.log"
@@ -123,7 +123,7 @@ def tokenize(sim: SimProcess, **body: Any) -> int:
     return cast(int, out["count"])
 
 
-# ---- streamed chat, gathered ------------------------------------------------------------------------------
+# ---- streamed chat, gathered -------------------------------------------------------------------------------
 @dataclass
 class ChatStream:
     roles: dict[int, int] = field(default_factory=dict)  # index -> role chunks
@@ -186,7 +186,7 @@ def stream_completion(client: openai.OpenAI, **kwargs: Any) -> CompletionStream:
     return out
 
 
-# ---- token accounting ---------------------------------------------------------------------------------------
+# ---- token accounting --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("max_tokens", [1, 7, 40])
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 def test_ignore_eos_chat_streams_exactly_max_tokens(
@@ -274,7 +274,7 @@ def test_n2_completion_counts_the_prompt_once(sim: SimProcess, client: openai.Op
     assert resp.usage.prompt_tokens == tokenize(sim, prompt=prompt)
 
 
-# ---- stop strings -------------------------------------------------------------------------------------------
+# ---- stop strings ------------------------------------------------------------------------------------------
 STOPS = [(" the", 0), (" the", 1), (".", 2), (".", 3)]
 
 
@@ -338,7 +338,7 @@ def test_stop_string_in_completions(client: openai.OpenAI, seed: int) -> None:
     assert resp.choices[0].text == s.text[0]
 
 
-# ---- prompts and tokenization -------------------------------------------------------------------------------
+# ---- prompts and tokenization ------------------------------------------------------------------------------
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 def test_tokenize_matches_chat_prompt_tokens(sim: SimProcess, client: openai.OpenAI, prompt: str) -> None:
     resp = client.chat.completions.create(model=MODEL, messages=PROMPTS[prompt], max_tokens=2)
@@ -354,7 +354,8 @@ def test_tokenize_matches_tool_prompt_tokens(sim: SimProcess, client: openai.Ope
     )
     (call,) = resp.choices[0].message.tool_calls or []
     assert call.type == "function"
-    schema = {t["function"]["name"]: t["function"].get("parameters") for t in TOOLS}[call.function.name]
+    schema = {t["function"]["name"]: cast(dict[str, Any], t["function"].get("parameters")) for t in TOOLS}
+    schema = schema[call.function.name]
     jsonschema.validate(json.loads(call.function.arguments), schema)
 
 
@@ -382,7 +383,7 @@ def test_out_of_vocabulary_token_id_is_a_400(client: openai.OpenAI) -> None:
     assert _error(info.value)["param"] == "prompt"
 
 
-# ---- seeds --------------------------------------------------------------------------------------------------
+# ---- seeds -------------------------------------------------------------------------------------------------
 def test_same_seed_same_text(client: openai.OpenAI) -> None:
     def chat(seed: int) -> list[str | None]:
         r = client.chat.completions.create(
@@ -403,7 +404,7 @@ def test_same_seed_same_text(client: openai.OpenAI) -> None:
     assert complete(3) != complete(4)
 
 
-# ---- logprobs -----------------------------------------------------------------------------------------------
+# ---- logprobs ----------------------------------------------------------------------------------------------
 def test_chat_logprobs_shape(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(
         model=MODEL, messages=ENGLISH, max_tokens=6, logprobs=True, top_logprobs=3, extra_body=IGNORE_EOS
@@ -452,7 +453,7 @@ def test_completion_logprobs_shape(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("k", [2, 4])
 def test_completion_top_logprobs_count(client: openai.OpenAI, k: int) -> None:
-    # vLLM returns the sampled token plus the top k (k or k + 1 entries, the sampled one may be among the top).
+    # vLLM returns the sampled token plus the top k: k or k + 1 entries (the sampled one may be a top one).
     resp = client.completions.create(
         model=MODEL, prompt="Cloud Run is a ", max_tokens=4, logprobs=k, extra_body=IGNORE_EOS
     )
@@ -461,7 +462,7 @@ def test_completion_top_logprobs_count(client: openai.OpenAI, k: int) -> None:
     assert all(top is not None and k <= len(top) <= k + 1 for top in lp.top_logprobs), lp.top_logprobs
 
 
-# ---- errors -------------------------------------------------------------------------------------------------
+# ---- errors ------------------------------------------------------------------------------------------------
 def _error(exc: openai.APIStatusError) -> dict[str, Any]:
     body = exc.body
     assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}, body
@@ -498,7 +499,7 @@ _JSON = {"Content-Type": "application/json"}
     [
         ({"max_tokens": "x"}, "body.max_tokens"),
         ({"messages": "hello"}, "body.messages"),
-        ({"messages": [1, 2]}, "body.messages.0"),
+        ({"messages": [1, 2]}, "body.messages"),
         ({"temperature": "hot"}, "body.temperature"),
         ({"n": [2]}, "body.n"),
         ({"stop": 5}, "body.stop.str"),
@@ -512,17 +513,21 @@ def test_wrong_types_are_request_validation_errors(
         client.chat.completions.create(model=MODEL, messages=ENGLISH, extra_body=extra)
     err = _error(info.value)
     assert err["type"] == "Bad Request"
-    assert err["param"] == param
+    assert err["param"].startswith(param)
     assert err["message"].startswith(("1 validation error:", "2 validation errors:"))
 
 
 def test_unknown_model_is_a_404_everywhere(sim: SimProcess, client: openai.OpenAI) -> None:
-    calls = [
-        lambda: client.chat.completions.create(model="nope", messages=ENGLISH, max_tokens=2),
-        lambda: client.completions.create(model="nope", prompt="hi", max_tokens=2),
-        lambda: client.responses.create(model="nope", input="hi", max_output_tokens=2),
-    ]
-    for call in calls:
+    def chat() -> object:
+        return client.chat.completions.create(model="nope", messages=ENGLISH, max_tokens=2)
+
+    def completion() -> object:
+        return client.completions.create(model="nope", prompt="hi", max_tokens=2)
+
+    def response() -> object:
+        return client.responses.create(model="nope", input="hi", max_output_tokens=2)
+
+    for call in (chat, completion, response):
         with pytest.raises(openai.NotFoundError) as info:
             call()
         err = _error(info.value)
@@ -586,7 +591,6 @@ def test_prompt_over_the_context_is_a_400(small_sim: SimProcess) -> None:
         # an assistant turn whose tool calls are malformed
         {"messages": [*ENGLISH, {"role": "assistant", "tool_calls": [{"function": "search_segments"}]}]},
         {"messages": [*ENGLISH, {"role": "assistant", "tool_calls": 5}]},
-        {"messages": [*ENGLISH, {"role": "assistant", "tool_calls": [7]}]},
     ],
     ids=[
         "tool_choice-function-str",
@@ -602,7 +606,7 @@ def test_malformed_tool_fields_are_400_not_500(sim: SimProcess, body: dict[str, 
     _raw_error(resp, 400)
 
 
-# ---- fuzz ---------------------------------------------------------------------------------------------------
+# ---- fuzz --------------------------------------------------------------------------------------------------
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -654,29 +658,40 @@ _RESPONSE_FORMAT = st.one_of(
         }
     ),
 )
-CHAT_BODIES = st.fixed_dictionaries(
-    {
-        "model": st.one_of(st.just(MODEL), _JUNK),
-        "messages": st.one_of(st.lists(_MESSAGE, min_size=1, max_size=3), _JUNK),
-        "max_tokens": st.one_of(st.integers(-2, 12), _JUNK),
-    },
-    optional={
-        "temperature": st.one_of(st.floats(-2, 2, allow_nan=False), _JUNK),
-        "n": st.one_of(st.integers(-1, 3), _JUNK),
-        "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=2), _JUNK),
-        "stream": st.one_of(st.booleans(), _JUNK),
-        "tools": st.one_of(st.just(TOOLS), _JUNK),
-        "tool_choice": _TOOL_CHOICE,
-        "response_format": _RESPONSE_FORMAT,
-        "logprobs": st.one_of(st.booleans(), _JUNK),
-        "top_logprobs": st.one_of(st.integers(-1, 4), _JUNK),
-        "seed": st.one_of(st.integers(-5, 5), _JUNK),
-    },
-)
+# Each field's wild values: edge cases of the right type mixed with values of the wrong type.
+_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "model": st.one_of(st.sampled_from([MODEL, "nope", ""]), _JUNK),
+    "messages": st.one_of(st.lists(_MESSAGE, min_size=1, max_size=3), _JUNK),
+    "max_tokens": st.one_of(st.integers(-2, 12), _JUNK),
+    "max_completion_tokens": st.one_of(st.integers(-2, 12), _JUNK),
+    "temperature": st.one_of(st.floats(-2, 2, allow_nan=False), _JUNK),
+    "top_p": st.one_of(st.floats(-1, 2, allow_nan=False), _JUNK),
+    "n": st.one_of(st.integers(-1, 3), _JUNK),
+    "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=2), _JUNK),
+    "stream": st.one_of(st.booleans(), _JUNK),
+    "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": _SCALARS}), _JUNK),
+    "tools": st.one_of(st.just(TOOLS), _JUNK),
+    "tool_choice": _TOOL_CHOICE,
+    "response_format": _RESPONSE_FORMAT,
+    "logprobs": st.one_of(st.booleans(), _JUNK),
+    "top_logprobs": st.one_of(st.integers(-1, 4), _JUNK),
+    "seed": st.one_of(st.integers(-5, 5), _JUNK),
+}
+_BASE_BODY = {"model": MODEL, "messages": ENGLISH, "max_tokens": 8}
+
+
+@st.composite
+def chat_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid chat body with one to three fields set to wild values."""
+    fields = draw(st.lists(st.sampled_from(sorted(_FIELDS)), min_size=1, max_size=3, unique=True))
+    body: dict[str, Any] = dict(_BASE_BODY)
+    for name in fields:
+        body[name] = draw(_FIELDS[name])
+    return body
 
 
 @settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(body=CHAT_BODIES)
+@given(body=chat_bodies())
 def test_fuzzed_chat_bodies_never_5xx(sim: SimProcess, body: dict[str, Any]) -> None:
     resp = httpx.post(sim.url + "/v1/chat/completions", json=body, timeout=20)
     assert resp.status_code in (200, 400, 404), f"{resp.status_code} {resp.text[:300]!r} for {body!r}"
@@ -684,7 +699,8 @@ def test_fuzzed_chat_bodies_never_5xx(sim: SimProcess, body: dict[str, Any]) -> 
         _raw_error(resp, resp.status_code)
     elif resp.headers["content-type"].startswith("text/event-stream"):
         assert resp.text.endswith("data: [DONE]\n\n")
-        assert '"error"' not in resp.text
+        for event in resp.text.split("\n\n")[:-2]:
+            assert event.startswith("data: ") and "choices" in json.loads(event[len("data: ") :]), event
     else:
         out = resp.json()
         assert out["object"] == "chat.completion"
@@ -694,6 +710,6 @@ def test_fuzzed_chat_bodies_never_5xx(sim: SimProcess, body: dict[str, Any]) -> 
 def _check_usage(out: Mapping[str, Any], body: Mapping[str, Any]) -> None:
     usage = out["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    n = body.get("n") if isinstance(body.get("n"), int) and not isinstance(body.get("n"), bool) else 1
     choices: Sequence[Mapping[str, Any]] = out["choices"]
-    assert [c["index"] for c in choices] == list(range(n or 1))
+    assert choices and [c["index"] for c in choices] == list(range(len(choices)))
+    assert all(c["finish_reason"] in ("stop", "length", "tool_calls") for c in choices)
