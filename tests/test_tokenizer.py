@@ -31,7 +31,10 @@ def test_chinese_is_one_to_one_and_a_half_characters_per_token() -> None:
 
 
 def test_ids_are_the_same_in_another_process() -> None:
-    code = "from fleetgate.tokenizer import Tokenizer as T\nprint(list(T().encode('Plan two days in Tainan.')))"
+    code = (
+        "from fleetgate.tokenizer import Tokenizer\n"
+        "print(list(Tokenizer().encode('Plan two days in Tainan.')))"
+    )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert other.strip() == str(list(Tokenizer().encode("Plan two days in Tainan.")))
 
