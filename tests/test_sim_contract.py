@@ -232,6 +232,7 @@ def compare_stream(rec_text: str, sim_text: str, *, may_call_tools: bool, chat: 
     # One id, one object type, one model for the whole stream; the fingerprint only on the last JSON chunk.
     assert len({c["id"] for c in sim}) == 1
     assert {c["object"] for c in sim} == {rec[0]["object"]}
+    assert {c["model"] for c in sim} == {rec[0]["model"]}
     assert [i for i, c in enumerate(sim) if "system_fingerprint" in c] == [len(sim) - 1]
     return sim
 

@@ -238,6 +238,18 @@ def test_natural_end_bills_what_was_streamed(client: openai.OpenAI, seed: int) -
     assert full.usage is not None and full.usage.completion_tokens == s.usage.completion_tokens
 
 
+def test_max_completion_tokens_bounds_the_answer(client: openai.OpenAI) -> None:
+    s = stream_chat(
+        client,
+        messages=ENGLISH,
+        max_completion_tokens=4,
+        stream_options={"include_usage": True},
+        extra_body=IGNORE_EOS,
+    )
+    assert s.tokens == {0: 4} and s.finish == {0: "length"}
+    assert s.usage is not None and s.usage.completion_tokens == 4
+
+
 def test_n2_chat_choices_and_usage(sim: SimProcess, client: openai.OpenAI) -> None:
     prompt_tokens = tokenize(sim, messages=ENGLISH)
     resp = client.chat.completions.create(
@@ -451,6 +463,22 @@ def test_completion_logprobs_shape(client: openai.OpenAI) -> None:
     assert all(top is not None and lp.tokens[i] in top for i, top in enumerate(lp.top_logprobs))
 
 
+def test_completion_stream_logprobs_offsets_run_on(client: openai.OpenAI) -> None:
+    text = ""
+    offsets: list[int] = []
+    for chunk in client.completions.create(
+        model=MODEL, prompt="Cloud Run is a ", max_tokens=6, logprobs=1, stream=True, extra_body=IGNORE_EOS
+    ):
+        for choice in chunk.choices:
+            lp = choice.logprobs
+            assert lp is not None and lp.tokens is not None and lp.text_offset is not None
+            assert "".join(lp.tokens) == choice.text
+            assert lp.text_offset[0] == len(text), "offsets count from the start of the completion"
+            offsets += lp.text_offset
+            text += choice.text
+    assert len(offsets) == 6 and offsets == sorted(offsets)
+
+
 @pytest.mark.parametrize("k", [2, 4])
 def test_completion_top_logprobs_count(client: openai.OpenAI, k: int) -> None:
     # vLLM returns the sampled token plus the top k: k or k + 1 entries (the sampled one may be a top one).
@@ -597,7 +625,6 @@ def test_prompt_over_the_context_is_a_400(small_sim: SimProcess) -> None:
         "tool_choice-function-int",
         "tool_calls-function-str",
         "tool_calls-int",
-        "tool_calls-items-int",
     ],
 )
 def test_malformed_tool_fields_are_400_not_500(sim: SimProcess, body: dict[str, Any]) -> None:

@@ -40,6 +40,8 @@ class EngineRequest:
     # Tokens the answer must consist of (a tool call, JSON); sampled text follows if they run out.
     script: tuple[int, ...] = ()
     lora: str | None = None
+    # Called with each generated token; True ends the request with "stop" (a stop string completed).
+    stop: Callable[[int], bool] | None = None
     arrival: float = 0.0
     params_n: int = 1
     # channel to the API layer
@@ -141,6 +143,7 @@ class Engine:
         self._scale = args.time_scale
         # The calibrator drives schedule/postprocess itself on a virtual clock; servers use the loop's.
         self._clock = clock or _loop_time
+        self._lora_seen: tuple[list[str], list[str]] = ([], [])
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -341,6 +344,8 @@ class Engine:
                 continue  # prefill goes on next step
             token, reason = self._next_token(req)
             req.output.append(token)
+            if req.stop is not None and token != IM_END and req.stop(token):
+                reason = "stop"
             if req.total_len % bs == 0:
                 lora = lora_key(req.lora) if req.lora else 0
                 tail = req.token_slice(req.total_len - bs, req.total_len)
@@ -358,6 +363,11 @@ class Engine:
             else:
                 req.notify()
         self._emit_events(stored)
+        if self.args.enable_lora:
+            state = self.lora_state()
+            if state != self._lora_seen:
+                self._lora_seen = state
+                self.stats.on_lora_change(*state)
 
     def _emit_events(self, stored: list[tuple[EngineRequest, int, int]]) -> None:
         bs = self.args.block_size

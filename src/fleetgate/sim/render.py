@@ -228,15 +228,19 @@ def token_logprob(text: str, rng: random.Random, top: int) -> dict[str, Any]:
     return entry
 
 
-def completion_logprobs(texts: list[str], lps: list[float], offset: int) -> dict[str, Any]:
+def completion_logprobs(texts: list[str], rng: random.Random, offset: int, top: int) -> dict[str, Any]:
+    """Legacy completions logprobs; `top_logprobs` has the sampled token plus `top - 1` alternatives."""
     offsets = []
+    lps = []
+    tops = []
     pos = offset
     for t in texts:
         offsets.append(pos)
         pos += len(t)
-    return {
-        "text_offset": offsets,
-        "token_logprobs": lps,
-        "tokens": texts,
-        "top_logprobs": [{t: lp} for t, lp in zip(texts, lps, strict=True)],
-    }
+        lp = -11.76 - rng.random() * 1e-4
+        lps.append(lp)
+        alts = {t: lp}
+        while len(alts) < max(top, 1):
+            alts[f"<r{rng.randrange(1, 128000)}>"] = lp - len(alts) * 1e-6
+        tops.append(alts)
+    return {"text_offset": offsets, "token_logprobs": lps, "tokens": texts, "top_logprobs": tops}

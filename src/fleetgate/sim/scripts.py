@@ -24,9 +24,10 @@ from fleetgate.tokenizer import Tokenizer
 class Script:
     tokens: tuple[int, ...]
     # For a tool call: tokens [0, head) are `<tool_call>{"name": ..., "arguments": `, [head, head+args) the
-    # arguments JSON, the rest the closing markup.
+    # arguments JSON, the rest the closing markup; the name is complete after token `named`.
     tool_name: str | None = None
     call_id: str = ""
+    named: int = 0
     head: int = 0
     args: int = 0
     arguments: str = ""
@@ -49,15 +50,17 @@ def json_script(
 
 
 def pick_tool(
-    tools: Sequence[Mapping[str, Any]], tool_choice: Any, messages: Sequence[Mapping[str, Any]]
+    tools: Sequence[Mapping[str, Any]], mode: str | None, named: str | None, last_role: str | None
 ) -> Mapping[str, Any] | None:
-    """Which tool a travel-assistant-like model would call now, or None for a text answer."""
-    if not tools or tool_choice == "none":
+    """Which tool a travel-assistant-like model would call now, or None for a text answer.
+
+    `mode` is tool_choice "none" / "auto" / "required" (None: auto), `named` a forced function's name.
+    """
+    if not tools or mode == "none":
         return None
-    if isinstance(tool_choice, Mapping):
-        name = (tool_choice.get("function") or {}).get("name")
-        return next((t for t in tools if t["function"]["name"] == name), None)
-    if tool_choice != "required" and messages and messages[-1].get("role") == "tool":
+    if named is not None:
+        return next((t for t in tools if t["function"]["name"] == named), None)
+    if mode != "required" and last_role == "tool":
         return None  # with a tool's result in hand the model answers in text
     return tools[0]
 
@@ -66,13 +69,16 @@ def tool_script(tokenizer: Tokenizer, tool: Mapping[str, Any], rng: random.Rando
     fn = tool["function"]
     name = str(fn["name"])
     arguments = orjson.dumps(generate(fn.get("parameters") or {"type": "object"}, rng)).decode()
-    head = tokenizer.encode(f'<tool_call>\n{{"name": "{name}", "arguments": ')
+    # Hermes streaming names the tool as soon as `"name": "..."` is complete, before the arguments start.
+    named = tokenizer.encode(f'<tool_call>\n{{"name": "{name}"')
+    head = (*named, *tokenizer.encode(', "arguments": '))
     args = tokenizer.encode(arguments)
     tail = tokenizer.encode("}\n</tool_call>")
     return Script(
         tokens=(*head, *args, *tail),
         tool_name=name,
         call_id=random_id("chatcmpl-tool-"),
+        named=len(named),
         head=len(head),
         args=len(args),
         arguments=arguments,
@@ -91,7 +97,7 @@ class ToolStream:
         s = self.script
         i = self.index
         self.index += 1
-        if i == s.head - 1:
+        if i == s.named - 1:
             call = {"id": s.call_id, "type": "function", "index": 0, "function": {"name": s.tool_name}}
             return {"content": None, "tool_calls": [call]}
         if s.head <= i < s.head + s.args:

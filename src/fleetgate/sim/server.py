@@ -43,6 +43,7 @@ from fleetgate.sim.requests import (
     CompletionRequest,
     EmbeddingRequest,
     LoadLoRARequest,
+    NamedToolChoice,
     ResponsesRequest,
     TokenizeRequest,
     UnloadLoRARequest,
@@ -115,24 +116,33 @@ class _Choice:
     index: int
     req: EngineRequest
     stops: tuple[str, ...]
+    token_text: Callable[[int], str]
     tool: ToolStream | None = None
     tail: str = ""
     stop_hit: str | None = None
-    completion_tokens: int = 0
+    hit_piece: str = ""  # the text of the stopping token that precedes the stop string
 
-    def cut(self, text: str) -> str:
-        """`text` up to a stop string, remembering which stop string ended it."""
-        if not self.stops:
-            return text
+    def __post_init__(self) -> None:
+        if self.stops:
+            self.req.stop = self.watch
+
+    def watch(self, token: int) -> bool:
+        """Called by the engine for every generated token: True once a stop string is complete, so
+        generation (and billing) ends at that token, as vLLM's output processor ends it."""
+        text = "" if token == IM_END else self.token_text(token)
         window = self.tail + text
         for s in self.stops:
             at = window.find(s)
             if at >= 0:
                 self.stop_hit = s
-                return window[len(self.tail) : at] if at >= len(self.tail) else ""
+                self.hit_piece = window[len(self.tail) : at] if at >= len(self.tail) else ""
+                return True
         keep = max(len(s) for s in self.stops) - 1
         self.tail = window[-keep:] if keep else ""
-        return text
+        return False
+
+    def final_text(self, text: str) -> str:
+        return text[: text.find(self.stop_hit)] if self.stop_hit is not None else text
 
 
 class SimServer:
@@ -152,7 +162,7 @@ class SimServer:
             "gpu_memory_utilization": "0.92",
             "is_attention_free": "False",
             "kv_cache_dtype_skip_layers": "[]",
-            "kv_cache_max_concurrency": f"{args.num_gpu_blocks * args.block_size / args.max_model_len:.2f}",
+            "kv_cache_max_concurrency": str(args.num_gpu_blocks * args.block_size / args.max_model_len),
             "kv_cache_memory_bytes": "None",
             "kv_cache_size_tokens": str(args.num_gpu_blocks * args.block_size),
             "kv_offloading_backend": "native",
@@ -271,8 +281,6 @@ class SimServer:
         return Response(status_code=200)
 
     async def metrics(self, request: Request) -> Response:
-        if self.s.engine.enable_lora:
-            self.stats.on_lora_change(*self.engine.lora_state())
         return PlainTextResponse(self.stats.render(self.engine), media_type="text/plain; version=0.0.4")
 
     def _model_entry(self, name: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
@@ -327,7 +335,9 @@ class SimServer:
             req = validate(TokenizeRequest, await self._body(request))
             self._check_model(req.model)
             if req.messages is not None:
-                ids = render_chat(self.tokenizer, req.messages, req.tools, req.add_generation_prompt)
+                messages = [m.model_dump(exclude_none=True) for m in req.messages]
+                tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
+                ids = render_chat(self.tokenizer, messages, tools or None, req.add_generation_prompt)
             else:
                 ids = list(self.tokenizer.encode(req.prompt or ""))
         except OpenAIError as e:
@@ -443,12 +453,15 @@ class SimServer:
             lora = self._check_model(req.model)
             check_sampling(req)
             self._check_tools(req)
-            prompt = render_chat(
-                self.tokenizer, req.messages, [t.model_dump() for t in req.tools] if req.tools else None
-            )
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
+            prompt = render_chat(self.tokenizer, messages, tools or None)
+            choice = req.tool_choice
+            named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+            mode = choice if isinstance(choice, str) else None
+            last_role = messages[-1]["role"] if messages else None
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = resolve_max_tokens(requested, len(prompt), self.s.engine.max_model_len)
-            tools = [t.model_dump() for t in req.tools or ()]
             reqs: list[EngineRequest] = []
             choices: list[_Choice] = []
             stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
@@ -456,7 +469,7 @@ class SimServer:
                 seed = None if req.seed is None else req.seed + i
                 rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
                 script: Script | None = None
-                tool = pick_tool(tools, req.tool_choice, req.messages) if tools else None
+                tool = pick_tool(tools, mode, named, last_role)
                 if tool is not None:
                     script = tool_script(self.tokenizer, tool, rng)
                 elif req.response_format:
@@ -464,7 +477,7 @@ class SimServer:
                 er = self._new_request(prompt, max_tokens, seed, req.ignore_eos, lora, req.n, script)
                 reqs.append(er)
                 stream = ToolStream(script, self.tokenizer) if script and script.tool_name else None
-                choices.append(_Choice(i, er, stops, stream))
+                choices.append(_Choice(i, er, stops, self.tokenizer.token_text, stream))
             if not await self._admit(request, reqs):
                 return Response(status_code=499)
         except OpenAIError as e:
@@ -496,8 +509,8 @@ class SimServer:
             raise BadRequestError(
                 '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
             )
-        if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name")
+        if isinstance(choice, NamedToolChoice):
+            name = choice.function.name
             if not self.s.tool_call_parser:
                 raise BadRequestError(f'tool_choice=function "{name}" requires --tool-call-parser to be set')
             if not any(t.function.name == name for t in req.tools or ()):
@@ -522,7 +535,7 @@ class SimServer:
             return render.chat_choice(c.index, message, None, "tool_calls", None)
         if self.s.tool_call_parser:
             self.stats.on_tool_parse(streaming=False, called=False)
-        text = c.cut(self._text_of(tokens))
+        text = c.final_text(self._text_of(tokens))
         reason, stop_reason = self._finish_of(c)
         lp = None
         if logprobs:
@@ -563,14 +576,10 @@ class SimServer:
                     elif delta is not None:
                         out.append(enc.delta(c.index, delta, lp))
                     continue
-                text = c.cut(text)
-                if c.stop_hit is not None:
-                    self.engine.abort(c.req, "stop")
-                    out.append(
-                        enc.finish(c.index, {"content": text}, "stop", c.stop_hit, not include_usage, lp)
-                    )
-                    break
-                if ending is not None:
+                if ending is not None and c.stop_hit is not None:
+                    delta = {"content": c.hit_piece}
+                    out.append(enc.finish(c.index, delta, "stop", c.stop_hit, not include_usage, lp))
+                elif ending is not None:
                     out.append(enc.finish(c.index, {"content": text}, ending, None, not include_usage, lp))
                 else:
                     out.append(enc.content(c.index, text, lp))
@@ -629,7 +638,7 @@ class SimServer:
                 for i in range(req.n):
                     seed = None if req.seed is None else req.seed + i
                     er = self._new_request(p, max_tokens, seed, req.ignore_eos, lora, req.n, None)
-                    choices.append(_Choice(pi * req.n + i, er, stops))
+                    choices.append(_Choice(pi * req.n + i, er, stops, self.tokenizer.token_text))
             reqs = [c.req for c in choices]
             if not await self._admit(request, reqs):
                 return Response(status_code=499)
@@ -638,7 +647,7 @@ class SimServer:
         model = req.model or self.model_name
         rid = random_id("cmpl-")
         created = int(time.time())
-        prompt_tokens = sum(len(p) for p in prompts) * req.n
+        prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             gen = self._completion_stream(
@@ -650,12 +659,12 @@ class SimServer:
             await self._wait_all(reqs)
             out = []
             for c in choices:
-                text = c.cut(self._text_of(c.req.output))
+                text = c.final_text(self._text_of(c.req.output))
                 reason, stop_reason = self._finish_of(c)
                 lp = None
                 if req.logprobs is not None:
                     texts = [self.tokenizer.token_text(t) for t in c.req.output if t != IM_END]
-                    lp = render.completion_logprobs(texts, [-11.76] * len(texts), 0)
+                    lp = render.completion_logprobs(texts, c.req.rng, 0, req.logprobs)
                 out.append(render.completion_choice(c.index, text, lp, reason, stop_reason))
             completion = sum(len(c.req.output) for c in choices)
             return _json(render.completion_body(rid, created, model, out, Usage(prompt_tokens, completion)))
@@ -680,17 +689,16 @@ class SimServer:
             out: list[bytes] = []
             last = len(tokens) - 1
             for k, tok in enumerate(tokens):
-                text = c.cut("" if tok == IM_END else self.tokenizer.token_text(tok))
+                ending = finish if k == last else None
+                text = "" if tok == IM_END else self.tokenizer.token_text(tok)
+                if ending is not None and c.stop_hit is not None:
+                    text = c.hit_piece
                 lp = None
                 if logprobs is not None:
-                    lp = render.completion_logprobs([text], [-11.76], offsets[c.index])
+                    lp = render.completion_logprobs([text], c.req.rng, offsets[c.index], logprobs)
                     offsets[c.index] += len(text)
-                if c.stop_hit is not None:
-                    self.engine.abort(c.req, "stop")
-                    out.append(enc.finish(c.index, text, "stop", c.stop_hit, not include_usage, lp))
-                    break
-                if finish is not None and k == last:
-                    out.append(enc.finish(c.index, text, finish, None, not include_usage, lp))
+                if ending is not None:
+                    out.append(enc.finish(c.index, text, ending, c.stop_hit, not include_usage, lp))
                 else:
                     out.append(enc.text(c.index, text, lp))
             if out:
@@ -951,7 +959,7 @@ async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, list[in
         while True:
             tokens, finish = await c.req.next_tokens()
             yield c, tokens, finish
-            if finish is not None or c.stop_hit is not None:
+            if finish is not None:
                 return
     queue: asyncio.Queue[tuple[_Choice, list[int], str | None]] = asyncio.Queue()
 
@@ -967,10 +975,8 @@ async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, list[in
         live = len(choices)
         while live:
             c, tokens, finish = await queue.get()
-            if c.stop_hit is not None:
-                continue
             yield c, tokens, finish
-            if finish is not None or c.stop_hit is not None:
+            if finish is not None:
                 live -= 1
     finally:
         for t in tasks:
