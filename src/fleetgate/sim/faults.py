@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleetgate.protocol import InternalServerError, OpenAIError, RateLimitError, ServiceUnavailableError
+
 
 class Faults(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -48,3 +50,12 @@ def parse_error_rates(text: str) -> dict[int, float]:
             raise ValueError(f"expected STATUS=PROBABILITY, got {part!r}")
         out[int(status)] = float(prob)
     return out
+
+
+def fault_error(status: int) -> OpenAIError:
+    kinds: dict[int, type[OpenAIError]] = {
+        429: RateLimitError,
+        500: InternalServerError,
+        503: ServiceUnavailableError,
+    }
+    return kinds.get(status, OpenAIError)("injected fault", status=status)

@@ -244,3 +244,81 @@ def completion_logprobs(texts: list[str], rng: random.Random, offset: int, top: 
             alts[f"<r{rng.randrange(1, 128000)}>"] = lp - len(alts) * 1e-6
         tops.append(alts)
     return {"text_offset": offsets, "token_logprobs": lps, "tokens": texts, "top_logprobs": tops}
+
+
+def response_body(
+    rid: str,
+    mid: str,
+    created: int,
+    model: str,
+    text: str,
+    status: str,
+    max_output_tokens: int | None,
+    temperature: float,
+    top_p: float,
+    usage: Usage,
+) -> dict[str, Any]:
+    output: list[dict[str, Any]] = []
+    if status != "in_progress":
+        content: list[dict[str, Any]] = [
+            {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
+        ]
+        output.append(
+            {
+                "id": mid,
+                "content": content,
+                "role": "assistant",
+                "status": "completed",
+                "type": "message",
+                "phase": None,
+            }
+        )
+    return {
+        "id": rid,
+        "created_at": created,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": None,
+        "metadata": None,
+        "model": model,
+        "object": "response",
+        "output": output,
+        "parallel_tool_calls": True,
+        "temperature": temperature,
+        "tool_choice": "none",
+        "tools": [],
+        "top_p": top_p,
+        "background": False,
+        "max_output_tokens": max_output_tokens,
+        "max_tool_calls": None,
+        "previous_response_id": None,
+        "prompt": None,
+        "reasoning": None,
+        "service_tier": "auto",
+        "status": status,
+        "text": None,
+        "top_logprobs": None,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {
+                "cached_tokens": 0,
+                "input_tokens_per_turn": [],
+                "cached_tokens_per_turn": [],
+            },
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {
+                "reasoning_tokens": 0,
+                "tool_output_tokens": 0,
+                "output_tokens_per_turn": [],
+                "tool_output_tokens_per_turn": [],
+            },
+            "total_tokens": usage.total_tokens,
+        },
+        "user": None,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "input_messages": None,
+        "output_messages": None,
+    }

@@ -11,39 +11,39 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fleetgate.protocol import BadRequestError, RequestValidationError
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     # vLLM accepts and ignores fields it does not know (it only logs them).
     model_config = ConfigDict(extra="allow")
 
 
-class StreamOptions(_Body):
+class StreamOptions(Body):
     include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
 
 
-class FunctionDef(_Body):
+class FunctionDef(Body):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
 
-class ToolDef(_Body):
+class ToolDef(Body):
     type: Literal["function"] = "function"
     function: FunctionDef
 
 
-class FunctionCall(_Body):
+class FunctionCall(Body):
     name: str
     arguments: str = "{}"
 
 
-class ToolCall(_Body):
+class ToolCall(Body):
     id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Body):
+class ChatMessage(Body):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -51,16 +51,16 @@ class ChatMessage(_Body):
     tool_call_id: str | None = None
 
 
-class NamedFunction(_Body):
+class NamedFunction(Body):
     name: str
 
 
-class NamedToolChoice(_Body):
+class NamedToolChoice(Body):
     type: Literal["function"] = "function"
     function: NamedFunction
 
 
-class _Sampling(_Body):
+class _Sampling(Body):
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -95,7 +95,7 @@ class CompletionRequest(_Sampling):
     echo: bool | None = False
 
 
-class ResponsesRequest(_Body):
+class ResponsesRequest(Body):
     model: str | None = None
     input: str | list[dict[str, Any]]
     instructions: str | None = None
@@ -105,7 +105,7 @@ class ResponsesRequest(_Body):
     stream: bool | None = False
 
 
-class TokenizeRequest(_Body):
+class TokenizeRequest(Body):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -114,20 +114,20 @@ class TokenizeRequest(_Body):
     tools: list[ToolDef] | None = None
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(Body):
     model: str | None = None
     input: list[int] | list[list[int]] | str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 
 
-class LoadLoRARequest(_Body):
+class LoadLoRARequest(Body):
     lora_name: str
     lora_path: str = ""
     load_inplace: bool = False
 
 
-class UnloadLoRARequest(_Body):
+class UnloadLoRARequest(Body):
     lora_name: str
     lora_int_id: int | None = None
 

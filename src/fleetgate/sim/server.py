@@ -21,32 +21,26 @@ from starlette.routing import Route
 
 from fleetgate.protocol import (
     BadRequestError,
-    InternalServerError,
-    InvalidUserInputError,
-    NotFoundError,
     OpenAIError,
-    RateLimitError,
-    ServiceUnavailableError,
     Usage,
     model_not_found,
     random_id,
 )
 from fleetgate.sim import render
+from fleetgate.sim.control import Control
 from fleetgate.sim.engine import Engine, EngineArgs, EngineRequest
-from fleetgate.sim.faults import Faults
+from fleetgate.sim.faults import Faults, fault_error
 from fleetgate.sim.kv_publisher import KVEventPublisher, KVEventsConfig
-from fleetgate.sim.kvcache import chain_hashes, lora_key
 from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile
+from fleetgate.sim.replies import reply_error, reply_json, until_disconnect
 from fleetgate.sim.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    LoadLoRARequest,
     NamedToolChoice,
     ResponsesRequest,
     TokenizeRequest,
-    UnloadLoRARequest,
     check_sampling,
     parse_json,
     resolve_max_tokens,
@@ -85,28 +79,6 @@ class SimSettings:
 
 class _Crash(Exception):
     """A fault that kills the process mid-stream, as a dying vLLM would."""
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def _error(e: OpenAIError) -> Response:
-    return Response(e.to_json(), status_code=e.status, media_type="application/json")
-
-
-def _fault_error(status: int) -> OpenAIError:
-    kinds: dict[int, type[OpenAIError]] = {
-        429: RateLimitError,
-        500: InternalServerError,
-        503: ServiceUnavailableError,
-    }
-    return kinds.get(status, OpenAIError)("injected fault", status=status)
-
-
-async def _until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 @dataclass(slots=True)
@@ -229,24 +201,7 @@ class SimServer:
             ]
         else:
             routes.append(Route("/v1/embeddings", self.embeddings, methods=["POST"]))
-        if self.s.runtime_lora:
-            routes += [
-                Route("/v1/load_lora_adapter", self.load_lora, methods=["POST"]),
-                Route("/v1/unload_lora_adapter", self.unload_lora, methods=["POST"]),
-            ]
-        if self.s.dev_mode:
-            routes += [
-                Route("/reset_prefix_cache", self.reset_prefix_cache, methods=["POST"]),
-                Route("/sleep", self.sleep, methods=["POST"]),
-                Route("/wake_up", self.wake_up, methods=["POST"]),
-                Route("/is_sleeping", self.is_sleeping, methods=["GET"]),
-            ]
-        if self.s.admin:
-            routes += [
-                Route("/_sim/state", self.admin_state, methods=["GET"]),
-                Route("/_sim/match", self.admin_match, methods=["POST"]),
-                Route("/_sim/faults", self.admin_faults, methods=["GET", "POST"]),
-            ]
+        routes += Control(self).routes()
 
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -266,16 +221,16 @@ class SimServer:
     # ---- plain endpoints -------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
         if self.faults.health == "hang":
-            await _until_disconnect(request)
+            await until_disconnect(request)
         if self.faults.health == "fail":
             return Response(status_code=503)
         return Response(status_code=200)
 
     async def version(self, request: Request) -> Response:
-        return _json({"version": VERSION})
+        return reply_json({"version": VERSION})
 
     async def load(self, request: Request) -> Response:
-        return _json({"server_load": self.in_flight})
+        return reply_json({"server_load": self.in_flight})
 
     async def ping(self, request: Request) -> Response:
         return Response(status_code=200)
@@ -316,7 +271,7 @@ class SimServer:
             for n in self.s.served_model_names
         ]
         data += [self._model_entry(n, p, self.model_name, None) for n, p in self.loras.items()]
-        return _json({"object": "list", "data": data})
+        return reply_json({"object": "list", "data": data})
 
     def _check_model(self, model: str | None) -> str | None:
         """The LoRA adapter a request names (None for the base model); 404 for anything unknown."""
@@ -341,14 +296,14 @@ class SimServer:
             else:
                 ids = list(self.tokenizer.encode(req.prompt or ""))
         except OpenAIError as e:
-            return _error(e)
+            return reply_error(e)
         body = {
             "count": len(ids),
             "max_model_len": self.s.engine.max_model_len,
             "tokens": ids,
             "token_strs": None,
         }
-        return _json(body)
+        return reply_json(body)
 
     async def detokenize(self, request: Request) -> Response:
         try:
@@ -357,8 +312,8 @@ class SimServer:
             if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
                 raise BadRequestError("tokens must be a list of token ids", param="tokens")
         except OpenAIError as e:
-            return _error(e)
-        return _json({"prompt": self.tokenizer.decode(tokens)})
+            return reply_error(e)
+        return reply_json({"prompt": self.tokenizer.decode(tokens)})
 
     # ---- generation core -------------------------------------------------------------------------------
     def _new_request(
@@ -397,9 +352,9 @@ class SimServer:
             await asyncio.sleep(f.first_byte_delay)
         status = f.pick_error(self.rng)
         if status is not None:
-            raise _fault_error(status)
+            raise fault_error(status)
         if f.hang_rate and self.rng.random() < f.hang_rate:
-            await _until_disconnect(request)
+            await until_disconnect(request)
             return False
         if self.profile.step.overhead:
             await asyncio.sleep(self.profile.step.overhead / self._scale)
@@ -419,7 +374,7 @@ class SimServer:
         """Serve a non-streamed answer, aborting the engine work if the client leaves first."""
         self.in_flight += 1
         work = asyncio.ensure_future(make())
-        gone = asyncio.ensure_future(_until_disconnect(request))
+        gone = asyncio.ensure_future(until_disconnect(request))
         try:
             done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             if work in done:
@@ -481,7 +436,7 @@ class SimServer:
             if not await self._admit(request, reqs):
                 return Response(status_code=499)
         except OpenAIError as e:
-            return _error(e)
+            return reply_error(e)
         model = req.model or self.model_name
         rid = random_id("chatcmpl-")
         created = int(time.time())
@@ -499,7 +454,7 @@ class SimServer:
                 out.append(self._chat_choice(c, req.logprobs, req.top_logprobs or 0))
                 completion += len(c.req.output)
             body = render.chat_body(rid, created, model, out, Usage(len(prompt), completion))
-            return _json(body)
+            return reply_json(body)
 
         return await self._run(request, reqs, make)
 
@@ -643,7 +598,7 @@ class SimServer:
             if not await self._admit(request, reqs):
                 return Response(status_code=499)
         except OpenAIError as e:
-            return _error(e)
+            return reply_error(e)
         model = req.model or self.model_name
         rid = random_id("cmpl-")
         created = int(time.time())
@@ -667,7 +622,9 @@ class SimServer:
                     lp = render.completion_logprobs(texts, c.req.rng, 0, req.logprobs)
                 out.append(render.completion_choice(c.index, text, lp, reason, stop_reason))
             completion = sum(len(c.req.output) for c in choices)
-            return _json(render.completion_body(rid, created, model, out, Usage(prompt_tokens, completion)))
+            return reply_json(
+                render.completion_body(rid, created, model, out, Usage(prompt_tokens, completion))
+            )
 
         return await self._run(request, reqs, make)
 
@@ -729,7 +686,7 @@ class SimServer:
             if not await self._admit(request, [er]):
                 return Response(status_code=499)
         except OpenAIError as e:
-            return _error(e)
+            return reply_error(e)
         model = req.model or self.model_name
         rid = random_id("resp_")
         mid = random_id("msg_")
@@ -738,7 +695,7 @@ class SimServer:
         top_p = 1.0 if req.top_p is None else req.top_p
 
         def body(text: str, status: str) -> dict[str, Any]:
-            return _response_body(
+            return render.response_body(
                 rid, mid, created, model, text, status, req.max_output_tokens, temperature, top_p,
                 Usage(len(prompt), len(er.output)),
             )  # fmt: skip
@@ -749,7 +706,7 @@ class SimServer:
         async def make() -> Response:
             await self._wait_all([er])
             status = "incomplete" if er.finish_reason == "length" else "completed"
-            return _json(body(self._text_of(er.output), status))
+            return reply_json(body(self._text_of(er.output), status))
 
         return await self._run(request, [er], make)
 
@@ -810,7 +767,7 @@ class SimServer:
             if not await self._admit(request, reqs):
                 return Response(status_code=499)
         except OpenAIError as e:
-            return _error(e)
+            return reply_error(e)
         dim = req.dimensions or self.profile.embedding_dim
         model = req.model or self.model_name
 
@@ -824,132 +781,9 @@ class SimServer:
             usage: dict[str, Any] = {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0}
             usage["prompt_tokens_details"] = None
             body = {"id": random_id("embd-"), "object": "list", "created": int(time.time()), "model": model}
-            return _json({**body, "data": data, "usage": usage})
+            return reply_json({**body, "data": data, "usage": usage})
 
         return await self._run(request, reqs, make)
-
-    # ---- LoRA ------------------------------------------------------------------------------------------
-    async def load_lora(self, request: Request) -> Response:
-        try:
-            req = validate(LoadLoRARequest, await self._body(request))
-            if req.lora_name in self.loras and not req.load_inplace:
-                raise InvalidUserInputError(
-                    f"The lora adapter '{req.lora_name}' has already been loaded. If you want to load the "
-                    "adapter in place, set 'load_inplace' to True."
-                )
-            if not _adapter_exists(req.lora_path):
-                raise NotFoundError(
-                    f"Loading lora {req.lora_name} failed: No adapter found for {req.lora_path}"
-                )
-        except OpenAIError as e:
-            return _error(e)
-        await asyncio.sleep(self.profile.lora_load_seconds / self._scale)
-        self.loras[req.lora_name] = req.lora_path
-        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
-
-    async def unload_lora(self, request: Request) -> Response:
-        try:
-            req = validate(UnloadLoRARequest, await self._body(request))
-            if req.lora_name not in self.loras:
-                raise NotFoundError(f"The lora adapter '{req.lora_name}' cannot be found.")
-        except OpenAIError as e:
-            return _error(e)
-        del self.loras[req.lora_name]
-        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
-
-    # ---- dev mode --------------------------------------------------------------------------------------
-    async def reset_prefix_cache(self, request: Request) -> Response:
-        return _json({"success": self.engine.kv.reset()})
-
-    async def sleep(self, request: Request) -> Response:
-        if not self.s.enable_sleep_mode:
-            return _error(BadRequestError("Sleep mode is not enabled. Set --enable-sleep-mode to use it."))
-        try:
-            level = int(request.query_params.get("level", "1"))
-        except ValueError:
-            level = 0
-        if level not in (1, 2):
-            return _error(BadRequestError(f"Invalid sleep level {level}: use 1 or 2.", param="level"))
-        await self.engine.sleep(level)
-        return Response(status_code=200)
-
-    async def wake_up(self, request: Request) -> Response:
-        await self.engine.wake_up()
-        return Response(status_code=200)
-
-    async def is_sleeping(self, request: Request) -> Response:
-        return _json({"is_sleeping": self.engine.is_sleeping})
-
-    # ---- admin (simulator only, off by default) --------------------------------------------------------
-    async def admin_state(self, request: Request) -> Response:
-        eng = self.engine
-
-        def row(r: EngineRequest) -> dict[str, Any]:
-            return {
-                "id": r.rid,
-                "prompt_tokens": len(r.prompt),
-                "output_tokens": len(r.output),
-                "computed_tokens": r.computed,
-                "cached_tokens": max(r.cached_tokens, 0),
-                "lora": r.lora,
-                "deferred": r.deferred,
-            }
-
-        return _json(
-            {
-                "kv_usage": eng.kv.usage(),
-                "num_gpu_blocks": eng.kv.num_blocks,
-                "free_blocks": eng.kv.num_free,
-                "cached_block_hashes": eng.kv.cached_hashes(),
-                "running": [row(r) for r in eng.running],
-                "waiting": [row(r) for r in eng.waiting],
-                "sleep_level": eng.sleep_level,
-                "loras": self.loras,
-                "faults": self.faults.model_dump(),
-            }
-        )
-
-    async def admin_match(self, request: Request) -> Response:
-        """How many tokens of a prompt this server has cached now, and its queue: an oracle's inputs."""
-        try:
-            body = await self._body(request)
-            if not isinstance(body, dict):
-                raise BadRequestError("expected a JSON object")
-            if "messages" in body:
-                ids = render_chat(self.tokenizer, body["messages"], body.get("tools"))
-            elif isinstance(body.get("prompt"), str):
-                ids = list(self.tokenizer.encode(body["prompt"]))
-            else:
-                ids = list(body.get("prompt") or [])
-            lora = body.get("lora")
-        except OpenAIError as e:
-            return _error(e)
-        eng = self.engine
-        bs = self.s.engine.block_size
-        hashes = chain_hashes(ids, bs, lora_key(lora) if lora else 0)
-        hit = eng.kv.longest_hit(hashes[: (len(ids) - 1) // bs]) * bs if ids else 0
-        waiting_tokens = sum(r.total_len - r.computed for r in eng.waiting)
-        return _json(
-            {
-                "prompt_tokens": len(ids),
-                "hit_tokens": hit,
-                "running": len(eng.running),
-                "waiting": len(eng.waiting),
-                "waiting_tokens": waiting_tokens,
-                "kv_usage": eng.kv.usage(),
-            }
-        )
-
-    async def admin_faults(self, request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                body = await self._body(request)
-                self.faults = Faults.model_validate({**self.faults.model_dump(), **body})
-            except OpenAIError as e:
-                return _error(e)
-            except ValueError as e:
-                return _error(BadRequestError(str(e)))
-        return _json(self.faults.model_dump())
 
 
 async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, list[int], str | None]]:
@@ -990,84 +824,6 @@ def _response_item_message(item: dict[str, Any]) -> dict[str, Any]:
     return {"role": item.get("role", "user"), "content": content}
 
 
-def _response_body(
-    rid: str,
-    mid: str,
-    created: int,
-    model: str,
-    text: str,
-    status: str,
-    max_output_tokens: int | None,
-    temperature: float,
-    top_p: float,
-    usage: Usage,
-) -> dict[str, Any]:
-    output: list[dict[str, Any]] = []
-    if status != "in_progress":
-        content: list[dict[str, Any]] = [
-            {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
-        ]
-        output.append(
-            {
-                "id": mid,
-                "content": content,
-                "role": "assistant",
-                "status": "completed",
-                "type": "message",
-                "phase": None,
-            }
-        )
-    return {
-        "id": rid,
-        "created_at": created,
-        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "instructions": None,
-        "metadata": None,
-        "model": model,
-        "object": "response",
-        "output": output,
-        "parallel_tool_calls": True,
-        "temperature": temperature,
-        "tool_choice": "none",
-        "tools": [],
-        "top_p": top_p,
-        "background": False,
-        "max_output_tokens": max_output_tokens,
-        "max_tool_calls": None,
-        "previous_response_id": None,
-        "prompt": None,
-        "reasoning": None,
-        "service_tier": "auto",
-        "status": status,
-        "text": None,
-        "top_logprobs": None,
-        "truncation": "disabled",
-        "usage": {
-            "input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {
-                "cached_tokens": 0,
-                "input_tokens_per_turn": [],
-                "cached_tokens_per_turn": [],
-            },
-            "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {
-                "reasoning_tokens": 0,
-                "tool_output_tokens": 0,
-                "output_tokens_per_turn": [],
-                "tool_output_tokens_per_turn": [],
-            },
-            "total_tokens": usage.total_tokens,
-        },
-        "user": None,
-        "presence_penalty": 0.0,
-        "frequency_penalty": 0.0,
-        "kv_transfer_params": None,
-        "ec_transfer_params": None,
-        "input_messages": None,
-        "output_messages": None,
-    }
-
-
 def _embed(tokens: Sequence[int], dim: int) -> list[float]:
     """A normalised bag-of-tokens projection: texts sharing tokens get close vectors, as real ones do."""
     vec = [0.0] * dim
@@ -1077,10 +833,3 @@ def _embed(tokens: Sequence[int], dim: int) -> list[float]:
         vec[(h >> 8) % dim] += 0.5
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [v / norm for v in vec]
-
-
-def _adapter_exists(path: str) -> bool:
-    # A local path must exist, as vLLM reads it from disk; anything else is a hub id vLLM would download.
-    if path.startswith(("/", ".", "~")):
-        return os.path.exists(os.path.expanduser(path))
-    return bool(path)
