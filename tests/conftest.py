@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,43 +59,39 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 
 SimFactory = Callable[..., SimProcess]
+# vLLM's gates: a test opts in to them explicitly, never through the developer's environment.
+_GATES = ("VLLM_SERVER_DEV_MODE", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+
+
+def spawn_sim(
+    log_dir: Path, *flags: str, env: Mapping[str, str] | None = None, port: int | None = None
+) -> SimProcess:
+    """Start `fleetgate sim` (no startup delay) and wait until it answers /health."""
+    port = port or free_port()
+    log = log_dir / f"sim-{port}.log"
+    base = {k: v for k, v in os.environ.items() if k not in _GATES}
+    cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**base, **(env or {})})
+    sim = SimProcess(proc, port, log)
+    try:
+        wait_ready(sim.url, proc, log)
+    except BaseException:
+        sim.stop()
+        raise
+    return sim
 
 
 @pytest.fixture
 def sim_factory(tmp_path: Path) -> Iterator[SimFactory]:
-    """Start `fleetgate sim` with extra flags; every process is stopped at teardown."""
+    """Start simulators with extra flags; every process is stopped at teardown."""
     started: list[SimProcess] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, port: int | None = None) -> SimProcess:
-        port = port or free_port()
-        log = tmp_path / f"sim-{port}.log"
-        cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-            )
-        sim = SimProcess(proc, port, log)
+    def start(*flags: str, env: Mapping[str, str] | None = None, port: int | None = None) -> SimProcess:
+        sim = spawn_sim(tmp_path, *flags, env=env, port=port)
         started.append(sim)
-        wait_ready(sim.url, proc, log)
         return sim
 
     yield start
     for sim in started:
         sim.stop()
-
-
-@pytest.fixture(scope="session")
-def llama_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    """A fast H200 Llama-8B simulator serving `llama-8b`, shared by read-only tests."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("sim") / "llama.log"
-    cmd = [
-        sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0",
-        "--served-model-name", "llama-8b", "--time-scale", "20", "--seed", "7",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    sim = SimProcess(proc, port, log)
-    wait_ready(sim.url, proc, log)
-    yield sim
-    sim.stop()

@@ -8,9 +8,6 @@ sequence of chunk kinds. Errors are deterministic, so their bodies must match th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +18,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.conftest import SimProcess, free_port, wait_ready
+from tests.conftest import SimProcess, spawn_sim
 
 DATA = Path(__file__).parent / "data"
 CONTRACT: dict[str, dict[str, Any]] = json.loads((DATA / "contract.json").read_text())
@@ -38,34 +35,16 @@ SHORTENED_PROMPT = "[7] * 200000  (shortened here)"
 # completes them, so these bodies carry parsed `tool_calls` where the recording has raw `<tool_call>` text.
 COMPLETED_TOOL_CALLS = {"tools_required", "tools_named"}
 TOOL_STREAMS = {"tools_required_stream", "tools_named_stream"}
-_DROP_ENV = ("VLLM_SERVER_DEV_MODE", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
 
 
 # ---- simulators --------------------------------------------------------------------------------------------
-def _spawn(log_dir: Path, *flags: str, env: Mapping[str, str] | None = None) -> SimProcess:
-    """A simulator whose environment has no dev-mode or runtime-LoRA switches unless `env` sets them."""
-    port = free_port()
-    log = log_dir / f"sim-{port}.log"
-    base = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
-    cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**base, **(env or {})})
-    sim = SimProcess(proc, port, log)
-    try:
-        wait_ready(sim.url, proc, log)
-    except BaseException:
-        sim.stop()
-        raise
-    return sim
-
-
 BASE_FLAGS = ("--served-model-name", "llama-8b", "--time-scale", "20", "--seed", "7")
 TOOL_FLAGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 
 
 @pytest.fixture(scope="module")
 def plain_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    sim = _spawn(tmp_path_factory.mktemp("plain"), *BASE_FLAGS)
+    sim = spawn_sim(tmp_path_factory.mktemp("plain"), *BASE_FLAGS)
     yield sim
     sim.stop()
 
@@ -73,7 +52,7 @@ def plain_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 @pytest.fixture(scope="module")
 def tools_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     # Dev mode only adds routes (`reset_prefix_cache` is one of the recorded tool-server cases).
-    sim = _spawn(
+    sim = spawn_sim(
         tmp_path_factory.mktemp("tools"), *BASE_FLAGS, *TOOL_FLAGS, env={"VLLM_SERVER_DEV_MODE": "1"}
     )
     yield sim

@@ -7,12 +7,8 @@ vLLM's errors for bad input: a 400 or 404 with vLLM's error object, never a 5xx.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -23,10 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.conftest import SimProcess, free_port, wait_ready
+from tests.conftest import SimProcess, spawn_sim
 
 MODEL = "llama-8b"
-_DROP_ENV = ("VLLM_SERVER_DEV_MODE", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
 
 ENGLISH: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are a travel assistant."},
@@ -74,26 +69,10 @@ IGNORE_EOS = {"ignore_eos": True}
 
 
 # ---- simulators --------------------------------------------------------------------------------------------
-def _spawn(log_dir: Path, *flags: str) -> SimProcess:
-    port = free_port()
-    log = log_dir / f"sim-{port}.log"
-    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
-    cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    sim = SimProcess(proc, port, log)
-    try:
-        wait_ready(sim.url, proc, log)
-    except BaseException:
-        sim.stop()
-        raise
-    return sim
-
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     flags = ("--served-model-name", MODEL, "--time-scale", "20", "--seed", "7")
-    proc = _spawn(
+    proc = spawn_sim(
         tmp_path_factory.mktemp("inv"), *flags, "--enable-auto-tool-choice", "--tool-call-parser", "hermes"
     )
     yield proc
@@ -104,7 +83,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 def small_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     """A 2048-token context, so that prompts over it stay cheap to send."""
     flags = ("--served-model-name", MODEL, "--time-scale", "20", "--max-model-len", "2048")
-    proc = _spawn(tmp_path_factory.mktemp("small"), *flags)
+    proc = spawn_sim(tmp_path_factory.mktemp("small"), *flags)
     yield proc
     proc.stop()
 

@@ -11,11 +11,8 @@ import ast
 import asyncio
 import itertools
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,43 +27,26 @@ import zmq
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SimFactory, SimProcess, free_port, wait_ready
+from tests.conftest import SimFactory, SimProcess, free_port, spawn_sim
 
 DATA = Path(__file__).parent / "data"
 MODEL = "llama-8b"
 BASE_FLAGS = ("--served-model-name", MODEL, "--time-scale", "20", "--seed", "7")
 TOOL_FLAGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 IGNORE_EOS = {"ignore_eos": True}
-_DROP_ENV = ("VLLM_SERVER_DEV_MODE", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
 
 
 # ---- simulators --------------------------------------------------------------------------------------------
-def _spawn(log_dir: Path, *flags: str, env: Mapping[str, str] | None = None) -> SimProcess:
-    port = free_port()
-    log = log_dir / f"sim-{port}.log"
-    base = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
-    cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0", *flags]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**base, **(env or {})})
-    sim = SimProcess(proc, port, log)
-    try:
-        wait_ready(sim.url, proc, log)
-    except BaseException:
-        sim.stop()
-        raise
-    return sim
-
-
 @pytest.fixture(scope="module")
 def plain_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    sim = _spawn(tmp_path_factory.mktemp("plain"), *BASE_FLAGS)
+    sim = spawn_sim(tmp_path_factory.mktemp("plain"), *BASE_FLAGS)
     yield sim
     sim.stop()
 
 
 @pytest.fixture(scope="module")
 def tools_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    sim = _spawn(tmp_path_factory.mktemp("tools"), *BASE_FLAGS, *TOOL_FLAGS)
+    sim = spawn_sim(tmp_path_factory.mktemp("tools"), *BASE_FLAGS, *TOOL_FLAGS)
     yield sim
     sim.stop()
 
@@ -466,7 +446,7 @@ class KVSim:
 
 def _kv_sim(tmp: Path, *flags: str) -> KVSim:
     port = free_port()
-    sim = _spawn(
+    sim = spawn_sim(
         tmp, *BASE_FLAGS, "--kv-events-config", _kv_config(port), *flags, env={"VLLM_SERVER_DEV_MODE": "1"}
     )
     try:
