@@ -222,3 +222,45 @@ def test_startup_log_is_printed_before_listening(sim_factory: SimFactory) -> Non
     assert "Starting vLLM server on http://127.0.0.1:" in log
     assert "non-default args:" in log
     assert json.dumps(["m"]).replace('"', "'") in log
+
+
+def test_embedding_profile_serves_embeddings_not_generation(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--profile", "cpu-minilm-embed", "--served-model-name", "minilm")
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)
+    texts = ["a night market in Tainan", "a night market in Tainan city", "quarterly tax filing rules"]
+    out = client.embeddings.create(model="minilm", input=texts)
+    vecs = [d.embedding for d in out.data]
+    assert [d.index for d in out.data] == [0, 1, 2]
+    assert all(len(v) == 384 for v in vecs)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-6 for v in vecs)
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2])
+    assert out.usage.prompt_tokens == sum(
+        httpx.post(f"{sim.url}/tokenize", json={"prompt": t}).json()["count"] for t in texts
+    )
+    assert httpx.post(f"{sim.url}/v1/chat/completions", json={"model": "minilm"}).status_code == 404
+
+
+def test_responses_api_streams_events(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--served-model-name", "m", "--time-scale", "20")
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)
+    kinds: list[str] = []
+    text = ""
+    final = None
+    for event in client.responses.create(model="m", input="hi", max_output_tokens=6, stream=True):
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert final is not None and final.output_text == text
+    assert final.usage is not None and final.usage.output_tokens <= 6
