@@ -1,0 +1,184 @@
+"""`fleetgate bench`: prepare a run, show it live, write results.json and report.html, judge the SLO."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fleetgate.bench.load import Level
+from fleetgate.bench.records import RequestRecord
+from fleetgate.bench.report import load_results, write_report
+from fleetgate.bench.runner import RunConfig, run_level
+from fleetgate.bench.sizing import calibration_sample
+from fleetgate.bench.stats import SLO, by_key, summarize
+from fleetgate.tokenizer import Tokenizer
+
+# Exit codes a script can branch on.
+EXIT_SLO_MISSED = 3
+LAG_LIMIT = 0.010
+
+
+def measure_ratio(url: str, model: str, api_key: str | None) -> tuple[float, str]:
+    """Target tokens per fleetgate-tokenizer token, from the target's /tokenize (1.0 when it has none)."""
+    base = url.rstrip("/").removesuffix("/v1")
+    sample = calibration_sample()
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.post(f"{base}/tokenize", json={"model": model, "prompt": sample}, headers=headers, timeout=30)
+        if r.status_code == 200:
+            count = int(r.json()["count"])
+            ours = Tokenizer().count(sample)
+            return count / ours, f"measured with {base}/tokenize ({count} tokens for {ours})"
+        return 1.0, f"{base}/tokenize answered {r.status_code}: sizes use fleetgate's tokenizer"
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        return 1.0, f"{base}/tokenize unavailable ({type(e).__name__}): sizes use fleetgate's tokenizer"
+
+
+def _progress_table(level: Level, elapsed: float, totals: list[int], planned: str) -> Table:
+    sent, done, failed, tokens = totals
+    table = Table(title=f"fleetgate bench: {level.label} ({planned})", expand=False)
+    for col in ("elapsed", "sent", "done", "failed", "in flight", "req/s", "out tok/s"):
+        table.add_column(col, justify="right")
+    rate = done / elapsed if elapsed > 0 else 0.0
+    tok_s = tokens / elapsed if elapsed > 0 else 0.0
+    table.add_row(
+        f"{elapsed:,.1f} s", f"{sent:,}", f"{done:,}", f"{failed:,}", f"{sent - done:,}", f"{rate:,.1f}", f"{tok_s:,.0f}"
+    )
+    return table
+
+
+def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
+    """Run every level, write the results and the report; the process exit code."""
+    ratio, tokenize_note = (1.0, "token-id prompts") if cfg.workload.token_ids else measure_ratio(
+        cfg.url, cfg.model, cfg.api_key
+    )
+    cfg = RunConfig(**{**cfg.__dict__, "sizer_ratio": ratio})
+    console.print(f"[dim]prompt sizes: {tokenize_note}[/dim]")
+    planned = f"{cfg.duration:g} s" if cfg.duration is not None else f"{cfg.num_requests} requests"
+    all_records: list[RequestRecord] = []
+    levels: list[dict[str, Any]] = []
+    total_duration = 0.0
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        for i, level in enumerate(cfg.levels):
+
+            def show(level: Level, elapsed: float, totals: list[int]) -> None:
+                live.update(_progress_table(level, elapsed, totals, planned))
+
+            records, duration = run_level(cfg, i, show)
+            total_duration += duration
+            all_records += records
+            levels.append(
+                {
+                    "label": level.label,
+                    "mode": level.mode,
+                    "value": level.value if level.mode != "trace" else None,
+                    "summary": summarize(records, duration, slo),
+                    "by_tenant": by_key(records, "tenant", duration, slo),
+                    "by_priority": by_key(records, "priority", duration, slo),
+                }
+            )
+    summary = summarize(all_records, total_duration, slo)
+    lag_p99 = summary["lag"].get("p99", 0.0)
+    behind = bool(lag_p99 and lag_p99 > LAG_LIMIT)
+    met = None if slo.empty else bool(summary["slo_attainment"] >= slo.attainment)
+    results = {
+        "fleetgate_bench": 1,
+        "config": {
+            "url": cfg.url,
+            "model": cfg.model,
+            "api": cfg.workload.api,
+            "workload": cfg.workload.kind,
+            "workload_settings": cfg.workload.model_dump(mode="json", exclude={"tenants"}),
+            "tenants": [t.name for t in cfg.workload.tenants],
+            "load": ",".join(lv.label for lv in cfg.levels),
+            "duration": cfg.duration,
+            "num_requests": cfg.num_requests,
+            "seed": cfg.seed,
+            "processes": cfg.processes,
+            "warmup": cfg.warmup,
+            "cooldown": cfg.cooldown,
+            "tokenizer_ratio": ratio,
+            "tokenize": tokenize_note,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": shlex.join(["fleetgate", *sys.argv[1:]]),
+            "slo": slo.to_json(),
+        },
+        "levels": levels,
+        "summary": summary,
+        "slo": {**slo.to_json(), "met": met, "attainment": None if slo.empty else summary["slo_attainment"]},
+        "behind_schedule": behind,
+        "requests": [r.to_json() for r in all_records],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_bytes(orjson.dumps(_finite(results), option=orjson.OPT_INDENT_2))
+    report = write_report(out_dir, [(out_dir.name, _finite(results))])
+    console.print(summary_table(levels))
+    if behind:
+        console.print(
+            f"[yellow]the load generator fell behind its schedule (lag p99 {lag_p99 * 1000:.1f} ms > 10 ms): "
+            "add --processes or lower the load[/yellow]"
+        )
+    console.print(f"results: {out_dir / 'results.json'}\nreport:  {report}")
+    if met is False:
+        console.print(
+            f"[red]SLO not met: {summary['slo_attainment']:.1%} of requests met it, "
+            f"{slo.attainment:.1%} required[/red]"
+        )
+        return EXIT_SLO_MISSED
+    return 0
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: empty aggregates become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def summary_table(levels: list[dict[str, Any]]) -> Table:
+    table = Table(title="results")
+    cols = ("load", "ok/total", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "e2e p99")
+    for col in (*cols, "lag p99"):
+        table.add_column(col, justify="right")
+
+    def ms(d: dict[str, Any], key: str) -> str:
+        v = d.get(key)
+        return f"{v * 1000:,.1f} ms" if isinstance(v, float) and math.isfinite(v) else "-"
+
+    for lv in levels:
+        s = lv["summary"]
+        table.add_row(
+            lv["label"],
+            f"{s['ok']}/{s['requests']}",
+            f"{s['request_rate']:,.1f}",
+            f"{s['output_tok_s']:,.0f}",
+            ms(s["ttft"], "p50"),
+            ms(s["ttft"], "p99"),
+            ms(s["tpot"], "p50"),
+            ms(s["itl"], "p99"),
+            ms(s["e2e"], "p99"),
+            ms(s["lag"], "p99"),
+        )
+    return table
+
+
+def compare(dirs: list[Path], out: Path, console: Console) -> Path:
+    runs = [(d.name if d.is_dir() else d.parent.name, load_results(d)) for d in dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_report(out, runs)
+    console.print(f"comparison of {len(runs)} runs: {path}")
+    return path
