@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -58,6 +59,11 @@ async def serve_one(s: SimSettings, startup_seconds: float, non_default_args: di
     """Print vLLM's startup log over the (scaled) startup time, then listen; as vLLM, not before."""
     await _print_startup(startup_plan(s, startup_seconds, non_default_args), s.engine.time_scale)
     server = SimServer(s)
+    # Thousands of live streams make full collections slow; a pause in the engine loop is a latency spike
+    # no real GPU has. Startup state is permanent, young garbage is collected often and cheaply.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     config = uvicorn.Config(
         server.app(),
         host=s.host,
