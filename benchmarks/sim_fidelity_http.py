@@ -1,5 +1,6 @@
-"""The simulator fidelity table over HTTP: `fleetgate bench` against `fleetgate sim --profile h200-llama-3.1-8b`,
-on the reference workloads recorded on a real H200 (completions, token-id prompts, ignore_eos, streamed).
+"""The simulator fidelity table over HTTP: `fleetgate bench` against
+`fleetgate sim --profile h200-llama-3.1-8b`, on the reference workloads recorded on a real H200
+(completions, token-id prompts, ignore_eos, streamed).
 
     python benchmarks/sim_fidelity_http.py [--out bench-out/fidelity] [--rows 0,1,2]
 
@@ -19,9 +20,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_cost import free_port  # noqa: E402
-
-from fleetgate.sim.calibrate import ROWS, TOLERANCE  # noqa: E402
+from fleetgate.sim.calibrate import ROWS, TOLERANCE
+from sim_cost import free_port
 
 
 def start_sim(port: int, eager: bool) -> subprocess.Popen[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -59,7 +60,9 @@ def test_tool_call_and_reasoning_deltas_count_as_first_content() -> None:
 
     s = StreamState("chat")
     s.feed(chat_chunk("", role=True), 0.0)
-    call = {"choices": [{"delta": {"content": None, "tool_calls": [{"index": 0, "function": {"name": "f"}}]}}]}
+    call = {
+        "choices": [{"delta": {"content": None, "tool_calls": [{"index": 0, "function": {"name": "f"}}]}}]
+    }
     s.feed(orjson.dumps(call), 0.2)
     assert s.first_content == pytest.approx(0.2)
     r = StreamState("chat")
@@ -103,14 +106,14 @@ def test_parse_load_forms_and_errors() -> None:
 def test_constant_rate_schedule() -> None:
     times = arrivals(Level("rate", 10), 0, duration=2.0, count=None)
     assert len(times) == 20
-    assert all(b - a == pytest.approx(0.1) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == pytest.approx(0.1) for a, b in itertools.pairwise(times))
     assert len(arrivals(Level("rate", 10), 0, duration=None, count=7)) == 7
 
 
 def test_poisson_schedule_has_the_right_rate_and_is_seeded() -> None:
     times = arrivals(Level("poisson", 50), 1, duration=200.0, count=None)
     assert len(times) == pytest.approx(10_000, rel=0.05)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert statistics.pstdev(gaps) == pytest.approx(statistics.mean(gaps), rel=0.1)  # exponential: sd = mean
     assert times == arrivals(Level("poisson", 50), 1, duration=200.0, count=None)
 

@@ -25,7 +25,7 @@ sim_app = typer.Typer(
 )
 app.add_typer(sim_app, name="sim")
 bench_app = typer.Typer(
-    help="Load-test an OpenAI-compatible server: TTFT, ITL, throughput, goodput, errors; results.json + report.html.",
+    help="Load-test an OpenAI-compatible server: TTFT, ITL, throughput, goodput; results and a report.",
     invoke_without_command=True,
     add_completion=False,
 )
@@ -215,28 +215,43 @@ def sim_calibrate(
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(help="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name to request.")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key (default: $OPENAI_API_KEY).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key (default: $OPENAI_API_KEY).")
+    ] = None,
     workload: Annotated[
         str, typer.Option(help="random, shared-prefix, multi-turn, sharegpt-like, tools or trace:FILE.")
     ] = "random",
     load: Annotated[
-        str, typer.Option(help="concurrency=N, rate=R, poisson=R, sweep=rate:5,10,20 or sweep=concurrency:1,8.")
+        str,
+        typer.Option(help="concurrency=N, rate=R, poisson=R, sweep=rate:5,10,20 or sweep=concurrency:1,8."),
     ] = "concurrency=8",
-    duration: Annotated[float | None, typer.Option(help="Seconds per load level (or use --num-requests).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds per load level (or use --num-requests).")
+    ] = None,
     num_requests: Annotated[int | None, typer.Option(help="Requests per load level.")] = None,
     api: Annotated[str, typer.Option(help="chat, completions or responses.")] = "chat",
     seed: Annotated[int, typer.Option(help="Seed for prompts, lengths and Poisson arrivals.")] = 0,
     slo: Annotated[
         str, typer.Option(help="e.g. ttft=1s,tpot=50ms[,e2e=30s][,attainment=0.99]; exit 3 when not met.")
     ] = "",
-    out: Annotated[Path, typer.Option(help="Directory for results.json and report.html.")] = Path("bench-out"),
+    out: Annotated[Path, typer.Option(help="Directory for results.json and report.html.")] = Path(
+        "bench-out"
+    ),
     processes: Annotated[int, typer.Option(min=1, help="Load generator processes.")] = 2,
-    warmup: Annotated[float, typer.Option(help="Seconds at the start of a level left out of the results.")] = 0.0,
-    cooldown: Annotated[float, typer.Option(help="Seconds at the end of a level left out of the results.")] = 0.0,
+    warmup: Annotated[
+        float, typer.Option(help="Seconds at the start of a level left out of the results.")
+    ] = 0.0,
+    cooldown: Annotated[
+        float, typer.Option(help="Seconds at the end of a level left out of the results.")
+    ] = 0.0,
     timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 600.0,
-    input_len: Annotated[str | None, typer.Option(help="Prompt tokens: 512, uniform:A:B, normal:M:SD, lognormal:M:S.")] = None,
+    input_len: Annotated[
+        str | None, typer.Option(help="Prompt tokens: 512, uniform:A:B, normal:M:SD, lognormal:M:S.")
+    ] = None,
     output_len: Annotated[str | None, typer.Option(help="Output tokens, same forms as --input-len.")] = None,
     groups: Annotated[int | None, typer.Option(help="shared-prefix: number of prefix groups.")] = None,
     prompts_per_group: Annotated[int | None, typer.Option(help="shared-prefix: prompts per group.")] = None,
@@ -244,13 +259,20 @@ def bench(
     question_len: Annotated[int | None, typer.Option(help="shared-prefix: question tokens.")] = None,
     turns: Annotated[str | None, typer.Option(help="multi-turn: turns per session (a length spec).")] = None,
     sessions: Annotated[int | None, typer.Option(help="multi-turn: concurrent sessions.")] = None,
-    token_ids: Annotated[bool, typer.Option(help="completions: send token-id prompts of exact length.")] = False,
+    token_ids: Annotated[
+        bool, typer.Option(help="completions: send token-id prompts of exact length.")
+    ] = False,
     language: Annotated[str | None, typer.Option(help="Prompt language: en, zh or mixed.")] = None,
-    workload_file: Annotated[Path | None, typer.Option(help="YAML workload settings (flags override it).")] = None,
-    tenant: Annotated[
-        list[str] | None, typer.Option(help="NAME:KEY[:PRIORITY[:WEIGHT]], repeatable: traffic split by weight.")
+    workload_file: Annotated[
+        Path | None, typer.Option(help="YAML workload settings (flags override it).")
     ] = None,
-    priority_header: Annotated[bool, typer.Option(help="Send x-fleetgate-priority with each tenant's priority.")] = False,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME:KEY[:PRIORITY[:WEIGHT]], repeatable: traffic split by weight."),
+    ] = None,
+    priority_header: Annotated[
+        bool, typer.Option(help="Send x-fleetgate-priority with each tenant's priority.")
+    ] = False,
 ) -> None:
     """Load-test an OpenAI-compatible endpoint (vLLM, fleetgate, anything speaking the API)."""
     if ctx.invoked_subcommand is not None:
@@ -267,8 +289,9 @@ def bench(
             url=url, model=model, api_key=api_key, workload=workload, load=load, duration=duration,
             num_requests=num_requests, api=api, seed=seed, slo=slo, processes=processes, warmup=warmup,
             cooldown=cooldown, timeout=timeout, input_len=input_len, output_len=output_len, groups=groups,
-            prompts_per_group=prompts_per_group, system_len=system_len, question_len=question_len, turns=turns,
-            sessions=sessions, token_ids=token_ids, language=language, workload_file=workload_file,
+            prompts_per_group=prompts_per_group, system_len=system_len, question_len=question_len,
+            turns=turns, sessions=sessions, token_ids=token_ids, language=language,
+            workload_file=workload_file,
             tenants=tenant or [], priority_header=priority_header,
         )  # fmt: skip
     except ValueError as e:

@@ -8,7 +8,7 @@ for when the usage count shows that chunks carried several tokens. Token counts 
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +109,7 @@ class StreamState:
 
     def itl(self) -> list[float]:
         times = self.token_times or []
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         if not gaps:
             return []
         # Chunks may carry several tokens (batched detokenization, a slow reader): spread each gap over them.
@@ -155,7 +155,7 @@ async def send(
                 record.error, record.error_message = error_of(resp.status, await resp.read())
             else:
                 await _read_stream(resp, state, clock, start)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         record.error = "timeout"
     except aiohttp.ClientConnectorError as e:
         record.error, record.error_message = "connect", str(e)[:300]

@@ -34,7 +34,9 @@ def measure_ratio(url: str, model: str, api_key: str | None) -> tuple[float, str
     sample = calibration_sample()
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        r = httpx.post(f"{base}/tokenize", json={"model": model, "prompt": sample}, headers=headers, timeout=30)
+        r = httpx.post(
+            f"{base}/tokenize", json={"model": model, "prompt": sample}, headers=headers, timeout=30
+        )
         if r.status_code == 200:
             count = int(r.json()["count"])
             ours = Tokenizer().count(sample)
@@ -52,15 +54,23 @@ def _progress_table(level: Level, elapsed: float, totals: list[int], planned: st
     rate = done / elapsed if elapsed > 0 else 0.0
     tok_s = tokens / elapsed if elapsed > 0 else 0.0
     table.add_row(
-        f"{elapsed:,.1f} s", f"{sent:,}", f"{done:,}", f"{failed:,}", f"{sent - done:,}", f"{rate:,.1f}", f"{tok_s:,.0f}"
+        f"{elapsed:,.1f} s",
+        f"{sent:,}",
+        f"{done:,}",
+        f"{failed:,}",
+        f"{sent - done:,}",
+        f"{rate:,.1f}",
+        f"{tok_s:,.0f}",
     )
     return table
 
 
 def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
     """Run every level, write the results and the report; the process exit code."""
-    ratio, tokenize_note = (1.0, "token-id prompts") if cfg.workload.token_ids else measure_ratio(
-        cfg.url, cfg.model, cfg.api_key
+    ratio, tokenize_note = (
+        (1.0, "token-id prompts")
+        if cfg.workload.token_ids
+        else measure_ratio(cfg.url, cfg.model, cfg.api_key)
     )
     cfg = RunConfig(**{**cfg.__dict__, "sizer_ratio": ratio})
     console.print(f"[dim]prompt sizes: {tokenize_note}[/dim]")
@@ -151,7 +161,17 @@ def _finite(obj: Any) -> Any:
 
 def summary_table(levels: list[dict[str, Any]]) -> Table:
     table = Table(title="results")
-    cols = ("load", "ok/total", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "e2e p99")
+    cols = (
+        "load",
+        "ok/total",
+        "req/s",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "ITL p99",
+        "e2e p99",
+    )
     for col in (*cols, "lag p99"):
         table.add_column(col, justify="right")
 

@@ -29,11 +29,15 @@ def parse_load(text: str) -> list[Level]:
     """The levels of `--load`, in the order they run."""
     kind, sep, rest = text.strip().partition("=")
     if not sep or not rest:
-        raise ValueError(f"--load: expected MODE=VALUE (concurrency=8, rate=10, poisson=10, sweep=rate:5,10), got {text!r}")
+        raise ValueError(
+            f"--load: expected MODE=VALUE (concurrency=8, rate=10, poisson=10, sweep=rate:5,10), got {text!r}"
+        )
     if kind == "sweep":
         mode, sep, values = rest.partition(":")
         if not sep or mode not in ("concurrency", "rate", "poisson"):
-            raise ValueError(f"--load sweep: expected sweep=rate:5,10,20 or sweep=concurrency:1,8,32, got {text!r}")
+            raise ValueError(
+                f"--load sweep: expected sweep=rate:5,10,20 or sweep=concurrency:1,8,32, got {text!r}"
+            )
         return [_level(mode, v) for v in values.split(",") if v.strip()]
     if kind not in ("concurrency", "rate", "poisson"):
         raise ValueError(f"--load: unknown mode {kind!r}; use concurrency, rate, poisson or sweep")
@@ -46,7 +50,9 @@ def _level(mode: str, raw: str) -> Level:
     except ValueError:
         raise ValueError(f"--load: {mode} needs a number, got {raw!r}") from None
     if value <= 0 or (mode == "concurrency" and value != int(value)):
-        raise ValueError(f"--load: {mode} must be a positive {'integer' if mode == 'concurrency' else 'number'}")
+        raise ValueError(
+            f"--load: {mode} must be a positive {'integer' if mode == 'concurrency' else 'number'}"
+        )
     return Level(mode, value)  # type: ignore[arg-type]
 
 

@@ -74,7 +74,7 @@ async def _worker(job: _Job, progress: Any, out: Connection) -> None:
     n = cfg.processes
     w = job.worker
     sizer = Sizer(cfg.sizer_ratio, cfg.vocab_size)
-    workload = make_workload(cfg.workload, sizer, cfg.seed + 1000 * job.level_index + w)
+    workload = make_workload(cfg.workload, sizer, cfg.seed, worker=job.level_index * n + w)
     keys = {t.name: t.api_key for t in cfg.workload.tenants}
     records: list[RequestRecord] = []
     base = w * SLOTS
@@ -84,7 +84,7 @@ async def _worker(job: _Job, progress: Any, out: Connection) -> None:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
 
         async def one(spec: RequestSpec, scheduled: float | None, index: int) -> None:
-            """Send one request; `scheduled` is None for a closed-loop client, which has no schedule to lag."""
+            """Send one request; `scheduled` is None for a closed-loop client (it has no schedule to lag)."""
             record = RequestRecord(
                 index=index,
                 api=spec.api,
@@ -171,7 +171,9 @@ def _worker_main(job: _Job, progress: Any, out: Connection) -> None:
 Progress = Callable[[Level, float, list[int]], None]
 
 
-def run_level(cfg: RunConfig, index: int, on_progress: Progress | None = None) -> tuple[list[RequestRecord], float]:
+def run_level(
+    cfg: RunConfig, index: int, on_progress: Progress | None = None
+) -> tuple[list[RequestRecord], float]:
     """Run one level on `cfg.processes` workers; the records and the level's measured duration."""
     ctx = mp.get_context("fork")
     progress = ctx.Array("q", SLOTS * cfg.processes, lock=False)
