@@ -3,26 +3,18 @@ and a real headless Chromium proving the page loads from file:// with no request
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import itertools
 import json
 import math
-import os
 import random
-import re
-import shutil
-import signal
-import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.sync.client import ClientConnection, connect
 
 from fleetgate.bench.records import RequestRecord
 from fleetgate.bench.report import (
@@ -36,6 +28,7 @@ from fleetgate.bench.report import (
     write_report,
 )
 from fleetgate.bench.stats import SLO, by_key, summarize
+from tests.browser import assert_loaded_cleanly, assert_numbers_match, open_page, resolve
 
 PLOTS = ("ttft-cdf", "tpot-cdf", "itl-cdf", "e2e-cdf")
 LOAD_PLOTS = ("throughput-vs-load", "ttft-vs-load")
@@ -188,13 +181,6 @@ class Page(HTMLParser):
 
     def with_attr(self, name: str) -> list[Element]:
         return [e for e in self.elements if name in e.attrs]
-
-
-def resolve(results: Mapping[str, Any], key: str) -> Any:
-    node: Any = results
-    for part in key.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node
 
 
 def is_number(value: Any) -> bool:
@@ -510,117 +496,6 @@ def test_load_and_write(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- real browser
 
 
-class DevTools:
-    """A minimal Chrome DevTools Protocol client: one browser websocket, flattened target sessions."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 0
-        self.events: list[dict[str, Any]] = []
-
-    def call(self, method: str, session: str | None = None, timeout: float = 10.0, **params: Any) -> Any:
-        self.next_id += 1
-        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        self.ws.send(json.dumps(message))
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            if "method" in reply:
-                self.events.append(reply)
-
-    def wait_for(self, method: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events:
-                if event["method"] == method:
-                    return event
-            event = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
-            if "method" in event:
-                self.events.append(event)
-
-
-@contextlib.contextmanager
-def chromium(tmp: Path) -> Iterator[DevTools]:
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail(
-            "chromium is not installed: the report's browser test needs it. "
-            "Install it with `apt-get install -y chromium` (Debian/Ubuntu)."
-        )
-    profile = tmp / "chromium-profile"
-    port_file = profile / "DevToolsActivePort"
-    port_file.unlink(missing_ok=True)  # a stale one from an earlier browser would name a dead port
-    log = tmp / "chromium.log"
-    command = [
-        binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-port=0",
-        "about:blank",
-    ]
-    with log.open("wb") as err:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chromium did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        port, path = port_file.read_text().split()[:2]
-        while True:
-            try:
-                ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=64 * 2**20, open_timeout=5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        with ws:
-            client = DevTools(ws)
-            yield client
-            with contextlib.suppress(Exception):
-                client.call("Browser.close", timeout=2)
-        proc.wait(5)
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-NUMBER = re.compile(r"^(-?[\d,]+(?:\.\d+)?)(?: (ms|%|req/s|tok/s))?$")
-SCALE = {"ms": 1e-3, "%": 1e-2, "req/s": 1.0, "tok/s": 1.0, None: 1.0}
-
-INSPECT = """(() => {
-  const box = e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; };
-  return {
-    plots: [...document.querySelectorAll('svg.plot')].map(s => ({
-      name: s.dataset.plot, size: box(s), title: s.querySelector(':scope > title')?.textContent,
-      series: s.querySelectorAll('g.series').length})),
-    cells: [...document.querySelectorAll('td[data-key]')].map(c => ({
-      key: c.dataset.key, value: c.dataset.value ?? null, text: c.innerText,
-      run: c.closest('tr')?.dataset.run ?? null, size: box(c)})),
-    banners: [...document.querySelectorAll('[data-banner]')].map(b => [b.dataset.banner, b.innerText]),
-    scripts: document.scripts.length,
-    width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight,
-  };
-})()"""
-
-
 def test_report_in_headless_chromium(tmp_path: Path) -> None:
     runs = [
         ("vllm direct", make_results(seed=1, levels=(("rate", 5.0), ("rate", 10.0), ("rate", 20.0)))),
@@ -632,49 +507,11 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         ),
     ]
     report = write_report(tmp_path / "report", runs)
-    url = report.resolve().as_uri()
     started = time.monotonic()
-    with chromium(tmp_path) as cdp:
-        target = next(t for t in cdp.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        session = cdp.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
-        for domain in ("Page", "Network", "Runtime", "Log"):
-            cdp.call(f"{domain}.enable", session)
-        cdp.call(
-            "Emulation.setDeviceMetricsOverride",
-            session,
-            width=1400,
-            height=900,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        cdp.events.clear()
-        cdp.call("Page.navigate", session, url=url)
-        cdp.wait_for("Page.loadEventFired")
-        seen = cdp.call("Runtime.evaluate", session, expression=INSPECT, returnByValue=True)["result"][
-            "value"
-        ]
-        metrics = cdp.call("Page.getLayoutMetrics", session)["cssContentSize"]
-        shot = cdp.call(
-            "Page.captureScreenshot",
-            session,
-            format="png",
-            captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": metrics["width"], "height": metrics["height"], "scale": 1},
-        )
-        (tmp_path / "report.png").write_bytes(base64.b64decode(shot["data"]))
-        events = list(cdp.events)
+    visit = open_page(tmp_path, report)
+    seen = visit.seen
 
-    # Only the page itself was requested: no network request, nothing failed to load.
-    requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
-    assert requests == [url], requests
-    assert not [e for e in events if e["method"] == "Network.loadingFailed"]
-    # No console error, no exception, no log entry at error level (CSP violations would land here).
-    assert not [e for e in events if e["method"] == "Runtime.exceptionThrown"]
-    console = [e["params"] for e in events if e["method"] == "Runtime.consoleAPICalled"]
-    assert not [c for c in console if c["type"] in ("error", "assert", "warning")], console
-    logs = [e["params"]["entry"] for e in events if e["method"] == "Log.entryAdded"]
-    assert not [entry for entry in logs if entry["level"] in ("error", "warning")], logs
-
+    assert_loaded_cleanly(visit)
     assert seen["scripts"] == 0
     # Every plot is there, titled, drawn with real size and one series per run (two per run against load).
     assert [p["name"] for p in seen["plots"]] == list(PLOTS + LOAD_PLOTS)
@@ -686,20 +523,7 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     assert [b[0] for b in seen["banners"]] == ["behind-schedule"]
     assert BEHIND_TEXT in seen["banners"][0][1] and 'gateway <b>"new"</b>' in seen["banners"][0][1]
 
-    # The numbers as rendered equal results.json: data-value exactly, the text to its displayed precision.
-    compared = 0
-    for cell in seen["cells"]:
-        if cell["key"].startswith("config.") or cell["value"] is None:
-            continue
-        expected = resolve(runs[int(cell["run"])][1], cell["key"])
-        assert float(cell["value"]) == expected, cell
-        match = NUMBER.match(cell["text"].strip())
-        assert match, cell
-        shown = float(match[1].replace(",", "")) * SCALE[match[2]]
-        decimals = len(match[1].partition(".")[2])
-        assert abs(shown - expected) <= 0.51 * 10**-decimals * SCALE[match[2]] + 1e-12, cell
-        assert cell["size"][0] > 0 and cell["size"][1] > 0, cell
-        compared += 1
+    compared = assert_numbers_match(visit, [r for _, r in runs])
     assert compared > 300
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert visit.screenshot.stat().st_size > 10_000
     assert time.monotonic() - started < 15
