@@ -63,10 +63,10 @@ def arrivals(level: Level, seed: int, duration: float | None, count: int | None)
     rng = random.Random(seed)
     out: list[float] = []
     t = 0.0
-    gap = 1.0 / level.value
     while (count is None or len(out) < count) and (duration is None or t < duration):
         out.append(t)
-        t += rng.expovariate(level.value) if level.mode == "poisson" else gap
+        # Constant rate: i / rate exactly, so no rounding drift accumulates over a long run.
+        t = t + rng.expovariate(level.value) if level.mode == "poisson" else len(out) / level.value
     return out
 
 

@@ -45,6 +45,8 @@ class RequestRecord:
     planned_input_tokens: int = 0
     planned_output_tokens: int = 0
     level: int = 0  # index of the load level in a sweep
+    session: str | None = None  # multi-turn conversation this request belongs to
+    turn: int = 0
     excluded: bool = False  # in a warm-up or cool-down window
 
     @property

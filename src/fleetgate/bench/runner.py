@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import multiprocessing as mp
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ async def _worker(job: _Job, progress: Any, out: Connection) -> None:
                 planned_input_tokens=spec.input_tokens,
                 planned_output_tokens=spec.max_tokens,
                 level=job.level_index,
+                session=spec.session,
+                turn=spec.turn,
             )
             records.append(record)
             progress[base] += 1
@@ -110,6 +113,13 @@ async def _worker(job: _Job, progress: Any, out: Connection) -> None:
                 progress[base + 2] += 1
             progress[base + 3] += record.completion_tokens
 
+        # First-use costs (text pools, a trace's prompts) are paid before the clock starts, not as lag.
+        warm = random.Random(0)
+        sizer.text(8, warm)
+        sizer.text_zh(8, warm)
+        specs: list[RequestSpec] = []
+        if level.mode == "trace":
+            specs = [workload.next_request() for _ in range(len(workload))]  # type: ignore[arg-type]
         await _sleep_until(job.start)
         if level.mode == "concurrency":
             clients = share(int(level.value), n, w)
@@ -130,12 +140,9 @@ async def _worker(job: _Job, progress: Any, out: Connection) -> None:
             await asyncio.gather(*(client() for _ in range(clients)))
         else:
             if level.mode == "trace":
-                count = len(workload)  # type: ignore[arg-type]
-                specs = [workload.next_request() for _ in range(count)]
                 times = [s.at or 0.0 for s in specs]
             else:
                 times = arrivals(level, cfg.seed + job.level_index, cfg.duration, cfg.num_requests)
-                specs = []
             tasks: set[asyncio.Task[None]] = set()
             for i in range(w, len(times), n):
                 await _sleep_until(job.start + times[i])

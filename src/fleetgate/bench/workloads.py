@@ -418,7 +418,8 @@ def _transcript(messages: Sequence[Message]) -> str:
 
 
 class RandomWorkload(_Base):
-    """Single prompts with input and output lengths drawn from `input_len` and `output_len`."""
+    """Single prompts with input and output lengths drawn from `input_len` and `output_len`; for chat and
+    Responses the input length includes the chat template, so `usage.prompt_tokens` matches it."""
 
     name = "random"
 
@@ -430,6 +431,9 @@ class RandomWorkload(_Base):
         rng = self.rng
         tokens = self.input_len(rng)
         max_tokens = self.output_len(rng)
+        # input_len is the whole prompt as the server counts it (usage.prompt_tokens), template included.
+        if self.settings.api != "completions":
+            tokens = max(1, tokens - TEMPLATE_TOKENS_PER_MESSAGE - TEMPLATE_TOKENS_REPLY)
         return self.single(self.prompt(tokens, rng), tokens, max_tokens)
 
 
