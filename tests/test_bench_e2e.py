@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_multi_turn_history_grows_and_tenants_split(sim: SimProcess, tmp_path: P
         turns.sort(key=lambda r: r["turn"])
         prompts = [r["prompt_tokens"] for r in turns]
         assert prompts == sorted(prompts) and len(set(prompts)) == len(prompts)  # history only grows
-        for a, b in zip(turns, turns[1:], strict=False):
+        for a, b in itertools.pairwise(turns):
             assert b["sent"] >= a["sent"] + a["e2e"] - 1e-3  # a turn goes after the last one answered
     tenants = Counter(r["tenant"] for r in res["requests"])
     assert set(tenants) == {"web", "batch"} and tenants["web"] > tenants["batch"]
