@@ -1,4 +1,4 @@
-"""`fleetgate bench` end to end: the real CLI against a real simulator, every load mode, the report in Chromium."""
+"""`fleetgate bench` end to end: the CLI against a real simulator, each load mode, the report in a browser."""
 
 from __future__ import annotations
 
