@@ -1,6 +1,6 @@
 """How much load `fleetgate bench` itself can offer on this machine, with one process and with several.
 
-Starts simulators with a high `--time-scale` (so requests finish in well under a millisecond of GPU time and
+Starts simulators (`--sim-processes`, sharing one port) with a high `--time-scale` (so requests finish in well under a millisecond of GPU time and
 the simulators stay cheap) and runs `fleetgate bench` at constant rates with `--processes 1` and
 `--processes N`, short completions with token-id prompts. Prints, per rate and process count: achieved
 request rate, success, schedule lag p50/p99, and whether it held the schedule (lag p99 < 5 ms).
@@ -43,9 +43,13 @@ def main() -> None:
     ap.add_argument("--processes", default="1,2")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--time-scale", default="1000")
+    ap.add_argument("--sim-processes", type=int, default=1, help="simulator processes sharing the port")
     args = ap.parse_args()
     port = free_port()
-    sim = start_sim(port, "--time-scale", args.time_scale, "--max-num-seqs", "1024")
+    flags = ["--time-scale", args.time_scale, "--max-num-seqs", "1024"]
+    if args.sim_processes > 1:
+        flags += ["--replicas", str(args.sim_processes), "--reuse-port"]
+    sim = start_sim(port, *flags)
     url = f"http://127.0.0.1:{port}/v1"
     print("| offered req/s | processes | achieved req/s | success | lag p50 | lag p99 | held (p99 < 5 ms) |")
     print("|---|---|---|---|---|---|---|")

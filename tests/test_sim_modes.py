@@ -264,3 +264,13 @@ def test_responses_api_streams_events(sim_factory: SimFactory) -> None:
     ]
     assert final is not None and final.output_text == text
     assert final.usage is not None and final.usage.output_tokens <= 6
+
+
+def test_reuse_port_puts_replicas_behind_one_address(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--replicas", "2", "--reuse-port", "--served-model-name", "m")
+    # Fresh connections are spread by the kernel; every one is answered, whichever process takes it.
+    for _ in range(10):
+        with httpx.Client() as client:
+            r = client.post(f"{sim.url}/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1})
+            assert r.status_code == 200
+    assert sim.stop() == 0

@@ -124,6 +124,9 @@ def sim(
     fault_crash_after_tokens: Annotated[int, typer.Option(help="Tokens a crashing stream sends first.")] = 1,
     fault_first_byte_delay: Annotated[float, typer.Option(help="Seconds before any answer starts.")] = 0.0,
     fault_health: Annotated[str, typer.Option(help="Health answers: ok, hang or fail.")] = "ok",
+    reuse_port: Annotated[
+        bool, typer.Option(help="All replicas share --port (SO_REUSEPORT): one address, many processes.")
+    ] = False,
     replica_index: Annotated[int, typer.Option(hidden=True)] = 0,
 ) -> None:
     """Simulated vLLM servers on consecutive ports. vLLM's flags and gating variables
@@ -167,6 +170,7 @@ def sim(
             fault_first_byte_delay=fault_first_byte_delay,
             fault_health=fault_health,
             replica_index=replica_index,
+            reuse_port=reuse_port,
         )
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
@@ -178,7 +182,7 @@ def sim(
         return
     from fleetgate.sim.launch import supervise
 
-    raise typer.Exit(supervise([replica_argv(sys.argv, i, port, seed) for i in range(replicas)]))
+    raise typer.Exit(supervise([replica_argv(sys.argv, i, port, seed, reuse_port) for i in range(replicas)]))
 
 
 @sim_app.command("profiles")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import resource
 import shlex
 import sys
 from pathlib import Path
@@ -65,8 +66,16 @@ def _progress_table(level: Level, elapsed: float, totals: list[int], planned: st
     return table
 
 
+def raise_fd_limit() -> None:
+    """Every concurrent stream is a socket: take the hard limit on open files, not the soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
     """Run every level, write the results and the report; the process exit code."""
+    raise_fd_limit()
     ratio, tokenize_note = (
         (1.0, "token-id prompts")
         if cfg.workload.token_ids

@@ -50,6 +50,7 @@ def build_settings(
     fault_first_byte_delay: float,
     fault_health: str,
     replica_index: int = 0,
+    reuse_port: bool = False,
 ) -> tuple[SimSettings, float, dict[str, object]]:
     """Settings, startup seconds (virtual) and vLLM's "non-default args" for the startup log."""
     p = load_profile(profile)
@@ -123,6 +124,7 @@ def build_settings(
         kv_events=kv_events,
         faults=faults,
         admin=admin,
+        reuse_port=reuse_port,
     )
     non_default: dict[str, object] = {"model_tag": model_path, "host": host, "model": model_path}
     if served:
@@ -146,7 +148,7 @@ def build_settings(
     return settings, startup, non_default
 
 
-def replica_argv(argv: Sequence[str], index: int, port: int, seed: int | None) -> list[str]:
+def replica_argv(argv: Sequence[str], index: int, port: int, seed: int | None, same_port: bool) -> list[str]:
     """The command line of replica `index`: the user's flags with its own port, seed and index."""
     out: list[str] = []
     skip = False
@@ -159,7 +161,14 @@ def replica_argv(argv: Sequence[str], index: int, port: int, seed: int | None) -
             skip = "=" not in arg
             continue
         out.append(arg)
-    out += ["--replicas", "1", "--port", str(port + index), "--replica-index", str(index)]
+    out += [
+        "--replicas",
+        "1",
+        "--port",
+        str(port if same_port else port + index),
+        "--replica-index",
+        str(index),
+    ]
     if seed is not None:
         out += ["--seed", str(seed + index)]
     return out

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,7 +77,16 @@ async def serve_one(s: SimSettings, startup_seconds: float, non_default_args: di
         timeout_graceful_shutdown=5,
         backlog=4096,
     )
-    await uvicorn.Server(config).serve()
+    sockets = None
+    if s.reuse_port:
+        # Several processes on one port, the kernel spreading connections: a simulated fleet behind one
+        # address, for load-testing a client harder than one process could answer.
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((s.host, s.port))
+        sockets = [sock]
+    await uvicorn.Server(config).serve(sockets=sockets)
 
 
 def run_one(s: SimSettings, startup_seconds: float, non_default_args: dict[str, object]) -> None:

@@ -75,6 +75,7 @@ class SimSettings:
     kv_events: KVEventsConfig | None = None
     faults: Faults = field(default_factory=lambda: Faults())
     admin: bool = False
+    reuse_port: bool = False
 
 
 class _Crash(Exception):
