@@ -1,9 +1,10 @@
 """How much load `fleetgate bench` itself can offer on this machine, with one process and with several.
 
 Starts simulators (`--sim-processes`, sharing one port) with a high `--time-scale` (so requests finish in
-well under a millisecond of GPU time and the simulators stay cheap) and runs `fleetgate bench` at constant rates with `--processes 1` and
-`--processes N`, short completions with token-id prompts. Prints, per rate and process count: achieved
-request rate, success, schedule lag p50/p99, and whether it held the schedule (lag p99 < 5 ms).
+well under a millisecond of GPU time and the simulators stay cheap) and runs `fleetgate bench` at constant
+rates with `--processes 1` and `--processes N`, short completions with token-id prompts. Prints, per rate
+and process count: achieved request rate, success, schedule lag p50/p99, and whether it held the schedule
+(lag p99 < 5 ms).
 
     python benchmarks/bench_capacity.py --rates 500,1000,1500 --processes 1,2 --duration 10
 """
