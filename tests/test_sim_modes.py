@@ -274,3 +274,23 @@ def test_reuse_port_puts_replicas_behind_one_address(sim_factory: SimFactory) ->
             r = client.post(f"{sim.url}/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1})
             assert r.status_code == 200
     assert sim.stop() == 0
+
+
+def test_idle_time_is_not_credited_to_the_next_step(sim_factory: SimFactory) -> None:
+    """After an idle gap the first step takes its full modelled time (the clock does not catch up)."""
+    sim = sim_factory("--served-model-name", "m")
+    prompt = list(range(1000, 2024))
+    step = 14.6e-3 + 1024 * 21.3e-6  # H200 profile: per-request overhead + a 1,024-token prefill step
+    for _ in range(3):
+        start = time.monotonic()
+        with httpx.stream(
+            "POST",
+            f"{sim.url}/v1/completions",
+            json={"model": "m", "prompt": prompt, "max_tokens": 2, "stream": True},
+        ) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            ttft = time.monotonic() - start
+            assert first != "data: [DONE]"
+            assert [line for line in lines if line][-1] == "data: [DONE]"
+        assert ttft >= 0.9 * step

@@ -200,17 +200,16 @@ class Engine:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._awake.wait()
+            if not self._awake.is_set():
+                await self._awake.wait()
+                self._deadline = loop.time()
             if not self.waiting and not self.running:
-                self._work.clear()
-                await self._work.wait()
+                await self._idle(loop)
                 continue
             batch = self.schedule()
             if not batch:
-                # Everything waiting is blocked (KV full of running work is impossible here, so LoRA):
-                # wait for an arrival or an abort to change the picture.
-                self._work.clear()
-                await self._work.wait()
+                # Everything waiting is blocked (by max_loras): an arrival or a finish changes the picture.
+                await self._idle(loop)
                 continue
             now = loop.time()
             if self._deadline < now - _MAX_LAG:
@@ -220,6 +219,12 @@ class Engine:
             if delay > 0:
                 await asyncio.sleep(delay)
             self.postprocess(batch, loop.time())
+
+    async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._work.clear()
+        await self._work.wait()
+        # Idle time is not owed to anyone: the next step starts now, it does not catch up.
+        self._deadline = loop.time()
 
     def step_seconds(self, batch: list[_Scheduled]) -> float:
         tokens = decode_ctx = 0
