@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleetgate.sim.calibrate import ROWS, TOLERANCE
+from fleetgate.sim.calibrate import ROWS, TOLERANCE, requests_for
 from sim_cost import free_port
 
 
@@ -66,7 +66,7 @@ def main() -> None:
                 "--model", "llama-8b", "--api", "completions", "--token-ids", "--workload", "random",
                 "--input-len", str(row.input_len), "--output-len", str(row.output_len),
                 "--load", f"concurrency={row.concurrency}",
-                "--num-requests", str(max(row.concurrency, 16)), "--out", str(out), "--processes", "1",
+                "--num-requests", str(requests_for(row)), "--out", str(out), "--processes", "1",
             ]  # fmt: skip
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             server_ttft = sim_mean_ttft(port)
