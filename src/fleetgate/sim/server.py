@@ -342,12 +342,17 @@ class SimServer:
             eos_after=eos_after,
             script=script.tokens if script else (),
             lora=lora,
-            arrival=asyncio.get_running_loop().time(),
             params_n=n,
         )
 
-    async def _admit(self, request: Request, reqs: Sequence[EngineRequest]) -> bool:
-        """Apply injected faults and the per-request overhead, then hand the requests to the engine."""
+    async def _admit(self, request: Request, reqs: Sequence[EngineRequest], received: float) -> bool:
+        """Apply injected faults and the per-request overhead, then hand the requests to the engine.
+
+        A request arrives when its handler started (`received`), before parsing and tokenization, as the
+        client sees it: the simulator's TTFT histogram and a client's TTFT measure the same interval.
+        """
+        for r in reqs:
+            r.arrival = received
         f = self.faults
         if f.first_byte_delay:
             await asyncio.sleep(f.first_byte_delay)
@@ -404,6 +409,7 @@ class SimServer:
 
     # ---- chat ------------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
+        received = asyncio.get_running_loop().time()
         try:
             req = validate(ChatCompletionRequest, await self._body(request))
             lora = self._check_model(req.model)
@@ -434,7 +440,7 @@ class SimServer:
                 reqs.append(er)
                 stream = ToolStream(script, self.tokenizer) if script and script.tool_name else None
                 choices.append(_Choice(i, er, stops, self.tokenizer.token_text, stream))
-            if not await self._admit(request, reqs):
+            if not await self._admit(request, reqs, received):
                 return Response(status_code=499)
         except OpenAIError as e:
             return reply_error(e)
@@ -577,6 +583,7 @@ class SimServer:
         return [list(p) for p in prompt]
 
     async def completions(self, request: Request) -> Response:
+        received = asyncio.get_running_loop().time()
         try:
             req = validate(CompletionRequest, await self._body(request))
             lora = self._check_model(req.model)
@@ -596,7 +603,7 @@ class SimServer:
                     er = self._new_request(p, max_tokens, seed, req.ignore_eos, lora, req.n, None)
                     choices.append(_Choice(pi * req.n + i, er, stops, self.tokenizer.token_text))
             reqs = [c.req for c in choices]
-            if not await self._admit(request, reqs):
+            if not await self._admit(request, reqs, received):
                 return Response(status_code=499)
         except OpenAIError as e:
             return reply_error(e)
@@ -671,6 +678,7 @@ class SimServer:
 
     # ---- responses -------------------------------------------------------------------------------------
     async def responses(self, request: Request) -> Response:
+        received = asyncio.get_running_loop().time()
         try:
             req = validate(ResponsesRequest, await self._body(request))
             lora = self._check_model(req.model)
@@ -684,7 +692,7 @@ class SimServer:
             prompt = render_chat(self.tokenizer, messages)
             max_tokens = resolve_max_tokens(req.max_output_tokens, len(prompt), self.s.engine.max_model_len)
             er = self._new_request(prompt, max_tokens, None, False, lora, 1, None)
-            if not await self._admit(request, [er]):
+            if not await self._admit(request, [er], received):
                 return Response(status_code=499)
         except OpenAIError as e:
             return reply_error(e)
@@ -752,6 +760,7 @@ class SimServer:
 
     # ---- embeddings ------------------------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:
+        received = asyncio.get_running_loop().time()
         try:
             req = validate(EmbeddingRequest, await self._body(request))
             self._check_model(req.model)
@@ -765,7 +774,7 @@ class SimServer:
                         param="input_tokens",
                     )
             reqs = [self._new_request(p, 1, 0, True, None, 1, None) for p in prompts]
-            if not await self._admit(request, reqs):
+            if not await self._admit(request, reqs, received):
                 return Response(status_code=499)
         except OpenAIError as e:
             return reply_error(e)
