@@ -95,3 +95,68 @@ def sim_factory(tmp_path: Path) -> Iterator[SimFactory]:
     yield start
     for sim in started:
         sim.stop()
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    """Start `fleetgate gateway` from a fleet file (text; {port} and {admin_port} are filled in) or upstream
+    URLs; waits until it answers /health. Every process is stopped at teardown."""
+    started: list[GatewayProcess] = []
+
+    def start(
+        config: str | None = None, upstreams: list[str] | None = None, ready: bool = True
+    ) -> GatewayProcess:
+        port, admin_port = free_port(), free_port()
+        log = tmp_path / f"gateway-{port}.log"
+        cmd = [sys.executable, "-m", "fleetgate", "gateway"]
+        if config is not None:
+            path = tmp_path / f"fleet-{port}.yaml"
+            path.write_text(config.replace("{port}", str(port)).replace("{admin_port}", str(admin_port)))
+            cmd += ["--config", str(path), "--port", str(port), "--admin-port", str(admin_port)]
+        for u in upstreams or []:
+            cmd += ["--upstream", u]
+        if upstreams:
+            cmd += ["--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        gw = GatewayProcess(proc, port, admin_port, log)
+        started.append(gw)
+        wait_ready(gw.url, proc, log)
+        if ready:
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{gw.url}/ready").status_code != 200:
+                assert time.monotonic() < deadline, f"gateway never ready:\n{log.read_text()[-2000:]}"
+                time.sleep(0.05)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()

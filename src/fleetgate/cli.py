@@ -323,6 +323,63 @@ def bench_compare(
         raise typer.Exit(2) from None
 
 
+@app.command("gateway")
+def gateway(
+    config: Annotated[
+        Path | None, typer.Option(help="Fleet file (YAML; default $FLEETGATE_CONFIG, then ./fleet.yaml).")
+    ] = None,
+    upstream: Annotated[
+        list[str] | None, typer.Option(help="Without a fleet file: an upstream base URL (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 0.0.0.0).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000, like vLLM).")] = None,
+    admin_host: Annotated[str | None, typer.Option(help="Admin address (/metrics, /admin/fleet).")] = None,
+    admin_port: Annotated[int | None, typer.Option(help="Admin port (default 8001).")] = None,
+) -> None:
+    """The OpenAI-compatible gateway in front of a fleet of vLLM servers."""
+    from fleetgate.api.serve import run
+    from fleetgate.config import ConfigError, config_from_upstreams, config_path, load_config
+
+    try:
+        path = None if upstream else config_path(str(config) if config else None, os.environ)
+        if config is not None and upstream:
+            raise typer.BadParameter("give either --config or --upstream, not both")
+        if path is not None:
+            cfg = load_config(path)
+        elif upstream:
+            cfg = config_from_upstreams(upstream, host, port)
+        else:
+            raise typer.BadParameter(
+                "give --config FILE (or FLEETGATE_CONFIG, or ./fleet.yaml) or --upstream URL"
+            )
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    try:
+        cfg = cfg.with_addresses(host=host, port=port, admin_host=admin_host, admin_port=admin_port)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
+               f"(admin http://{cfg.admin.host}:{cfg.admin.port})")  # fmt: skip
+    run(cfg)
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="The fleet file to validate.")]) -> None:
+    """Validate a fleet file; errors point at file:line:column and the key path."""
+    from fleetgate.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    models = sum(len(p.models) for p in cfg.pools)
+    endpoints = sum(len(p.endpoints) for p in cfg.pools)
+    typer.echo(f"{path}: ok ({len(cfg.pools)} pools, {models} model names, {endpoints} endpoints)")
+
+
 def main() -> None:
     app()
 

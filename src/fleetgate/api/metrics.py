@@ -1,0 +1,104 @@
+"""The gateway's Prometheus metrics (`fleetgate_*`), one registry per app, fed by the relay's hooks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fleetgate.fleet.state import Endpoint, FleetState
+from fleetgate.relay import Call, RelayObserver
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class GatewayMetrics(RelayObserver):
+    def __init__(self, fleet: FleetState) -> None:
+        self.registry = CollectorRegistry()
+        self.fleet = fleet
+        r = self.registry
+        self.requests = Counter(
+            "fleetgate_requests", "Requests answered, by model, pool, endpoint and status.",
+            ["model", "pool", "endpoint", "status"], registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "fleetgate_rejected",
+            "Requests refused before reaching a pool, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "fleetgate_time_to_first_event_seconds", "Time from arrival to the first streamed event.",
+            ["pool"], buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.gaps = Histogram(
+            "fleetgate_event_gap_seconds",
+            "Gaps between relayed stream events.",
+            ["pool"],
+            buckets=_GAP,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "fleetgate_request_duration_seconds", "Time from arrival to the end of the answer.",
+            ["pool"], buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "fleetgate_tokens",
+            "Tokens read from upstream usage, by direction.",
+            ["pool", "direction"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "fleetgate_retries", "Attempts retried on another endpoint.", ["pool"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "fleetgate_upstream_errors", "Failed upstream attempts, by endpoint and kind.",
+            ["endpoint", "kind"], registry=r,
+        )  # fmt: skip
+        self.healthy = Gauge(
+            "fleetgate_endpoint_routable",
+            "1 when the endpoint is in rotation.",
+            ["pool", "endpoint"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "fleetgate_endpoint_in_flight", "Requests the gateway has in flight at the endpoint.",
+            ["pool", "endpoint"], registry=r,
+        )  # fmt: skip
+        self.load = Gauge(
+            "fleetgate_endpoint_load", "The endpoint's load as last scraped (running, waiting, kv_usage).",
+            ["pool", "endpoint", "kind"], registry=r,
+        )  # fmt: skip
+
+    def refresh(self) -> None:
+        """Copy endpoint state into gauges; called at scrape time, never on the request path."""
+        for e in self.fleet.endpoints():
+            self.healthy.labels(e.pool, e.name).set(1 if e.routable() else 0)
+            self.in_flight.labels(e.pool, e.name).set(e.in_flight)
+            if e.load is not None:
+                self.load.labels(e.pool, e.name, "running").set(e.load.running)
+                self.load.labels(e.pool, e.name, "waiting").set(e.load.waiting)
+                self.load.labels(e.pool, e.name, "kv_usage").set(e.load.kv_usage)
+
+    # ---- relay hooks -----------------------------------------------------------------------------------
+    def attempt_failed(self, endpoint: Endpoint, reason: str) -> None:
+        self.upstream_errors.labels(endpoint.name, reason).inc()
+
+    def retried(self, call: Call) -> None:
+        self.retries.labels(call.pool).inc()
+
+    def first_event(self, call: Call, seconds: float) -> None:
+        self.ttft.labels(call.pool).observe(seconds)
+
+    def event_gap(self, call: Call, seconds: float) -> None:
+        self.gaps.labels(call.pool).observe(seconds)
+
+    def finished(self, call: Call, status: int, usage: dict[str, Any] | None) -> None:
+        endpoint = call.endpoint.name if call.endpoint else "none"
+        self.requests.labels(call.model, call.pool, endpoint, str(status)).inc()
+        self.e2e.labels(call.pool).observe(time.monotonic() - call.started)
+        if usage:
+            self.tokens.labels(call.pool, "in").inc(int(usage.get("prompt_tokens") or 0))
+            self.tokens.labels(call.pool, "out").inc(int(usage.get("completion_tokens") or 0))

@@ -1,0 +1,113 @@
+"""Background loops that keep the fleet state current: health probes, metric scrapes, model discovery.
+
+They run beside the request path and never block it: each endpoint has its own task, every call has a
+timeout, and the picker only reads what these loops wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from fleetgate.fleet.state import Endpoint
+from fleetgate.fleet.vllm_metrics import MetricsParseError, parse_vllm_metrics
+
+log = logging.getLogger("fleetgate.fleet")
+# /v1/models changes only when adapters load or servers restart; a few seconds is fresh enough.
+DISCOVERY_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    health_interval: float = 1.0
+    health_timeout: float = 2.0
+    health_path: str = "/health"
+    scrape_interval: float = 0.1
+    scrape_timeout: float = 1.0
+
+
+class Monitor:
+    def __init__(self, session: aiohttp.ClientSession, settings: MonitorSettings) -> None:
+        self.session = session
+        self.s = settings
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, endpoints: list[Endpoint]) -> None:
+        for e in endpoints:
+            self._tasks.append(asyncio.create_task(self._health_loop(e), name=f"health:{e.name}"))
+            self._tasks.append(asyncio.create_task(self._scrape_loop(e), name=f"scrape:{e.name}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+    def _headers(self, e: Endpoint) -> dict[str, str]:
+        return {"authorization": f"Bearer {e.api_key}"} if e.api_key else {}
+
+    async def probe(self, e: Endpoint) -> None:
+        """One health check: /health (or, for upstreams without one, /v1/models) answering 200."""
+        timeout = aiohttp.ClientTimeout(total=self.s.health_timeout)
+        try:
+            async with self.session.get(
+                e.url + self.s.health_path, headers=self._headers(e), timeout=timeout
+            ) as r:
+                status = r.status
+                await r.read()
+            if status == 404:  # a hosted endpoint (RunPod, Cloud Run) may only have the OpenAI routes
+                await self.discover(e)
+                e.probe_ok()
+            elif status == 200:
+                if not e.models or time.monotonic() - e.checked_at > DISCOVERY_INTERVAL:
+                    await self.discover(e)
+                e.probe_ok()
+            else:
+                e.probe_failed(f"health check answered {status}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            e.probe_failed(f"health check failed: {type(err).__name__}")
+
+    async def discover(self, e: Endpoint) -> None:
+        """The model names (base models and loaded LoRA adapters) the endpoint serves."""
+        timeout = aiohttp.ClientTimeout(total=self.s.health_timeout)
+        async with self.session.get(e.url + "/v1/models", headers=self._headers(e), timeout=timeout) as r:
+            if r.status != 200:
+                raise ValueError(f"/v1/models answered {r.status}")
+            data = orjson.loads(await r.read()).get("data") or []
+        e.models = frozenset(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
+
+    async def _health_loop(self, e: Endpoint) -> None:
+        while True:
+            await self.probe(e)
+            await asyncio.sleep(self.s.health_interval)
+
+    async def _scrape_loop(self, e: Endpoint) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.s.scrape_timeout)
+        misses = 0
+        while True:
+            started = time.monotonic()
+            try:
+                async with self.session.get(
+                    e.url + "/metrics", headers=self._headers(e), timeout=timeout
+                ) as r:
+                    status = r.status
+                    body = await r.read()
+                if status == 200:
+                    e.load = parse_vllm_metrics(body)
+                    e.load_at = time.monotonic()
+                    misses = 0
+                else:
+                    misses += 1
+            except (aiohttp.ClientError, TimeoutError, MetricsParseError):
+                misses += 1
+            # An endpoint without vLLM metrics is routed on in-flight counts; ask it rarely after that.
+            pause = self.s.scrape_interval if misses < 3 else max(self.s.scrape_interval, 5.0)
+            await asyncio.sleep(max(0.0, pause - (time.monotonic() - started)))

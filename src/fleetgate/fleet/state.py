@@ -1,0 +1,114 @@
+"""Fleet state: what routing knows about each endpoint, written by background loops, read without I/O."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from fleetgate.fleet.vllm_metrics import VLLMLoad
+
+
+class Breaker(Enum):
+    CLOSED = "closed"  # in rotation
+    OPEN = "open"  # out of rotation until a health probe succeeds
+
+
+# 5xx answers in a row that take an endpoint out; a transport failure takes it out at once.
+FAILURES_TO_OPEN = 3
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One upstream server (a vLLM, a simulator, a RunPod or Cloud Run URL)."""
+
+    name: str
+    url: str  # scheme://host[:port][/path prefix], no trailing slash
+    pool: str
+    api_key: str | None = None
+    weight: float = 1.0
+    breaker: Breaker = Breaker.OPEN  # nothing is routable before its first good health check
+    failures: int = 0
+    last_error: str | None = None
+    in_flight: int = 0
+    load: VLLMLoad | None = None
+    load_at: float = 0.0  # monotonic time of the last good scrape
+    models: frozenset[str] = frozenset()  # names its /v1/models lists (base models and adapters)
+    checked_at: float = 0.0
+
+    def routable(self) -> bool:
+        return self.breaker is Breaker.CLOSED and (self.load is None or self.load.awake)
+
+    def fresh_load(self, now: float, stale_after: float) -> VLLMLoad | None:
+        """The scraped load if recent enough to trust; stale numbers are worse than none."""
+        if self.load is None or now - self.load_at > stale_after:
+            return None
+        return self.load
+
+    # ---- breaker ---------------------------------------------------------------------------------------
+    def transport_failed(self, error: str) -> None:
+        self.breaker = Breaker.OPEN
+        self.failures += 1
+        self.last_error = error
+
+    def server_failed(self, status: int) -> None:
+        self.failures += 1
+        self.last_error = f"HTTP {status}"
+        if self.failures >= FAILURES_TO_OPEN:
+            self.breaker = Breaker.OPEN
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def probe_ok(self) -> None:
+        self.breaker = Breaker.CLOSED
+        self.failures = 0
+        self.checked_at = time.monotonic()
+
+    def probe_failed(self, error: str) -> None:
+        self.breaker = Breaker.OPEN
+        self.last_error = error
+        self.checked_at = time.monotonic()
+
+    def snapshot(self, now: float, stale_after: float) -> dict[str, object]:
+        load = self.fresh_load(now, stale_after)
+        return {
+            "name": self.name,
+            "url": self.url,
+            "pool": self.pool,
+            "state": self.breaker.value,
+            "routable": self.routable(),
+            "in_flight": self.in_flight,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "models": sorted(self.models),
+            "load": None
+            if load is None
+            else {
+                "running": load.running,
+                "waiting": load.waiting,
+                "kv_usage": load.kv_usage,
+                "awake": load.awake,
+                "age_s": round(now - self.load_at, 3),
+            },
+        }
+
+
+@dataclass
+class PoolState:
+    name: str
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def routable(self) -> list[Endpoint]:
+        return [e for e in self.endpoints if e.routable()]
+
+
+@dataclass
+class FleetState:
+    pools: dict[str, PoolState] = field(default_factory=dict)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [e for p in self.pools.values() for e in p.endpoints]
+
+    def any_routable(self) -> bool:
+        return any(e.routable() for e in self.endpoints())
