@@ -157,6 +157,9 @@ class Gateway:
         for p in self.discover_pools:
             if any(model in e.models for e in p.route.endpoints):
                 return p
+        if any(not e.models for p in self.discover_pools for e in p.route.endpoints):
+            # Some upstream has not told us its models yet: the model may well be there.
+            raise ServiceUnavailableError("the upstreams are not ready yet; retry shortly")
         return None
 
     def tenant(self, headers: Mapping[bytes, bytes]) -> Tenant | None:

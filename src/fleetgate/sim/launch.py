@@ -92,6 +92,9 @@ async def serve_one(s: SimSettings, startup_seconds: float, non_default_args: di
 def run_one(s: SimSettings, startup_seconds: float, non_default_args: dict[str, object]) -> None:
     import uvloop
 
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop us, even while starting.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     # uvicorn re-raises the SIGINT it handled once it has shut down; for us that is a clean exit.
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve_one(s, startup_seconds, non_default_args))
