@@ -292,3 +292,76 @@ pools:
     assert len(results) == 4
     for events in results:
         assert events[-1] == "data: [DONE]" and len(events) == 61  # every stream ran to its end
+
+
+def test_endpoint_leaves_on_failure_and_returns_within_two_probe_intervals(
+    gateway_factory: GatewayFactory, sim_factory: SimFactory
+) -> None:
+    sim = sim_factory("--served-model-name", MODEL, "--admin")
+    config = f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+pools:
+  - name: main
+    models: [{MODEL}]
+    endpoints: [{sim.url}]
+    health: {{interval: 0.5, timeout: 0.3}}
+"""
+    gw = gateway_factory(config)
+
+    def state() -> str:
+        return str(httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["main"][0]["state"])
+
+    httpx.post(f"{sim.url}/_sim/faults", json={"health": "fail"})
+    deadline = time.monotonic() + 5
+    while state() != "open":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert httpx.get(f"{gw.url}/ready").status_code == 503
+    httpx.post(f"{sim.url}/_sim/faults", json={"health": "ok"})
+    healed = time.monotonic()
+    while state() != "closed":
+        assert time.monotonic() - healed < 2 * 0.5 + 0.3, "not back within two probe intervals"
+        time.sleep(0.02)
+    assert httpx.get(f"{gw.url}/ready").status_code == 200
+
+
+def test_a_sleeping_vllm_is_not_routable(gateway_factory: GatewayFactory, sim_factory: SimFactory) -> None:
+    dev = {"VLLM_SERVER_DEV_MODE": "1"}
+    awake = sim_factory("--served-model-name", MODEL, "--time-scale", "20")
+    asleep = sim_factory("--served-model-name", MODEL, "--enable-sleep-mode", "--time-scale", "50", env=dev)
+    assert httpx.post(f"{asleep.url}/sleep?level=1", timeout=10).status_code == 200
+    gw = gateway_factory(upstreams=[asleep.url, awake.url])
+    deadline = time.monotonic() + 5
+    fleet = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["default"]
+    while any(e["load"] is None for e in fleet):  # wait for the first scrapes
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        fleet = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["default"]
+    by_url = {e["url"]: e for e in fleet}
+    assert by_url[asleep.url]["routable"] is False and by_url[awake.url]["routable"] is True
+    c = client(gw.url)
+    for _ in range(6):
+        assert c.completions.create(model=MODEL, prompt="x", max_tokens=1).choices
+    assert metric(awake.url, "vllm:request_success_total") == 6
+
+
+def test_gateway_metrics_use_the_fleetgate_namespace(
+    gateway_factory: GatewayFactory, sims: list[SimProcess]
+) -> None:
+    gw = gateway_factory(upstreams=[s.url for s in sims])
+    c = client(gw.url)
+    list(c.completions.create(model=MODEL, prompt="x", max_tokens=3, stream=True,
+                              stream_options={"include_usage": True}))  # fmt: skip
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="not-a-model-we-know", prompt="x", max_tokens=1)
+    text = httpx.get(f"{gw.admin}/metrics").text
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {
+        "fleetgate_requests",
+        "fleetgate_time_to_first_event_seconds",
+        "fleetgate_endpoint_routable",
+    } <= names
+    assert metric(gw.admin, "fleetgate_requests_total", model=MODEL, status="200") == 1
+    assert metric(gw.admin, "fleetgate_tokens_total", direction="out") == 3
+    assert "not-a-model-we-know" not in text  # unknown names never become label values
