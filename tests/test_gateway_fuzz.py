@@ -38,7 +38,7 @@ FIELDS = {
     "messages": st.lists(
         st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": JSON}), max_size=3
     )
-    | JSON,  # fmt: skip
+    | JSON,
     "prompt": st.text(max_size=30) | st.lists(st.integers(0, 200000), max_size=5) | JSON,
     "max_tokens": st.integers(-5, 5) | JSON,
     "stream": st.booleans() | JSON,
