@@ -1,0 +1,172 @@
+"""What the gateway adds: latency against going direct, and CPU per request and per relayed event.
+
+Starts two simulators and, in turn, each contender in front of them, and drives every one with
+`fleetgate bench` at the same load in the same run: direct (one simulator, for the latency baseline),
+fleetgate, and any peer given with `--peer NAME='COMMAND'` (a router you installed or built yourself;
+`{port}` and `{upstreams}` (the URLs as separate arguments, or comma-joined inside a longer argument) are
+filled in, e.g.
+`--peer vllm-router='vllm-router --port {port} --worker-urls {upstreams}'`).
+
+    python benchmarks/gateway_overhead.py --rate 300 --duration 20 [--peer ...]
+
+Reports, per contender: TTFT and e2e p50/p99, added latency (the same quantile minus direct's), CPU seconds
+of the contender process (and its children) per request and per relayed SSE event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_cost import cpu_seconds, free_port, start_sim
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children."""
+    total = cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(tree_cpu(int(c)) for c in children)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url}: process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def expand(command: list[str], port: int, upstreams: list[str]) -> list[str]:
+    """Fill in {port}; a bare {upstreams} becomes the URLs, inside a longer token their comma-joined list."""
+    out: list[str] = []
+    for token in command:
+        token = token.replace("{port}", str(port))
+        if token == "{upstreams}":
+            out += upstreams
+        else:
+            out.append(token.replace("{upstreams}", ",".join(upstreams)))
+    return out
+
+
+def bench(url: str, rate: float, duration: float, stream: bool, out: Path) -> dict[str, float]:
+    api = [
+        "--api",
+        "completions",
+        "--token-ids",
+        "--input-len",
+        "128",
+        "--output-len",
+        "16" if stream else "1",
+    ]
+    cmd = [sys.executable, "-m", "fleetgate", "bench", "--url", f"{url}/v1", "--model", "sim", *api,
+           "--load", f"rate={rate}", "--duration", str(duration), "--warmup", "2", "--processes", "1",
+           "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = json.loads((out / "results.json").read_text())
+    s = res["summary"]
+    events = sum(r["chunks"] for r in res["requests"])
+    return {
+        "requests": float(len(res["requests"])),
+        "events": float(events),
+        "success": s["success_rate"],
+        "ttft_p50": s["ttft"]["p50"],
+        "ttft_p99": s["ttft"]["p99"],
+        "e2e_p50": s["e2e"]["p50"],
+        "e2e_p99": s["e2e"]["p99"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=300)
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--time-scale", default="10")
+    ap.add_argument("--peer", action="append", default=[], help="NAME='COMMAND with {port} and {upstreams}'")
+    args = ap.parse_args()
+    sims = []
+    ports = [free_port(), free_port()]
+    for p in ports:
+        sims.append(start_sim(p, "--time-scale", args.time_scale))
+    upstreams = [f"http://127.0.0.1:{p}" for p in ports]
+    contenders: list[tuple[str, list[str] | None]] = [("direct", None)]
+    contenders.append(("fleetgate", [sys.executable, "-m", "fleetgate", "gateway", "--host", "127.0.0.1",
+                                     "--port", "{port}", "--admin-port", str(free_port()),
+                                     *[a for u in upstreams for a in ("--upstream", u)]]))  # fmt: skip
+    for spec in args.peer:
+        name, _, command = spec.partition("=")
+        contenders.append((name, shlex.split(command)))
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, command in contenders:
+                if command is None:
+                    url, proc = upstreams[0], None
+                else:
+                    port = free_port()
+                    argv = expand(command, port, upstreams)
+                    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                    url = f"http://127.0.0.1:{port}"
+                    wait_http(f"{url}/v1/models", proc)
+                for stream in (False, True):
+                    cpu0 = tree_cpu(proc.pid) if proc else 0.0
+                    r = bench(url, args.rate, args.duration, stream, Path(tmp) / f"{name}-{stream}")
+                    r["cpu"] = (tree_cpu(proc.pid) - cpu0) if proc else 0.0
+                    rows.append((name, stream, r))
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
+    finally:
+        for s in sims:
+            s.terminate()
+            s.wait(10)
+    base = {stream: r for name, stream, r in rows if name == "direct"}
+    print(
+        f"rate {args.rate:g} req/s, {args.duration:g} s per run, simulators at --time-scale {args.time_scale}"
+    )
+    cols = (
+        "contender",
+        "stream",
+        "success",
+        "TTFT p50",
+        "TTFT p99",
+        "added p50",
+        "added p99",
+        "CPU/req",
+        "CPU/event",
+    )
+    print("| " + " | ".join(cols) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, stream, r in rows:
+        b = base[stream]
+        key = "ttft" if stream else "e2e"
+        add50 = (r[f"{key}_p50"] - b[f"{key}_p50"]) * 1000
+        add99 = (r[f"{key}_p99"] - b[f"{key}_p99"]) * 1000
+        per_req = r["cpu"] / r["requests"] * 1e6 if r["cpu"] else float("nan")
+        per_event = r["cpu"] / max(r["events"], 1) * 1e6 if stream and r["cpu"] else float("nan")
+        print(f"| {name} | {stream} | {r['success']:.2%} | {r['ttft_p50'] * 1000:.2f} ms | "
+              f"{r['ttft_p99'] * 1000:.2f} ms | {add50:+.2f} ms | {add99:+.2f} ms | {per_req:.0f} µs | "
+              f"{per_event:.1f} µs |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
