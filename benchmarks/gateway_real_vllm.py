@@ -135,9 +135,9 @@ def main() -> None:
     vllms = []
     for i, p in enumerate(ports):
         log = (args.out / f"vllm{i}.log").open("wb")
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", args.model_dir, "--load-format", "dummy",
-               "--served-model-name", "llama-8b", "--host", "127.0.0.1", "--port", str(p), "--enforce-eager",
-               "--gpu-memory-utilization", "0.3", "--max-model-len", "32768"]  # fmt: skip
+        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", args.model_dir, "--load-format",
+               "dummy", "--served-model-name", "llama-8b", "--host", "127.0.0.1", "--port", str(p),
+               "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-model-len", "32768"]  # fmt: skip
         vllms.append(
             subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         )
@@ -158,22 +158,19 @@ def main() -> None:
         summary["contract"] = rows
         summary["contract_all_same"] = all(r["same_status"] and r["same_shape"] for r in rows)
         # Scraping reads real values: put some load on and look at what the gateway saw.
-        with httpx.Client(timeout=120) as c:
-            seen: list[Any] = []
+        seen: list[Any] = []
 
-            async def burst() -> None:
-                async with httpx.AsyncClient(timeout=120) as ac:
-                    body = {"model": "llama-8b", "prompt": "x", "max_tokens": 300, "ignore_eos": True}
-                    tasks = [
-                        asyncio.ensure_future(ac.post(f"{gateway}/v1/completions", json=body))
-                        for _ in range(32)
-                    ]
-                    for _ in range(20):
-                        await asyncio.sleep(0.1)
-                        seen.append(c.get(f"http://127.0.0.1:{aport}/admin/fleet").json())
-                    await asyncio.gather(*tasks)
+        async def burst() -> None:
+            async with httpx.AsyncClient(timeout=120) as ac:
+                body = {"model": "llama-8b", "prompt": "x", "max_tokens": 300, "ignore_eos": True}
+                url = f"{gateway}/v1/completions"
+                tasks = [asyncio.ensure_future(ac.post(url, json=body)) for _ in range(32)]
+                for _ in range(20):
+                    await asyncio.sleep(0.1)
+                    seen.append((await ac.get(f"http://127.0.0.1:{aport}/admin/fleet")).json())
+                await asyncio.gather(*tasks)
 
-            asyncio.run(burst())
+        asyncio.run(burst())
         loads = [e["load"] for snap in seen for e in snap["pools"]["default"] if e["load"]]
         summary["scrape_max_running"] = max((ld["running"] for ld in loads), default=None)
         summary["scrape_max_kv_usage"] = max((ld["kv_usage"] for ld in loads), default=None)
@@ -187,9 +184,8 @@ def main() -> None:
     (args.out / "gateway_real_vllm.json").write_text(json.dumps(summary, indent=2))
     bad = [r for r in summary["contract"] if not (r["same_status"] and r["same_shape"])]
     print(f"contract cases: {len(summary['contract'])}, differing: {[r['case'] for r in bad]}")
-    print(
-        f"scrape under load: max running {summary['scrape_max_running']}, max kv {summary['scrape_max_kv_usage']}"
-    )
+    running, kv = summary["scrape_max_running"], summary["scrape_max_kv_usage"]
+    print(f"scrape under load: max running {running}, max kv {kv}")
     print(f"kill one vLLM mid-run: {summary['kill']}")
 
 
