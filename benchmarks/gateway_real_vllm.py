@@ -90,6 +90,10 @@ def call(base: str, case: dict[str, Any]) -> tuple[int, Any]:
         return r.status_code, r.text[:80]
 
 
+def _distinct(events: list[Any]) -> list[str]:
+    return sorted({json.dumps(e, sort_keys=True) for e in events})
+
+
 def compare_contract(direct: str, gateway: str) -> list[dict[str, Any]]:
     cases = json.loads((ROOT / "tests" / "data" / "contract.json").read_text())
     rows = []
@@ -99,7 +103,12 @@ def compare_contract(direct: str, gateway: str) -> list[dict[str, Any]]:
         d = call(direct, case)
         g = call(gateway, case)
         same_status = d[0] == g[0]
-        same_shape = d[1] == g[1] or case["request"]["path"] == "/v1/models"
+        # Random weights may end a stream early (no ignore_eos in these cases), so streams compare by the set
+        # of event shapes and their last two events, not event by event.
+        if isinstance(d[1], list) and isinstance(g[1], list):
+            same_shape = _distinct(d[1]) == _distinct(g[1]) and d[1][-2:] == g[1][-2:]
+        else:
+            same_shape = d[1] == g[1] or case["request"]["path"] == "/v1/models"
         rows.append({"case": name, "direct": d[0], "gateway": g[0], "same_status": same_status,
                      "same_shape": same_shape})  # fmt: skip
     return rows

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from prometheus_client import generate_latest
 
+from fleetgate import __version__
 from fleetgate.api.metrics import GatewayMetrics
 from fleetgate.config import FleetConfig, PoolConfig
 from fleetgate.fleet.monitor import Monitor, MonitorSettings
@@ -230,6 +231,8 @@ class PublicApp:
         try:
             if path == "/health" and method == "GET":
                 await _reply(send, 200, b"", request_id)
+            elif path == "/version" and method == "GET":
+                await _reply(send, 200, orjson.dumps({"version": __version__}), request_id)
             elif path == "/ready" and method == "GET":
                 ready = not self.gw.draining and self.gw.fleet.any_routable()
                 await _reply(send, 200 if ready else 503, orjson.dumps({"ready": ready}), request_id)
