@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
@@ -365,3 +366,32 @@ def test_gateway_metrics_use_the_fleetgate_namespace(
     assert metric(gw.admin, "fleetgate_requests_total", model=MODEL, status="200") == 1
     assert metric(gw.admin, "fleetgate_tokens_total", direction="out") == 3
     assert "not-a-model-we-know" not in text  # unknown names never become label values
+
+
+def test_json_access_log_carries_the_request_id(
+    gateway_factory: GatewayFactory, sims: list[SimProcess]
+) -> None:
+    config = f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+log: {{format: json, level: info}}
+pools:
+  - name: main
+    models: [{MODEL}]
+    endpoints: [{sims[0].url}]
+"""
+    gw = gateway_factory(config)
+    r = httpx.post(
+        f"{gw.url}/v1/completions",
+        json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+        headers={"x-request-id": "abc-42"},
+    )
+    assert r.status_code == 200
+    deadline = time.monotonic() + 5
+    while '"abc-42"' not in gw.log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    line = next(ln for ln in gw.log.read_text().splitlines() if '"abc-42"' in ln)
+    record = json.loads(line)
+    assert record["msg"] == "request" and record["status"] == 200 and record["model"] == MODEL
+    assert record["pool"] == "main" and record["completion_tokens"] == 2 and record["seconds"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fleetgate.fleet.state import Endpoint, FleetState
 from fleetgate.relay import Call, RelayObserver
 
+access = logging.getLogger("fleetgate.access")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -97,8 +99,25 @@ class GatewayMetrics(RelayObserver):
 
     def finished(self, call: Call, status: int, usage: dict[str, Any] | None) -> None:
         endpoint = call.endpoint.name if call.endpoint else "none"
+        seconds = time.monotonic() - call.started
         self.requests.labels(call.model, call.pool, endpoint, str(status)).inc()
-        self.e2e.labels(call.pool).observe(time.monotonic() - call.started)
+        self.e2e.labels(call.pool).observe(seconds)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "request",
+                extra={
+                    "request_id": call.request_id,
+                    "model": call.model,
+                    "pool": call.pool,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "stream": call.stream,
+                    "attempts": call.attempts,
+                    "seconds": round(seconds, 4),
+                    "prompt_tokens": (usage or {}).get("prompt_tokens"),
+                    "completion_tokens": (usage or {}).get("completion_tokens"),
+                },
+            )
         if usage:
             self.tokens.labels(call.pool, "in").inc(int(usage.get("prompt_tokens") or 0))
             self.tokens.labels(call.pool, "out").inc(int(usage.get("completion_tokens") or 0))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import uvicorn
 
 from fleetgate.api.app import create_app
+from fleetgate.api.logs import configure as configure_logs
 from fleetgate.config import FleetConfig
 
 log = logging.getLogger("fleetgate.gateway")
@@ -49,6 +50,7 @@ def _uvicorn_config(
 
 
 async def serve(config: FleetConfig) -> None:
+    configure_logs(config.log)
     public, admin = create_app(config)
     gw = public.gw
     drain = config.shutdown.drain_timeout
