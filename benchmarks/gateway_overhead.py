@@ -56,10 +56,11 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> N
 
 
 def expand(command: list[str], port: int, upstreams: list[str]) -> list[str]:
-    """Fill in {port}; a bare {upstreams} becomes the URLs, inside a longer token their comma-joined list."""
+    """Fill in {port} and {freeport} (another free port, e.g. for a peer's own metrics listener); a bare
+    {upstreams} becomes the URLs, inside a longer token their comma-joined list."""
     out: list[str] = []
     for token in command:
-        token = token.replace("{port}", str(port))
+        token = token.replace("{port}", str(port)).replace("{freeport}", str(free_port()))
         if token == "{upstreams}":
             out += upstreams
         else:
@@ -84,6 +85,12 @@ def bench(url: str, rate: float, duration: float, stream: bool, out: Path) -> di
     res = json.loads((out / "results.json").read_text())
     s = res["summary"]
     events = sum(r["chunks"] for r in res["requests"])
+    if not s["ok"]:
+        print(f"{url}: no request succeeded: {s['errors_by_type']} {res['requests'][0]['error_message']}",
+              file=sys.stderr)  # fmt: skip
+        nan = float("nan")
+        return {"requests": float(len(res["requests"])), "events": 0.0, "success": 0.0, "ttft_p50": nan,
+                "ttft_p99": nan, "e2e_p50": nan, "e2e_p99": nan}  # fmt: skip
     return {
         "requests": float(len(res["requests"])),
         "events": float(events),
@@ -123,10 +130,16 @@ def main() -> None:
                 else:
                     port = free_port()
                     argv = expand(command, port, upstreams)
-                    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                    log = Path(tmp) / f"{name}.log"
+                    with log.open("wb") as out:
+                        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
                     url = f"http://127.0.0.1:{port}"
-                    wait_http(f"{url}/v1/models", proc)
+                    try:
+                        wait_http(f"{url}/v1/models", proc)
+                    except SystemExit:
+                        print(f"{name} did not start:\n" + log.read_text()[-2000:], file=sys.stderr)
+                        raise
                 for stream in (False, True):
                     cpu0 = tree_cpu(proc.pid) if proc else 0.0
                     r = bench(url, args.rate, args.duration, stream, Path(tmp) / f"{name}-{stream}")
@@ -134,7 +147,11 @@ def main() -> None:
                     rows.append((name, stream, r))
                 if proc is not None:
                     proc.terminate()
-                    proc.wait(10)
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(10)
     finally:
         for s in sims:
             s.terminate()
