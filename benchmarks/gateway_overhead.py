@@ -30,6 +30,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_cost import cpu_seconds, free_port, start_sim
 
+BENCH_PREFIX: list[str] = []
+
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its live children."""
@@ -81,7 +83,7 @@ def bench(url: str, rate: float, duration: float, stream: bool, out: Path) -> di
     cmd = [sys.executable, "-m", "fleetgate", "bench", "--url", f"{url}/v1", "--model", "sim", *api,
            "--load", f"rate={rate}", "--duration", str(duration), "--warmup", "2", "--processes", "1",
            "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([*BENCH_PREFIX, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = json.loads((out / "results.json").read_text())
     s = res["summary"]
     events = sum(r["chunks"] for r in res["requests"])
@@ -108,11 +110,18 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--time-scale", default="10")
     ap.add_argument("--peer", action="append", default=[], help="NAME='COMMAND with {port} and {upstreams}'")
+    ap.add_argument("--pin-contender", default="", help="taskset CPU list for the contender, e.g. 4")
+    ap.add_argument("--pin-sims", default="", help="taskset CPU list for the simulators, e.g. 0-3")
+    ap.add_argument("--pin-bench", default="", help="taskset CPU list for the load generator, e.g. 5-8")
     args = ap.parse_args()
+    BENCH_PREFIX[:] = ["taskset", "-c", args.pin_bench] if args.pin_bench else []
     sims = []
     ports = [free_port(), free_port()]
     for p in ports:
         sims.append(start_sim(p, "--time-scale", args.time_scale))
+        if args.pin_sims:
+            subprocess.run(["taskset", "-a", "-p", "-c", args.pin_sims, str(sims[-1].pid)], check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
     upstreams = [f"http://127.0.0.1:{p}" for p in ports]
     contenders: list[tuple[str, list[str] | None]] = [("direct", None)]
     contenders.append(("fleetgate", [sys.executable, "-m", "fleetgate", "gateway", "--host", "127.0.0.1",
@@ -130,6 +139,8 @@ def main() -> None:
                 else:
                     port = free_port()
                     argv = expand(command, port, upstreams)
+                    if args.pin_contender:
+                        argv = ["taskset", "-c", args.pin_contender, *argv]
                     log = Path(tmp) / f"{name}.log"
                     with log.open("wb") as out:
                         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
