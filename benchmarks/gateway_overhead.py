@@ -70,16 +70,11 @@ def expand(command: list[str], port: int, upstreams: list[str]) -> list[str]:
     return out
 
 
-def bench(url: str, rate: float, duration: float, stream: bool, out: Path) -> dict[str, float]:
-    api = [
-        "--api",
-        "completions",
-        "--token-ids",
-        "--input-len",
-        "128",
-        "--output-len",
-        "16" if stream else "1",
-    ]
+def bench(url: str, rate: float, duration: float, stream: bool, out: Path, api_name: str) -> dict[str, float]:
+    # completions with token-id prompts is the cheapest request for every contender to parse; sglang-router
+    # 0.3.2 refuses token-id prompts (422), so compare it with --api chat.
+    api = ["--api", api_name, *(["--token-ids"] if api_name == "completions" else [])]
+    api += ["--input-len", "128", "--output-len", "16" if stream else "1"]
     cmd = [sys.executable, "-m", "fleetgate", "bench", "--url", f"{url}/v1", "--model", "sim", *api,
            "--load", f"rate={rate}", "--duration", str(duration), "--warmup", "2", "--processes", "1",
            "--out", str(out)]  # fmt: skip
@@ -109,6 +104,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=300)
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--time-scale", default="10")
+    ap.add_argument("--api", choices=["completions", "chat"], default="completions")
     ap.add_argument("--peer", action="append", default=[], help="NAME='COMMAND with {port} and {upstreams}'")
     ap.add_argument("--pin-contender", default="", help="taskset CPU list for the contender, e.g. 4")
     ap.add_argument("--pin-sims", default="", help="taskset CPU list for the simulators, e.g. 0-3")
@@ -153,7 +149,7 @@ def main() -> None:
                         raise
                 for stream in (False, True):
                     cpu0 = tree_cpu(proc.pid) if proc else 0.0
-                    r = bench(url, args.rate, args.duration, stream, Path(tmp) / f"{name}-{stream}")
+                    r = bench(url, args.rate, args.duration, stream, Path(tmp) / f"{name}-{stream}", args.api)
                     r["cpu"] = (tree_cpu(proc.pid) - cpu0) if proc else 0.0
                     rows.append((name, stream, r))
                 if proc is not None:
