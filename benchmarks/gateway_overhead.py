@@ -153,8 +153,8 @@ def main() -> None:
                     runs = []
                     for i in range(args.runs):
                         cpu0 = tree_cpu(proc.pid) if proc else 0.0
-                        out = Path(tmp) / f"{name}-{stream}-{i}"
-                        r = bench(url, args.rate, args.duration, stream, out, args.api)
+                        run_dir = Path(tmp) / f"{name}-{stream}-{i}"
+                        r = bench(url, args.rate, args.duration, stream, run_dir, args.api)
                         r["cpu"] = (tree_cpu(proc.pid) - cpu0) if proc else 0.0
                         runs.append(r)
                     # The median of each figure over the runs, as DESIGN asks.
