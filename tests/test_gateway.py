@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -395,3 +396,23 @@ pools:
     record = json.loads(line)
     assert record["msg"] == "request" and record["status"] == 200 and record["model"] == MODEL
     assert record["pool"] == "main" and record["completion_tokens"] == 2 and record["seconds"] > 0
+
+
+def test_adapters_loaded_later_are_discovered(
+    gateway_factory: GatewayFactory, sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    dev = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    sim = sim_factory("--served-model-name", MODEL, "--enable-lora", "--max-loras", "2", env=dev)
+    gw = gateway_factory(upstreams=[sim.url])
+    adapter = tmp_path / "travel-zh"
+    adapter.mkdir()
+    loaded = httpx.post(
+        f"{sim.url}/v1/load_lora_adapter", json={"lora_name": "travel-zh", "lora_path": str(adapter)}
+    )
+    assert loaded.status_code == 200
+    # /v1/models is re-read every few seconds; the new adapter becomes a model the gateway routes.
+    deadline = time.monotonic() + 10
+    while "travel-zh" not in [m.id for m in client(gw.url).models.list().data]:
+        assert time.monotonic() < deadline, "adapter never discovered"
+        time.sleep(0.1)
+    assert client(gw.url).completions.create(model="travel-zh", prompt="x", max_tokens=1).choices

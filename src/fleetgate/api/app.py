@@ -89,7 +89,7 @@ class Gateway:
         self.draining = False
         self.session: aiohttp.ClientSession | None = None
         self.relay: Relay | None = None
-        self.monitor: Monitor | None = None
+        self.monitors: list[tuple[Monitor, list[Endpoint]]] = []
         for pc in config.pools:
             self._add_pool(pc)
 
@@ -134,19 +134,21 @@ class Gateway:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.relay = Relay(self.session, self.metrics)
-        pc = self.config.pools[0]
-        self.monitor = Monitor(
-            self.session,
-            MonitorSettings(pc.health.interval, pc.health.timeout, pc.health.path, pc.scrape.interval),
-        )
-        endpoints = self.fleet.endpoints()
+        # Each pool is watched with its own health and scrape settings.
+        for pool in self.pools.values():
+            pc = pool.config
+            settings = MonitorSettings(
+                pc.health.interval, pc.health.timeout, pc.health.path, pc.scrape.interval
+            )
+            self.monitors.append((Monitor(self.session, settings), pool.route.endpoints))
         # One round of probes before serving, so /ready and the first requests see the real fleet.
-        await asyncio.gather(*(self.monitor.probe(e) for e in endpoints))
-        self.monitor.start(endpoints)
+        await asyncio.gather(*(m.probe(e) for m, endpoints in self.monitors for e in endpoints))
+        for m, endpoints in self.monitors:
+            m.start(endpoints)
 
     async def stop(self) -> None:
-        if self.monitor is not None:
-            await self.monitor.stop()
+        for m, _ in self.monitors:
+            await m.stop()
         if self.session is not None:
             await self.session.close()
 

@@ -67,7 +67,7 @@ class Monitor:
                 await self.discover(e)
                 e.probe_ok()
             elif status == 200:
-                if not e.models or time.monotonic() - e.checked_at > DISCOVERY_INTERVAL:
+                if not e.models or time.monotonic() - e.discovered_at > DISCOVERY_INTERVAL:
                     await self.discover(e)
                 e.probe_ok()
             else:
@@ -83,6 +83,7 @@ class Monitor:
                 raise ValueError(f"/v1/models answered {r.status}")
             data = orjson.loads(await r.read()).get("data") or []
         e.models = frozenset(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
+        e.discovered_at = time.monotonic()
 
     async def _health_loop(self, e: Endpoint) -> None:
         while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,7 +33,7 @@ class Endpoint:
     load: VLLMLoad | None = None
     load_at: float = 0.0  # monotonic time of the last good scrape
     models: frozenset[str] = frozenset()  # names its /v1/models lists (base models and adapters)
-    checked_at: float = 0.0
+    discovered_at: float = 0.0  # monotonic time `models` was last read
 
     def routable(self) -> bool:
         return self.breaker is Breaker.CLOSED and (self.load is None or self.load.awake)
@@ -63,12 +62,10 @@ class Endpoint:
     def probe_ok(self) -> None:
         self.breaker = Breaker.CLOSED
         self.failures = 0
-        self.checked_at = time.monotonic()
 
     def probe_failed(self, error: str) -> None:
         self.breaker = Breaker.OPEN
         self.last_error = error
-        self.checked_at = time.monotonic()
 
     def snapshot(self, now: float, stale_after: float) -> dict[str, object]:
         load = self.fresh_load(now, stale_after)
