@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_cost import free_port, start_sim
+from procs import free_port, start_sim
 
 
 def run_bench(url: str, rate: int, processes: int, duration: float, out: Path) -> dict[str, float]:

@@ -23,13 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_cost import cpu_seconds, free_port, start_sim
+from procs import cpu_seconds, free_port, start_sim, wait_http
 
 BENCH_PREFIX: list[str] = []
 
@@ -42,20 +39,6 @@ def tree_cpu(pid: int) -> float:
     except OSError:
         children = []
     return total + sum(tree_cpu(int(c)) for c in children)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
 def expand(command: list[str], port: int, upstreams: list[str]) -> list[str]:

@@ -22,36 +22,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from procs import free_port, wait_http  # noqa: E402
+
 SKIP = {"chat_json_schema", "load_lora_disabled", "is_sleeping"}  # recording defect; dev-mode-only routes
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(url: str, proc: subprocess.Popen[bytes], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{url} not up after {seconds} s")
 
 
 def shape(v: Any) -> Any:
@@ -152,7 +132,7 @@ def main() -> None:
             subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         )
     for p, proc in zip(ports, vllms, strict=True):
-        wait(f"http://127.0.0.1:{p}/health", proc, 600)
+        wait_http(f"http://127.0.0.1:{p}/health", proc, 600, every=1.0)
     gport, aport = free_port(), free_port()
     gw_log = (args.out / "gateway.log").open("wb")
     gw = subprocess.Popen(
@@ -161,7 +141,7 @@ def main() -> None:
         stdout=gw_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     gateway = f"http://127.0.0.1:{gport}"
-    wait(f"{gateway}/ready", gw, 60)
+    wait_http(f"{gateway}/ready", gw, 60)
     summary: dict[str, Any] = {}
     try:
         rows = compare_contract(f"http://127.0.0.1:{ports[0]}", gateway)

@@ -19,10 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_cost import free_port
+from procs import free_port, wait_http
 
 
 def rss_mib(pid: int) -> float:
@@ -94,16 +92,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{gw_port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("gateway not ready")
-            time.sleep(0.2)
+        wait_http(f"http://127.0.0.1:{gw_port}/ready", gw, 60, every=0.2)
         idle = rss_mib(gw.pid)
         # The H200 profile with ~2,000 running sequences per replica steps about 5 times a second.
         tokens = int(args.hold * 5 * args.time_scale)

@@ -11,28 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
-import httpx
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from procs import cpu_seconds, free_port, start_sim
 
 
 @dataclass
@@ -70,21 +52,6 @@ async def drive(port: int, streams: int, tokens: int, prompt_len: int) -> list[S
     results = [StreamResult() for _ in range(streams)]
     await asyncio.gather(*(one_stream(port, body, r) for r in results))
     return results
-
-
-def start_sim(port: int, *flags: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0",
-           "--served-model-name", "sim", *flags]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("simulator did not start")
 
 
 def measure(streams: int, tokens: int, time_scale: float, prompt_len: int) -> dict[str, float]:

@@ -14,29 +14,13 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleetgate.sim.calibrate import ROWS, TOLERANCE, requests_for
-from sim_cost import free_port
-
-
-def start_sim(port: int, eager: bool) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "fleetgate", "sim", "--port", str(port), "--startup-time", "0",
-           "--served-model-name", "llama-8b", "--max-num-seqs", "1024"]  # fmt: skip
-    if eager:
-        cmd.append("--enforce-eager")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise SystemExit("simulator did not start")
+from procs import free_port, start_sim
 
 
 def sim_mean_ttft(port: int) -> float:
@@ -58,7 +42,8 @@ def main() -> None:
     for i in (int(x) for x in args.rows.split(",")):
         row = ROWS[i]
         port = free_port()
-        proc = start_sim(port, row.eager)
+        flags = ["--max-num-seqs", "1024", *(["--enforce-eager"] if row.eager else [])]
+        proc = start_sim(port, *flags, model="llama-8b")
         out = args.out / f"row{i}"
         try:
             cmd = [
