@@ -92,6 +92,8 @@ class Gateway:
         self.monitors: list[tuple[Monitor, list[Endpoint]]] = []
         for pc in config.pools:
             self._add_pool(pc)
+        # The body is read before its model (and so its pool) is known: the largest pool limit applies.
+        self.max_body_bytes = max(pc.limits.max_body_bytes for pc in config.pools)
 
     def _add_pool(self, pc: PoolConfig) -> None:
         endpoints = [
@@ -283,9 +285,8 @@ class PublicApp:
         self._auth(headers)
         if gw.draining:
             raise ServiceUnavailableError("the gateway is shutting down")
-        limit = max(p.config.limits.max_body_bytes for p in gw.pools.values())
         try:
-            raw = await _read_body(receive, limit)
+            raw = await _read_body(receive, gw.max_body_bytes)
         except ConnectionResetError:
             return
         call, pool = self._prepare(path, raw, request_id)

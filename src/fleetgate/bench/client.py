@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -30,7 +30,7 @@ class StreamState:
     want_text: bool = False
     first_content: float | None = None
     tokens_before: int = 0  # token events up to and including the first content
-    token_times: list[float] | None = None
+    token_times: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     done: bool = False
@@ -39,7 +39,6 @@ class StreamState:
     text_parts: list[str] | None = None
 
     def __post_init__(self) -> None:
-        self.token_times = []
         if self.want_text:
             self.text_parts = []
 
@@ -104,11 +103,10 @@ class StreamState:
             if not carries:
                 return
             self.first_content = now
-        assert self.token_times is not None
         self.token_times.append(now)
 
     def itl(self) -> list[float]:
-        times = self.token_times or []
+        times = self.token_times
         gaps = [b - a for a, b in itertools.pairwise(times)]
         if not gaps:
             return []
@@ -171,7 +169,7 @@ async def send(
     record.ttft = state.first_content
     record.prompt_tokens = state.prompt_tokens
     record.completion_tokens = state.completion_tokens
-    record.chunks = len(state.token_times or ())
+    record.chunks = len(state.token_times)
     record.itl = state.itl()
     if on_text is not None:
         on_text("".join(state.text_parts or ()) if record.ok else None)

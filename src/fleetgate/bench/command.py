@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import resource
@@ -81,7 +82,7 @@ def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
         if cfg.workload.token_ids
         else measure_ratio(cfg.url, cfg.model, cfg.api_key)
     )
-    cfg = RunConfig(**{**cfg.__dict__, "sizer_ratio": ratio})
+    cfg = dataclasses.replace(cfg, sizer_ratio=ratio)
     console.print(f"[dim]prompt sizes: {tokenize_note}[/dim]")
     planned = f"{cfg.duration:g} s" if cfg.duration is not None else f"{cfg.num_requests} requests"
     all_records: list[RequestRecord] = []

@@ -104,7 +104,3 @@ class ToolStream:
             piece = self.tokenizer.token_text(token)
             return {"content": None, "tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
         return None
-
-    @property
-    def complete(self) -> bool:
-        return self.index >= len(self.script.tokens)
