@@ -177,9 +177,7 @@ class Relay:
                 if resp.status >= 500:
                     endpoint.server_failed(resp.status)
                 self.observer.attempt_failed(endpoint, f"http_{resp.status}")
-                error = OpenAIError(_error_message(body, resp.status), status=resp.status)
-                error.type = _error_type(body, resp.status)
-                return error
+                return _upstream_error(body, resp.status)
             if resp.status >= 500:
                 endpoint.server_failed(resp.status)
             else:
@@ -281,17 +279,17 @@ def _usage_of(events: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _error_message(body: bytes, status: int) -> str:
+def _upstream_error(body: bytes, status: int) -> OpenAIError:
+    """The upstream's own error (message and type), or one named after its status when the body has none."""
+    fallback = {429: "RateLimitError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError"}
+    message, kind = f"upstream answered {status}", fallback.get(status, "BadGatewayError")
     try:
-        return str(orjson.loads(body)["error"]["message"])
+        err = orjson.loads(body)["error"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        return f"upstream answered {status}"
-
-
-def _error_type(body: bytes, status: int) -> str:
-    try:
-        return str(orjson.loads(body)["error"]["type"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return {429: "RateLimitError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError"}.get(
-            status, "BadGatewayError"
-        )
+        err = None
+    if isinstance(err, dict):
+        message = str(err["message"]) if "message" in err else message
+        kind = str(err["type"]) if "type" in err else kind
+    error = OpenAIError(message, status=status)
+    error.type = kind
+    return error
