@@ -136,6 +136,7 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
         "max_tokens_cap": 8192,
         "max_body_bytes": 4194304,
         "max_queue": 1024,
+        "max_queue_wait": 30.0,
     }
     assert pool.timeouts.model_dump() == {
         "connect": 2.0,
@@ -148,6 +149,16 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
     assert pool.health.model_dump() == {"interval": 1.0, "timeout": 2.0, "path": "/health"}
     assert pool.scrape.model_dump() == {"interval": 0.1, "stale_after": 1.0}
     assert pool.routing.scorers == SCORERS
+    routing = pool.routing
+    assert (routing.picker, routing.tokenizer, routing.block_size, routing.debug_headers) == (
+        "max",
+        "none",
+        16,
+        False,
+    )
+    assert routing.saturation.model_dump() == {"max_waiting": 5.0, "max_kv_usage": 0.8}
+    assert routing.session.model_dump() == {"header": "x-session-id", "ttl": 600.0}
+    assert pool.adapters == [] and all(e.kv_events is None for e in pool.endpoints)
     assert config.pool_for_model() == {"llama-8b": (pool, "llama-8b")}
 
 

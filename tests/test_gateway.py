@@ -312,7 +312,7 @@ pools:
     gw = gateway_factory(config)
 
     def state() -> str:
-        return str(httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["main"][0]["state"])
+        return str(httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["main"]["endpoints"][0]["state"])
 
     httpx.post(f"{sim.url}/_sim/faults", json={"health": "fail"})
     deadline = time.monotonic() + 5
@@ -335,11 +335,11 @@ def test_a_sleeping_vllm_is_not_routable(gateway_factory: GatewayFactory, sim_fa
     assert httpx.post(f"{asleep.url}/sleep?level=1", timeout=10).status_code == 200
     gw = gateway_factory(upstreams=[asleep.url, awake.url])
     deadline = time.monotonic() + 5
-    fleet = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["default"]
+    fleet = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["default"]["endpoints"]
     while any(e["load"] is None for e in fleet):  # wait for the first scrapes
         assert time.monotonic() < deadline
         time.sleep(0.02)
-        fleet = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["default"]
+        fleet = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["default"]["endpoints"]
     by_url = {e["url"]: e for e in fleet}
     assert by_url[asleep.url]["routable"] is False and by_url[awake.url]["routable"] is True
     c = client(gw.url)

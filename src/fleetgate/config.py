@@ -45,6 +45,7 @@ __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_FILE",
     "SCORERS",
+    "AdapterConfig",
     "AdminConfig",
     "ConfigError",
     "ConfigWarning",
@@ -60,7 +61,9 @@ __all__ = [
     "Problem",
     "RetriesConfig",
     "RoutingConfig",
+    "SaturationConfig",
     "ScrapeConfig",
+    "SessionConfig",
     "ShutdownConfig",
     "TimeoutsConfig",
     "config_from_upstreams",
@@ -413,8 +416,21 @@ class EndpointConfig(BaseModel):
     api_key_env: str | None = Field(default=None, description="Env var with the credential sent upstream.")
     api_key_file: str | None = Field(default=None, description="File with the credential sent upstream.")
     api_key: SecretStr | None = Field(default=None, description="The credential itself (discouraged).")
+    kv_events: str | None = Field(
+        default=None,
+        description="ZMQ address of its KV-cache events (tcp://host:port), for precise prefix routing.",
+    )
 
     _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("kv_events")
+    @classmethod
+    def _kv_events(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"(tcp://[^\s:/]+:\d{1,5}|ipc://\S+)", value):
+            raise ValueError(f"must be a ZMQ address like tcp://10.0.0.5:5557 (got {value!r})")
+        return value
 
     @property
     def secret(self) -> SecretStr | None:
@@ -491,6 +507,9 @@ class LimitsConfig(BaseModel):
     max_body_bytes: int = Field(default=4_194_304, ge=1, description="Largest request body (413 above).")
     max_queue: int = Field(
         default=1024, ge=1, description="Requests waiting in the pool's queue (429 above)."
+    )
+    max_queue_wait: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="Seconds a request may wait in the queue (503)."
     )
 
     @model_validator(mode="after")
@@ -570,6 +589,34 @@ class ScrapeConfig(BaseModel):
         return self
 
 
+class SaturationConfig(BaseModel):
+    """When an endpoint counts as full. Saturated endpoints are skipped while others are not; when all are,
+    the pool's queue holds requests (priorities first, sheddable ones refused)."""
+
+    model_config = _STRICT
+
+    max_waiting: float = Field(
+        default=5, gt=0, allow_inf_nan=False, description="Requests waiting in vLLM's queue (ours included)."
+    )
+    max_kv_usage: float = Field(default=0.8, gt=0, le=1, description="vLLM's KV-cache use, 0 to 1.")
+
+
+class SessionConfig(BaseModel):
+    """Session affinity: a conversation goes back to the endpoint that holds its history."""
+
+    model_config = _STRICT
+
+    header: str = Field(default="x-session-id", min_length=1, description="Header naming a session.")
+    ttl: float = _seconds(600.0, "Seconds a session stays bound after its last request.")
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise ValueError(f"must be an HTTP header name (got {value!r})")
+        return value.lower()
+
+
 class RoutingConfig(BaseModel):
     """How the picker ranks a pool's endpoints: a weighted sum of scorers. Listing scorers replaces the
     default set: a scorer not listed is off."""
@@ -578,6 +625,26 @@ class RoutingConfig(BaseModel):
 
     scorers: dict[str, float] = Field(
         default_factory=lambda: dict(SCORERS), description="Scorer name -> weight (>= 0)."
+    )
+    picker: Literal["max", "weighted_random", "round_robin"] = Field(
+        default="max", description="max | weighted_random | round_robin (ignores scorers)."
+    )
+    tokenizer: Literal["none", "builtin"] = Field(
+        default="none", description="How prompts become block keys: none (text) | builtin (simulator's)."
+    )
+    block_size: int = Field(default=16, ge=1, le=1024, description="Tokens per KV block (vLLM's).")
+    index_blocks: int = Field(
+        default=65536, ge=1, description="Blocks remembered per endpoint until vLLM reports its capacity."
+    )
+    kv_events_topic: str = Field(default="", description="ZMQ topic of KV-cache events ('' = all).")
+    kv_events_silence: float = _seconds(10.0, "Seconds without events after a request: index cleared.")
+    saturation: SaturationConfig = Field(default_factory=SaturationConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    prefill_tokens_per_request: int = Field(
+        default=2048, ge=1, description="Pending prompt tokens that weigh like one queued request."
+    )
+    debug_headers: bool = Field(
+        default=False, description="Add x-fleetgate-endpoint/-route/-prefix-hit to responses."
     )
 
     @field_validator("scorers")
@@ -592,6 +659,17 @@ class RoutingConfig(BaseModel):
         if problems:
             raise _problems(*problems)
         return scorers
+
+
+class AdapterConfig(BaseModel):
+    """A LoRA adapter the gateway may load onto an endpoint when a request asks for it."""
+
+    model_config = _STRICT
+
+    name: str = Field(description="The adapter's model name in requests.")
+    path: str = Field(min_length=1, description="Where the engine finds it (lora_path of vLLM's load API).")
+
+    _name = field_validator("name")(_check_name)
 
 
 class PoolConfig(BaseModel):
@@ -612,6 +690,9 @@ class PoolConfig(BaseModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    adapters: list[AdapterConfig] = Field(
+        default_factory=list, description="LoRA adapters loaded on demand (vLLM runtime LoRA updating)."
+    )
 
     _name = field_validator("name")(_check_name)
 

@@ -20,10 +20,18 @@ class OpenAIError(Exception):
     status: int = 400
     type: str = "BadRequestError"
 
-    def __init__(self, message: str, *, param: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after  # seconds, sent as Retry-After with a 429 or 503
         if status is not None:
             self.status = status
 
@@ -86,6 +94,22 @@ class InternalServerError(OpenAIError):
 class ServiceUnavailableError(OpenAIError):
     status = 503
     type = "ServiceUnavailableError"
+
+
+def error_from_body(body: bytes, status: int) -> OpenAIError:
+    """An upstream's error (its message and type), or one named after its status when the body has none."""
+    fallback = {429: "RateLimitError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError"}
+    message, kind = f"upstream answered {status}", fallback.get(status, "BadGatewayError")
+    try:
+        err = orjson.loads(body)["error"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        err = None
+    if isinstance(err, dict):
+        message = str(err["message"]) if "message" in err else message
+        kind = str(err["type"]) if "type" in err else kind
+    error = OpenAIError(message, status=status)
+    error.type = kind
+    return error
 
 
 def model_not_found(model: str) -> NotFoundError:

@@ -19,8 +19,9 @@ import aiohttp
 import orjson
 
 from fleetgate.fleet.state import Endpoint
-from fleetgate.protocol import SSE_DONE, OpenAIError, ServiceUnavailableError
-from fleetgate.routing.picker import Picker, RouteRequest
+from fleetgate.protocol import SSE_DONE, OpenAIError, ServiceUnavailableError, error_from_body
+from fleetgate.routing.request import RouteRequest
+from fleetgate.routing.router import PoolRouter
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -79,6 +80,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     endpoint: Endpoint | None = None
     attempts: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # extra response headers
 
 
 @dataclass
@@ -87,9 +89,10 @@ class PoolRoute:
 
     name: str
     endpoints: list[Endpoint]
-    picker: Picker
+    router: PoolRouter
     timeouts: Timeouts
     retries: RetryPolicy
+    debug_headers: bool = False
 
 
 def _upstream_headers(endpoint: Endpoint, request_id: str) -> dict[str, str]:
@@ -100,8 +103,21 @@ def _upstream_headers(endpoint: Endpoint, request_id: str) -> dict[str, str]:
     return headers
 
 
-def _response_headers(content_type: str, request_id: str) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", content_type.encode()), (b"x-request-id", request_id.encode())]
+def _response_headers(content_type: str, call: Call) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", content_type.encode()),
+        (b"x-request-id", call.request_id.encode()),
+        *call.headers,
+    ]
+
+
+def _debug_headers(call: Call, route: PoolRoute, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
+    hit = route.router.hit_ratio(call.route, endpoint)
+    return [
+        (b"x-fleetgate-endpoint", endpoint.name.encode()),
+        (b"x-fleetgate-route", call.route.reason.encode()),
+        (b"x-fleetgate-prefix-hit", f"{hit:.3f}".encode()),
+    ]
 
 
 class Relay:
@@ -121,12 +137,14 @@ class Relay:
         tried: set[str] = set()
         last_error: OpenAIError | None = None
         for attempt in range(max(1, route.retries.attempts)):
-            endpoint = route.picker.pick(call.route, route.endpoints, frozenset(tried))
+            endpoint = route.router.pick(call.route, route.endpoints, frozenset(tried))
             if endpoint is None:
                 break
             tried.add(endpoint.name)
             call.endpoint = endpoint
             call.attempts = attempt + 1
+            if route.debug_headers:
+                call.headers = _debug_headers(call, route, endpoint)
             outcome = await self._try(call, route, endpoint, send, deadline)
             if outcome is None:
                 return
@@ -172,12 +190,13 @@ class Relay:
                 endpoint.transport_failed(f"{type(e).__name__}: {e}")
                 self.observer.attempt_failed(endpoint, "transport")
                 return BadGatewayError(f"upstream {endpoint.name} failed: {type(e).__name__}")
+            route.router.prefill_done(call.route, endpoint)
             if resp.status in RETRY_STATUSES:
                 body = await resp.read()
                 if resp.status >= 500:
                     endpoint.server_failed(resp.status)
                 self.observer.attempt_failed(endpoint, f"http_{resp.status}")
-                return _upstream_error(body, resp.status)
+                return error_from_body(body, resp.status)
             if resp.status >= 500:
                 endpoint.server_failed(resp.status)
             else:
@@ -190,6 +209,7 @@ class Relay:
             return None
         finally:
             endpoint.in_flight -= 1
+            route.router.prefill_done(call.route, endpoint)
             if resp is not None:
                 resp.close()
 
@@ -205,7 +225,7 @@ class Relay:
             {
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": _response_headers(ctype, call.request_id),
+                "headers": _response_headers(ctype, call),
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -220,7 +240,7 @@ class Relay:
     async def _stream(
         self, call: Call, resp: aiohttp.ClientResponse, send: Send, deadline: float, idle_gap: float
     ) -> None:
-        headers = _response_headers("text/event-stream; charset=utf-8", call.request_id)
+        headers = _response_headers("text/event-stream; charset=utf-8", call)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         buf = b""
         last = time.monotonic()
@@ -277,19 +297,3 @@ def _usage_of(events: bytes) -> dict[str, Any] | None:
                 return None
             return usage if isinstance(usage, dict) else None
     return None
-
-
-def _upstream_error(body: bytes, status: int) -> OpenAIError:
-    """The upstream's own error (message and type), or one named after its status when the body has none."""
-    fallback = {429: "RateLimitError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError"}
-    message, kind = f"upstream answered {status}", fallback.get(status, "BadGatewayError")
-    try:
-        err = orjson.loads(body)["error"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        err = None
-    if isinstance(err, dict):
-        message = str(err["message"]) if "message" in err else message
-        kind = str(err["type"]) if "type" in err else kind
-    error = OpenAIError(message, status=status)
-    error.type = kind
-    return error

@@ -142,19 +142,11 @@ def _message_text(message: Mapping[str, Any]) -> str:
     return text
 
 
-def render_chat(
-    tokenizer: Tokenizer,
-    messages: Sequence[Mapping[str, Any]],
-    tools: Sequence[Mapping[str, Any]] | None = None,
-    add_generation_prompt: bool = True,
-) -> list[int]:
-    """Token ids of a ChatML rendering: `<|im_start|>role\\ncontent<|im_end|>\\n` per message.
-
-    Each message is tokenized on its own, as the special tokens around it make a real BPE do, so a shared
-    system prompt or conversation prefix always yields the same leading ids (what prefix caching keys on).
-    """
-    newline = tokenizer.encode("\n")
-    ids: list[int] = []
+def chat_turns(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[tuple[str, str]]:
+    """(role, text) of each turn as the template renders it: tool signatures go into the system turn (one is
+    added when the conversation has none), tool results are user turns."""
     roles = [str(m.get("role", "user")) for m in messages]
     texts = [_message_text(m) for m in messages]
     if tools:
@@ -163,17 +155,35 @@ def render_chat(
         else:
             roles.insert(0, "system")
             texts.insert(0, "You are a helpful assistant." + _tools_preamble(tools))
-    for role, text in zip(roles, texts, strict=True):
-        ids.append(IM_START)
-        ids += tokenizer.encode(role if role != "tool" else "user")
-        ids += newline
-        ids += tokenizer.encode(text)
-        ids.append(IM_END)
-        ids += newline
+    return [(role if role != "tool" else "user", text) for role, text in zip(roles, texts, strict=True)]
+
+
+def turn_ids(tokenizer: Tokenizer, role: str, text: str) -> list[int]:
+    """One ChatML turn: `<|im_start|>role\ntext<|im_end|>\n`."""
+    newline = tokenizer.encode("\n")
+    return [IM_START, *tokenizer.encode(role), *newline, *tokenizer.encode(text), IM_END, *newline]
+
+
+def generation_prompt_ids(tokenizer: Tokenizer) -> list[int]:
+    return [IM_START, *tokenizer.encode("assistant"), *tokenizer.encode("\n")]
+
+
+def render_chat(
+    tokenizer: Tokenizer,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of a ChatML rendering: `<|im_start|>role\ncontent<|im_end|>\n` per message.
+
+    Each message is tokenized on its own, as the special tokens around it make a real BPE do, so a shared
+    system prompt or conversation prefix always yields the same leading ids (what prefix caching keys on).
+    """
+    ids: list[int] = []
+    for role, text in chat_turns(messages, tools):
+        ids += turn_ids(tokenizer, role, text)
     if add_generation_prompt:
-        ids.append(IM_START)
-        ids += tokenizer.encode("assistant")
-        ids += newline
+        ids += generation_prompt_ids(tokenizer)
     return ids
 
 

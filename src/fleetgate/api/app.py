@@ -22,9 +22,15 @@ import orjson
 from prometheus_client import generate_latest
 
 from fleetgate import __version__
+from fleetgate.admission.adapters import AdapterLoader
+from fleetgate.admission.flow import FlowQueue
+from fleetgate.api.downstream import Downstream
 from fleetgate.api.metrics import GatewayMetrics
 from fleetgate.config import FleetConfig, PoolConfig
+from fleetgate.fleet.kv_events import KVEventSubscriber
 from fleetgate.fleet.monitor import Monitor, MonitorSettings
+from fleetgate.fleet.prefix_index import ApproxIndex
+from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.state import Endpoint, FleetState, PoolState
 from fleetgate.protocol import (
     AuthenticationError,
@@ -36,7 +42,9 @@ from fleetgate.protocol import (
     model_not_found,
 )
 from fleetgate.relay import Call, PoolRoute, Relay, RetryPolicy, Timeouts
-from fleetgate.routing.picker import SCORERS, LoadScorer, Picker, RouteRequest, Scorer
+from fleetgate.routing.prompt import PromptHasher, PromptInfo
+from fleetgate.routing.request import RouteRequest
+from fleetgate.routing.router import PoolRouter
 
 log = logging.getLogger("fleetgate.gateway")
 Scope = dict[str, Any]
@@ -53,6 +61,9 @@ FORWARDED = {
 }
 # Seconds a client is told to wait when nothing can take its request.
 RETRY_AFTER = 1
+# Bodies larger than this are hashed for prefix routing in a worker thread, off the event loop.
+OFFLOAD_HASHING_BYTES = 64 * 1024
+PRIORITY_HEADER = b"x-fleetgate-priority"
 
 
 @dataclass
@@ -65,7 +76,49 @@ class Tenant:
 class Pool:
     config: PoolConfig
     route: PoolRoute
+    state: PoolState
+    hasher: PromptHasher
+    flow: FlowQueue
     upstream_model: dict[str, str] = field(default_factory=dict)  # public name -> name sent upstream
+    session_header: bytes = b"x-session-id"
+    # Whether requests need their prompt hashed (prefix scorer) or their history signed (session scorer).
+    wants_prompt: bool = True
+    loader: AdapterLoader | None = None  # set at start when the pool declares adapters
+
+
+def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
+    """How many more requests the pool takes before every endpoint is saturated (the flow queue's gate).
+
+    Endpoints without fresh figures cannot be judged and never hold requests back; with nothing routable
+    the relay answers 503 at once, so that does not hold them either.
+    """
+    sat = router.saturation
+
+    def room() -> float:
+        now = time.monotonic()
+        total = 0.0
+        routable = False
+        for e in endpoints:
+            if not e.routable():
+                continue
+            routable = True
+            waiting = e.waiting_estimate(now, sat.stale_after)
+            if waiting is None:
+                return float("inf")
+            assert e.load is not None
+            if e.load.kv_usage < sat.max_kv_usage:
+                total += max(0.0, sat.max_waiting - waiting)
+        return total if routable else float("inf")
+
+    return room
+
+
+def _on_change(pool: Pool) -> Callable[[Endpoint], None]:
+    def changed(e: Endpoint) -> None:
+        pool.route.router.track_capacity(e)
+        pool.flow.kick()
+
+    return changed
 
 
 def _hash_key(key: str) -> bytes:
@@ -90,6 +143,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.relay: Relay | None = None
         self.monitors: list[tuple[Monitor, list[Endpoint]]] = []
+        self.subscribers: list[KVEventSubscriber] = []
         for pc in config.pools:
             self._add_pool(pc)
         # The body is read before its model (and so its pool) is known: the largest pool limit applies.
@@ -103,32 +157,44 @@ class Gateway:
                 pool=pc.name,
                 api_key=e.secret.get_secret_value() if e.secret is not None else None,
                 weight=e.weight,
+                kv_events=e.kv_events,
             )
             for e in pc.endpoints
         ]
-        self.fleet.pools[pc.name] = PoolState(pc.name, endpoints)
-        scorers: list[tuple[Scorer, float]] = []
-        for name, weight in pc.routing.scorers.items():
-            if name == "load":
-                scorers.append((LoadScorer(pc.scrape.stale_after), weight))
-            elif name not in SCORERS:
-                log.debug("pool %s: scorer %r is not available in this version; ignored", pc.name, name)
-        if not scorers:
-            scorers.append((LoadScorer(pc.scrape.stale_after), 1.0))
+        rc = pc.routing
+        state = PoolState(
+            pc.name, endpoints, approx=ApproxIndex(rc.index_blocks), sessions=SessionTable(rc.session.ttl)
+        )
+        self.fleet.pools[pc.name] = state
+        router = PoolRouter(state, rc, pc.scrape.stale_after, self.metrics.route_decided)
         t = pc.timeouts
         route = PoolRoute(
             name=pc.name,
             endpoints=endpoints,
-            picker=Picker(scorers),
+            router=router,
             timeouts=Timeouts(t.connect, t.first_byte_stream, t.first_byte_nonstream, t.idle_gap, t.total),
             retries=RetryPolicy(pc.retries.attempts, pc.retries.backoff_base, pc.retries.backoff_max),
+            debug_headers=rc.debug_headers,
         )
-        pool = Pool(pc, route)
+        flow = FlowQueue(pc.name, _room(router, endpoints), pc.limits.max_queue, pc.limits.max_queue_wait)
+        pool = Pool(
+            pc,
+            route,
+            state,
+            PromptHasher(rc.tokenizer, rc.block_size),
+            flow,
+            session_header=rc.session.header.encode(),
+            wants_prompt=rc.picker != "round_robin"
+            and (rc.scorers.get("prefix", 0) > 0 or rc.scorers.get("session", 0) > 0),
+        )
         self.pools[pc.name] = pool
         for public, upstream in pc.model_map().items():
             pool.upstream_model[public] = upstream
             self.model_pool[public] = pool
-        if not pool.upstream_model:
+        for adapter in pc.adapters:
+            pool.upstream_model.setdefault(adapter.name, adapter.name)
+            self.model_pool.setdefault(adapter.name, pool)
+        if not pc.models:
             self.discover_pools.append(pool)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -142,7 +208,16 @@ class Gateway:
             settings = MonitorSettings(
                 pc.health.interval, pc.health.timeout, pc.health.path, pc.scrape.interval
             )
-            self.monitors.append((Monitor(self.session, settings), pool.route.endpoints))
+            if pc.adapters:
+                paths = {a.name: a.path for a in pc.adapters}
+                pool.loader = AdapterLoader(self.session, pool.route.endpoints, paths, pc.timeouts.total)
+            monitor = Monitor(self.session, settings, _on_change(pool))
+            self.monitors.append((monitor, pool.route.endpoints))
+            if any(e.kv_events for e in pool.route.endpoints):
+                rc = pc.routing
+                subscriber = KVEventSubscriber(pool.state.precise, rc.kv_events_topic, rc.kv_events_silence)
+                subscriber.start(pool.route.endpoints)
+                self.subscribers.append(subscriber)
         # One round of probes before serving, so /ready and the first requests see the real fleet.
         await asyncio.gather(*(m.probe(e) for m, endpoints in self.monitors for e in endpoints))
         for m, endpoints in self.monitors:
@@ -151,6 +226,8 @@ class Gateway:
     async def stop(self) -> None:
         for m, _ in self.monitors:
             await m.stop()
+        for sub in self.subscribers:
+            await sub.stop()
         if self.session is not None:
             await self.session.close()
 
@@ -206,7 +283,8 @@ async def _reply(
 
 
 async def _error(send: Send, e: OpenAIError, request_id: str) -> None:
-    extra = [(b"retry-after", str(RETRY_AFTER).encode())] if e.status in (429, 503) else []
+    retry_after = e.retry_after or RETRY_AFTER
+    extra = [(b"retry-after", str(retry_after).encode())] if e.status in (429, 503) else []
     await _reply(send, e.status, e.to_json(), request_id, extra)
 
 
@@ -282,31 +360,66 @@ class PublicApp:
         request_id: str,
     ) -> None:
         gw = self.gw
-        self._auth(headers)
+        tenant = self._auth(headers)
         if gw.draining:
             raise ServiceUnavailableError("the gateway is shutting down")
         try:
             raw = await _read_body(receive, gw.max_body_bytes)
         except ConnectionResetError:
             return
-        call, pool = self._prepare(path, raw, request_id)
-        assert gw.relay is not None
-        relay_task = asyncio.ensure_future(gw.relay.forward(call, pool.route, send))
+        call, pool, body = self._prepare(path, raw, request_id)
+        priority = _priority(tenant, headers, pool)
+        if pool.wants_prompt:
+            await _fingerprint(call, pool, body, headers, len(raw))
+        serving = asyncio.ensure_future(self._serve(call, pool, priority, send))
         watcher = asyncio.ensure_future(_disconnected(receive))
         try:
-            done, _ = await asyncio.wait({relay_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if relay_task in done:
-                relay_task.result()
+            done, _ = await asyncio.wait({serving, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if serving in done:
+                serving.result()
             else:
                 # The client left: cancelling closes the upstream connection, so the engine aborts at once.
-                relay_task.cancel()
+                serving.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OpenAIError):
-                    await relay_task
+                    await serving
                 gw.metrics.requests.labels(call.model, call.pool, _ep(call), "499").inc()
         finally:
             watcher.cancel()
 
-    def _prepare(self, path: str, raw: bytes, request_id: str) -> tuple[Call, Pool]:
+    async def _serve(self, call: Call, pool: Pool, priority: int, send: Send) -> None:
+        """Wait for room in the pool (keep-alives going out to a waiting stream), then relay."""
+        gw = self.gw
+        assert gw.relay is not None
+        downstream = Downstream(send, call.request_id, gw.config.keepalive_after) if call.stream else None
+        if downstream is not None:
+            downstream.hold()
+        admitted = False
+        try:
+            adapter = call.route.adapter
+            if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
+                await pool.loader.ensure(adapter)
+            try:
+                waited = await pool.flow.admit(priority)
+            except OpenAIError as e:
+                gw.metrics.shed.labels(
+                    pool.config.name, "queue_timeout" if e.status == 503 else "saturated"
+                ).inc()
+                raise
+            admitted = True
+            if waited:
+                gw.metrics.queue_wait.labels(pool.config.name).observe(waited)
+            await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
+        except OpenAIError as e:
+            if downstream is None or not downstream.started:
+                raise
+            await downstream.fail(e)
+        finally:
+            if downstream is not None:
+                await downstream.release()
+            if admitted:
+                pool.flow.done()
+
+    def _prepare(self, path: str, raw: bytes, request_id: str) -> tuple[Call, Pool, dict[str, Any]]:
         """Validate before any byte goes upstream; rewrite the body only when something must change."""
         try:
             body = orjson.loads(raw)
@@ -335,9 +448,46 @@ class PublicApp:
         elif kind == "responses":
             changed |= _apply_token_limits(body, pool.config, key="max_output_tokens")
         data = orjson.dumps(body) if changed else raw
-        call = Call(path=path, body=data, stream=stream, route=RouteRequest(model=upstream),
+        adapter = upstream if _is_adapter(pool, upstream) else None
+        call = Call(path=path, body=data, stream=stream, route=RouteRequest(model=upstream, adapter=adapter),
                     request_id=request_id, pool=pool.config.name, model=model)  # fmt: skip
-        return call, pool
+        return call, pool, body
+
+
+def _is_adapter(pool: Pool, model: str) -> bool:
+    return any(a.name == model for a in pool.config.adapters) or any(
+        model in e.adapters for e in pool.route.endpoints
+    )
+
+
+def _priority(tenant: Tenant, headers: Mapping[bytes, bytes], pool: Pool) -> int:
+    given = headers.get(PRIORITY_HEADER) if pool.config.priority_header else None
+    if given is None:
+        return tenant.priority
+    try:
+        return int(given)
+    except ValueError:
+        raise BadRequestError(
+            "the x-fleetgate-priority header must be an integer", param="x-fleetgate-priority"
+        ) from None
+
+
+async def _fingerprint(
+    call: Call, pool: Pool, body: dict[str, Any], headers: Mapping[bytes, bytes], size: int
+) -> None:
+    """Fill in the prompt's block keys and the session for the prefix and session scorers."""
+    kind = FORWARDED[call.path]
+    info: PromptInfo | None
+    if size > OFFLOAD_HASHING_BYTES:
+        info = await asyncio.to_thread(pool.hasher.info, kind, body, call.route.adapter)
+    else:
+        info = pool.hasher.info(kind, body, call.route.adapter)
+    route = call.route
+    if info is not None:
+        route.keys, route.tokens, route.session = info.keys, info.tokens, info.session
+    named = headers.get(pool.session_header)
+    if named:
+        route.session = named
 
 
 def _ep(call: Call) -> str:
@@ -393,22 +543,40 @@ class AdminApp:
             return  # served with lifespan="off": the public app owns startup and shutdown
         path = scope["path"]
         if path == "/metrics":
-            self.gw.metrics.refresh()
+            self.gw.metrics.refresh({name: len(p.flow) for name, p in self.gw.pools.items()})
             body = generate_latest(self.gw.metrics.registry)
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         elif path == "/admin/fleet":
             now = time.monotonic()
-            pools = {
-                name: [e.snapshot(now, p.config.scrape.stale_after) for e in p.route.endpoints]
-                for name, p in self.gw.pools.items()
-            }
+            pools = {name: _pool_view(p, now) for name, p in self.gw.pools.items()}
             await _reply(send, 200, orjson.dumps({"draining": self.gw.draining, "pools": pools}), "admin")
         elif path == "/health":
             await _reply(send, 200, b"", "admin")
         else:
             await _error(send, NotFoundError(f"no route {path}"), "admin")
+
+
+def _pool_view(pool: Pool, now: float) -> dict[str, Any]:
+    endpoints = []
+    for e in pool.route.endpoints:
+        view = e.snapshot(now, pool.config.scrape.stale_after)
+        view["saturated"] = pool.route.router.saturation.of(e, now)
+        view["approx_index_blocks"] = pool.state.approx.blocks(e.name)
+        if e.kv_events is not None:
+            view["precise_index_blocks"] = pool.state.precise.blocks(e.name)
+        endpoints.append(view)
+    return {
+        "routing": {
+            "picker": pool.config.routing.picker,
+            "scorers": pool.config.routing.scorers,
+            "tokenizer": pool.config.routing.tokenizer,
+        },
+        "queue": {"waiting": len(pool.flow), "shed": pool.flow.shed, "timed_out": pool.flow.timed_out},
+        "sessions": len(pool.state.sessions),
+        "endpoints": endpoints,
+    }
 
 
 def create_app(config: FleetConfig) -> tuple[PublicApp, AdminApp]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -74,9 +75,42 @@ class GatewayMetrics(RelayObserver):
             ["pool", "endpoint", "kind"], registry=r,
         )  # fmt: skip
 
-    def refresh(self) -> None:
+        self.route_decisions = Counter(
+            "fleetgate_route_decisions", "Endpoints chosen, by pool and what decided the choice.",
+            ["pool", "reason"], registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "fleetgate_queue_depth", "Requests waiting in the pool's flow queue.", ["pool"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "fleetgate_queue_wait_seconds", "Time requests waited in the flow queue (those that waited).",
+            ["pool"], buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.shed = Counter(
+            "fleetgate_shed", "Requests refused by the flow queue (429 saturated/full, 503 waited too long).",
+            ["pool", "reason"], registry=r,
+        )  # fmt: skip
+        self.kv_events_live = Gauge(
+            "fleetgate_endpoint_kv_events_live", "1 while the endpoint's KV-cache events flow.",
+            ["pool", "endpoint"], registry=r,
+        )  # fmt: skip
+        self.pending_prefill = Gauge(
+            "fleetgate_endpoint_pending_prefill_tokens",
+            "Uncached prompt tokens sent to the endpoint that it has not started answering.",
+            ["pool", "endpoint"], registry=r,
+        )  # fmt: skip
+
+    def route_decided(self, pool: str, reason: str) -> None:
+        self.route_decisions.labels(pool, reason).inc()
+
+    def refresh(self, queues: Mapping[str, int] | None = None) -> None:
         """Copy endpoint state into gauges; called at scrape time, never on the request path."""
+        for pool, depth in (queues or {}).items():
+            self.queue_depth.labels(pool).set(depth)
         for e in self.fleet.endpoints():
+            self.pending_prefill.labels(e.pool, e.name).set(e.pending_prefill)
+            if e.kv_events is not None:
+                self.kv_events_live.labels(e.pool, e.name).set(1 if e.kv_live else 0)
             self.healthy.labels(e.pool, e.name).set(1 if e.routable() else 0)
             self.in_flight.labels(e.pool, e.name).set(e.in_flight)
             if e.load is not None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,9 +34,18 @@ class MonitorSettings:
 
 
 class Monitor:
-    def __init__(self, session: aiohttp.ClientSession, settings: MonitorSettings) -> None:
+    """Watches one pool's endpoints; `on_change(endpoint)` runs after each reading (the flow queue's cue
+    that room may have appeared)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: MonitorSettings,
+        on_change: Callable[[Endpoint], None] = lambda e: None,
+    ) -> None:
         self.session = session
         self.s = settings
+        self.on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, endpoints: list[Endpoint]) -> None:
@@ -74,6 +84,7 @@ class Monitor:
                 e.probe_failed(f"health check answered {status}")
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             e.probe_failed(f"health check failed: {type(err).__name__}")
+        self.on_change(e)
 
     async def discover(self, e: Endpoint) -> None:
         """The model names (base models and loaded LoRA adapters) the endpoint serves."""
@@ -82,7 +93,10 @@ class Monitor:
             if r.status != 200:
                 raise ValueError(f"/v1/models answered {r.status}")
             data = orjson.loads(await r.read()).get("data") or []
-        e.models = frozenset(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
+        entries = [m for m in data if isinstance(m, dict) and "id" in m]
+        e.models = frozenset(str(m["id"]) for m in entries)
+        # vLLM lists a LoRA adapter with its base model as `parent`; base models have none.
+        e.adapters = frozenset(str(m["id"]) for m in entries if m.get("parent") not in (None, m["id"]))
         e.discovered_at = time.monotonic()
 
     async def _health_loop(self, e: Endpoint) -> None:
@@ -104,7 +118,9 @@ class Monitor:
                 if status == 200:
                     e.load = parse_vllm_metrics(body)
                     e.load_at = time.monotonic()
+                    e.in_flight_at_scrape = e.in_flight
                     misses = 0
+                    self.on_change(e)
                 else:
                     misses += 1
             except (aiohttp.ClientError, TimeoutError, MetricsParseError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from fleetgate.fleet.prefix_index import ApproxIndex, PreciseIndex
+from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.vllm_metrics import VLLMLoad
 
 
@@ -33,7 +35,34 @@ class Endpoint:
     load: VLLMLoad | None = None
     load_at: float = 0.0  # monotonic time of the last good scrape
     models: frozenset[str] = frozenset()  # names its /v1/models lists (base models and adapters)
+    adapters: frozenset[str] = frozenset()  # the LoRA adapters among them (entries with a parent)
     discovered_at: float = 0.0  # monotonic time `models` was last read
+    # Prompt tokens this gateway sent that the endpoint has not started answering and does not have cached:
+    # prefill work queued there that its metrics do not show yet.
+    pending_prefill: int = 0
+    in_flight_at_scrape: int = 0  # in_flight when `load` was read: requests sent since count as waiting
+    kv_events: str | None = None  # the ZMQ address of its KV-cache events, when it publishes them
+    kv_live: bool = False  # events flow and the precise index is complete since they started
+    kv_seq: int = -1  # sequence number of the last event batch
+    kv_event_at: float = 0.0  # monotonic time of the last event batch
+    # monotonic time of the first request sent here after its last event batch (0: none since); events
+    # that stay away after work was sent mean the subscription is broken
+    awaiting_events_since: float = 0.0
+
+    def waiting_estimate(self, now: float, stale_after: float) -> float | None:
+        """vLLM's queue as last read, plus what we sent since; None without fresh figures."""
+        load = self.fresh_load(now, stale_after)
+        if load is None:
+            return None
+        return load.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
+
+    def saturated(self, now: float, stale_after: float, max_waiting: float, max_kv_usage: float) -> bool:
+        """Its queue or its KV cache says more work now only waits (or preempts)."""
+        load = self.fresh_load(now, stale_after)
+        if load is None:
+            return False
+        waiting = load.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
+        return waiting >= max_waiting or load.kv_usage >= max_kv_usage
 
     def routable(self) -> bool:
         return self.breaker is Breaker.CLOSED and (self.load is None or self.load.awake)
@@ -79,6 +108,11 @@ class Endpoint:
             "failures": self.failures,
             "last_error": self.last_error,
             "models": sorted(self.models),
+            "adapters": sorted(self.adapters),
+            "pending_prefill_tokens": self.pending_prefill,
+            "kv_events": None
+            if self.kv_events is None
+            else {"address": self.kv_events, "live": self.kv_live, "last_seq": self.kv_seq},
             "load": None
             if load is None
             else {
@@ -93,8 +127,13 @@ class Endpoint:
 
 @dataclass
 class PoolState:
+    """A pool's endpoints and what routing remembers about them."""
+
     name: str
     endpoints: list[Endpoint] = field(default_factory=list)
+    approx: ApproxIndex = field(default_factory=lambda: ApproxIndex(default_capacity=65536))
+    precise: PreciseIndex = field(default_factory=PreciseIndex)
+    sessions: SessionTable = field(default_factory=lambda: SessionTable(ttl=600.0))
 
     def routable(self) -> list[Endpoint]:
         return [e for e in self.endpoints if e.routable()]

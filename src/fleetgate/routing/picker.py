@@ -1,78 +1,104 @@
-"""The picker: filters, then weighted scorers each giving [0, 1] per endpoint, then the best with a random
-tie-break. A scorer is one method that ranks endpoints; retries and failover belong to the relay."""
+"""The picker: filters, then weighted scorers each giving [0, 1] per endpoint, then a choice. A scorer is one
+method that ranks endpoints; retries and failover belong to the relay, waiting to the flow queue.
+
+Filters, in order: routable (breaker closed, awake), not tried yet for this request, serves the model, and
+not saturated, unless every candidate is (then load ranks them). Strategies: `max` (highest weighted sum,
+random among ties), `weighted_random` (chance proportional to the sum), `round_robin` (scorers ignored; the
+baseline benchmarks compare against).
+"""
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from fleetgate.fleet.state import Endpoint
+from fleetgate.routing.request import RouteRequest
 
+__all__ = ["Picker", "RouteRequest", "Saturation", "Scorer", "Strategy"]
 
-@dataclass(frozen=True, slots=True)
-class RouteRequest:
-    """What a scorer may look at: the request as parsed once by the gateway."""
-
-    model: str
-    prompt_tokens_estimate: int = 0
+Strategy = Literal["max", "weighted_random", "round_robin"]
 
 
 class Scorer(Protocol):
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]: ...
 
 
-class LoadScorer:
-    """Least loaded first, from vLLM's own metrics when fresh, and always from the gateway's in-flight count.
+@dataclass(frozen=True)
+class Saturation:
+    """When an endpoint counts as full: more work sent there would only wait in its queue (or preempt)."""
 
-    A queued request costs more than a running one (it waits for all of them), and a KV cache near full means
-    preemption soon; requests this gateway has in flight but vLLM has not reported yet are counted too.
-    """
+    max_waiting: float = 5.0
+    max_kv_usage: float = 0.8
+    stale_after: float = 1.0
 
-    def __init__(self, stale_after: float) -> None:
-        self.stale_after = stale_after
-
-    def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
-        now = time.monotonic()
-        out = []
-        for e in endpoints:
-            load = e.fresh_load(now, self.stale_after)
-            pressure = float(e.in_flight)
-            if load is not None:
-                # vLLM's counts already include what we sent, so take the larger view, not the sum.
-                pressure = max(pressure, load.running + 4.0 * load.waiting)
-                pressure += 8.0 * max(0.0, load.kv_usage - 0.8) / 0.2
-            out.append(1.0 / (1.0 + pressure / max(e.weight, 1e-9)))
-        return out
-
-
-SCORERS: Mapping[str, type] = {"load": LoadScorer}
+    def of(self, e: Endpoint, now: float) -> bool:
+        return e.saturated(now, self.stale_after, self.max_waiting, self.max_kv_usage)
 
 
 class Picker:
-    def __init__(self, scorers: Sequence[tuple[Scorer, float]], rng: random.Random | None = None) -> None:
-        self.scorers = list(scorers)
+    def __init__(
+        self,
+        scorers: Sequence[tuple[str, Scorer, float]],
+        strategy: Strategy = "max",
+        saturation: Saturation | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.scorers = [(name, s, w) for name, s, w in scorers if w > 0]
+        self.strategy = strategy
+        self.saturation = saturation or Saturation()
         self.rng = rng or random.Random()
+        self._turn = itertools.count()
+
+    def candidates(
+        self, request: RouteRequest, endpoints: Sequence[Endpoint], exclude: frozenset[str] = frozenset()
+    ) -> list[Endpoint]:
+        model = request.model
+        return [
+            e
+            for e in endpoints
+            if e.routable() and e.name not in exclude and (not e.models or model in e.models)
+        ]
 
     def pick(
-        self, request: RouteRequest, candidates: Sequence[Endpoint], exclude: frozenset[str] = frozenset()
+        self, request: RouteRequest, endpoints: Sequence[Endpoint], exclude: frozenset[str] = frozenset()
     ) -> Endpoint | None:
-        """The best routable endpoint that serves the model and was not tried yet; None if there is none."""
-        pool = [
-            e
-            for e in candidates
-            if e.routable() and e.name not in exclude and (not e.models or request.model in e.models)
-        ]
+        """The best routable endpoint that serves the model and was not tried yet; None if there is none.
+        Sets `request.reason` to what decided it."""
+        pool = self.candidates(request, endpoints, exclude)
         if not pool:
             return None
+        if len(pool) > 1:
+            now = time.monotonic()
+            free = [e for e in pool if not self.saturation.of(e, now)]
+            pool = free or pool
+        if self.strategy == "round_robin":
+            request.reason = "round_robin"
+            return pool[next(self._turn) % len(pool)]
         if len(pool) == 1:
+            request.reason = "only_choice"
             return pool[0]
-        totals = [0.0] * len(pool)
-        for scorer, weight in self.scorers:
-            for i, s in enumerate(scorer.score(request, pool)):
-                totals[i] += weight * s
+        columns = [(name, weight, scorer.score(request, pool)) for name, scorer, weight in self.scorers]
+        totals = [sum(w * col[i] for _, w, col in columns) for i in range(len(pool))]
+        if self.strategy == "weighted_random":
+            request.reason = "weighted_random"
+            if sum(totals) <= 0:
+                return self.rng.choice(pool)
+            return self.rng.choices(pool, weights=totals)[0]
         best = max(totals)
-        ties = [e for e, t in zip(pool, totals, strict=True) if t >= best - 1e-12]
-        return ties[0] if len(ties) == 1 else self.rng.choice(ties)
+        ties = [i for i, t in enumerate(totals) if t >= best - 1e-12]
+        won = ties[0] if len(ties) == 1 else self.rng.choice(ties)
+        request.reason = _reason(columns, totals, won) if len(ties) == 1 else "tie"
+        return pool[won]
+
+
+def _reason(columns: list[tuple[str, float, list[float]]], totals: list[float], won: int) -> str:
+    """The scorer that put the winner ahead of the runner-up by the most."""
+    runner_up = max((i for i in range(len(totals)) if i != won), key=totals.__getitem__)
+    margins = {name: w * (col[won] - col[runner_up]) for name, w, col in columns}
+    name, margin = max(margins.items(), key=lambda kv: kv[1])
+    return name if margin > 0 else "tie"

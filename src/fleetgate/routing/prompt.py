@@ -1,0 +1,156 @@
+"""From a request body to what prefix and session routing need: block keys, a prompt size, a session key.
+
+A pool's tokenizer decides the key space (`prefix_keys`): `builtin` renders chats and tokenizes them exactly
+as fleetgate's simulator does, so its keys meet the simulator's KV events; `none` hashes the rendered text.
+Token-id prompts (`/v1/completions` with a list of ints) are always hashed as tokens: those are the engine's
+own ids.
+
+Hashing is incremental across a conversation: the chain after a conversation's messages is kept (bounded
+LRU), so the next turn, which repeats them, hashes only what is new. The same holds for a shared system
+prompt. Work grows with the new text only, which keeps long multi-turn prompts cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from fleetgate.fleet.prefix_keys import BYTES_PER_TOKEN, Chain, seed_for
+from fleetgate.tokenizer import Tokenizer, chat_turns, generation_prompt_ids, turn_ids
+
+__all__ = ["PromptHasher", "PromptInfo", "TokenizerMode"]
+
+TokenizerMode = Literal["none", "builtin"]
+_MAX_ID = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInfo:
+    keys: list[int]  # one per full block
+    tokens: int  # prompt length in tokens (estimated from bytes in text space)
+    session: int | None  # the conversation before its last user turn, when it has one
+
+
+def _token_prompt(prompt: object) -> list[int] | None:
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        prompt = prompt[0]  # a batch: the first prompt decides
+    if not isinstance(prompt, list) or not prompt:
+        return None
+    if all(type(t) is int and 0 <= t <= _MAX_ID for t in prompt):
+        return prompt
+    return None
+
+
+class PromptHasher:
+    """One per pool. Thread-safe: large prompts are hashed in a worker thread, off the event loop."""
+
+    def __init__(self, mode: TokenizerMode, block_size: int = 16, cache_size: int = 4096) -> None:
+        self.mode = mode
+        self.block_size = block_size
+        self.tokenizer = Tokenizer() if mode == "builtin" else None
+        self._cache: OrderedDict[tuple[int, int], Chain] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @property
+    def block_bytes(self) -> int:
+        # A text block stands for block_size tokens of about BYTES_PER_TOKEN bytes each; a token id is 4
+        # bytes too, so one size serves both spaces.
+        return self.block_size * BYTES_PER_TOKEN
+
+    def info(self, kind: str, body: Mapping[str, Any], adapter: str | None) -> PromptInfo | None:
+        """Keys for a chat, completions or responses body; None for bodies with no prompt to cache."""
+        seed = seed_for(adapter)
+        if kind == "chat":
+            messages = body.get("messages")
+            if isinstance(messages, list) and all(isinstance(m, Mapping) for m in messages):
+                tools = body.get("tools")
+                return self._chat(messages, tools if isinstance(tools, list) else None, seed)
+            return None
+        if kind == "completions":
+            prompt = body.get("prompt")
+            ids = _token_prompt(prompt)
+            if ids is not None:
+                chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
+                return PromptInfo(chain.keys or [], len(ids), None)
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if isinstance(prompt, str):
+                return self._text(prompt, seed)
+            return None
+        if kind == "responses":
+            given = body.get("input")
+            if isinstance(given, str):
+                return self._chat([{"role": "user", "content": given}], None, seed)
+            if isinstance(given, list) and all(isinstance(m, Mapping) for m in given):
+                return self._chat(given, None, seed)
+        return None
+
+    def _text(self, text: str, seed: int) -> PromptInfo:
+        if self.tokenizer is not None:
+            ids = self.tokenizer.encode(text)
+            chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
+            return PromptInfo(chain.keys or [], len(ids), None)
+        data = text.encode()
+        chain = Chain.start(self.block_bytes, seed).extend(data)
+        return PromptInfo(chain.keys or [], len(data) // BYTES_PER_TOKEN, None)
+
+    def _turn(self, role: str, text: str) -> bytes:
+        if self.tokenizer is not None:
+            return array("I", turn_ids(self.tokenizer, role, text)).tobytes()
+        return f"<|im_start|>{role}\n{text}<|im_end|>\n".encode()
+
+    def _chat(self, messages: Sequence[Mapping[str, Any]], tools: list[Any] | None, seed: int) -> PromptInfo:
+        turns = chat_turns(messages, tools)
+        # A running signature of the turns so far names each conversation prefix (in this process only).
+        sig = hash((seed, orjson.dumps(tools) if tools else b""))
+        sigs = []
+        for role, text in turns:
+            sig = hash((sig, role, text))
+            sigs.append(sig)
+        block_bytes = self.block_bytes
+        chain: Chain | None = None
+        done = 0
+        with self._lock:
+            for i in range(len(sigs) - 1, -1, -1):
+                cached = self._cache.get((block_bytes, sigs[i]))
+                if cached is not None:
+                    self._cache.move_to_end((block_bytes, sigs[i]))
+                    chain, done = cached.copy(), i + 1
+                    break
+        if chain is None:
+            chain = Chain.start(block_bytes, seed)
+        # Keep the chain after the first turn (a system prompt others share) and after the last (the next
+        # turn of this conversation starts with all of it).
+        keep = {0, len(turns) - 1} - set(range(done))
+        for i in range(done, len(turns)):
+            chain.extend(self._turn(*turns[i]))
+            if i in keep:
+                self._remember((block_bytes, sigs[i]), chain.copy())
+        if self.tokenizer is not None:
+            chain.extend(array("I", generation_prompt_ids(self.tokenizer)).tobytes())
+        size = (len(chain.keys or ()) * block_bytes + len(chain.tail)) // BYTES_PER_TOKEN
+        session = _session(messages, sigs, len(turns) - len(messages))
+        return PromptInfo(chain.keys or [], size, session)
+
+    def _remember(self, key: tuple[int, int], chain: Chain) -> None:
+        with self._lock:
+            self._cache[key] = chain
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+
+def _session(messages: Sequence[Mapping[str, Any]], sigs: list[int], offset: int) -> int | None:
+    """The signature of the conversation before its last user turn, if an assistant spoke in it: a
+    conversation of its own, not just a system prompt shared by everyone."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    if last_user <= 0 or not any(m.get("role") == "assistant" for m in messages[:last_user]):
+        return None
+    return sigs[last_user - 1 + offset]
