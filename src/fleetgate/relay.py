@@ -180,7 +180,9 @@ class Relay:
                     limit,
                 )
             except TimeoutError:
-                endpoint.transport_failed("no first byte in time")
+                # A slow first byte may be a deep queue, not a dead server: it counts toward the breaker
+                # like a 5xx instead of opening it at once (saturation keeps new work away meanwhile).
+                endpoint.server_failed(504)
                 self.observer.attempt_failed(endpoint, "first_byte_timeout")
                 # The upstream may be working on it: never send it twice.
                 raise GatewayTimeoutError(
