@@ -6,7 +6,8 @@ front of it, and drives it with `fleetgate bench` (Poisson arrivals, fixed reque
 - round-robin, least-load, fleetgate approximate (text keys, no events), fleetgate precise (KV events and the
   simulator's tokenizer): fleetgate with different fleet files;
 - oracle: benchmarks/oracle_router.py, which reads every simulator's true cache and queue state;
-- peers given as `--peer NAME='COMMAND'` (`{port}` and `{upstreams}` filled in as in gateway_overhead.py), e.g.
+- peers given as `--peer NAME='COMMAND'` (`{port}` and `{upstreams}` filled in as in
+  gateway_overhead.py), e.g.
   `--peer sglang='smg launch --port {port} --worker-urls {upstreams} --policy cache_aware'`.
 
     python benchmarks/routing.py --time-scale 10 --rates 2,4 --seeds 0 [--workload multi-turn] [--peer ...]
@@ -85,7 +86,9 @@ def contender_command(name: str, port: int, upstreams: list[str], kv_port: int, 
     return out
 
 
-def run_one(args: argparse.Namespace, name: str, rate: float, seed: int, peers: dict[str, str]) -> dict[str, float]:
+def run_one(
+    args: argparse.Namespace, name: str, rate: float, seed: int, peers: dict[str, str]
+) -> dict[str, float]:
     scale = args.time_scale
     port, kv_port, gw_port = free_port(), free_port() + 100, free_port()
     fleet = start_fleet(args.replicas, port, kv_port, scale, args.profile)
@@ -138,21 +141,22 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"# {args.replicas} x {args.profile}, time scale {args.time_scale:g}, {args.workload}, "
           f"{args.requests} requests per run, seeds {seeds}; TTFT in simulated seconds")  # fmt: skip
-    header = f"{'rate':>5} {'router':<14} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p90':>9} {'goodput':>8} {'ok':>6}"
-    print(header)
+    print(f"{'rate':>5} {'router':<14} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p90':>9} {'goodput':>8} "
+          f"{'ok':>6}")  # fmt: skip
     for rate in (float(r) for r in args.rates.split(",")):
         rows: dict[str, dict[str, float]] = {}
         for name in names:
             runs = [run_one(args, name, rate, seed, peers) for seed in seeds]
             rows[name] = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
             r = rows[name]
-            print(f"{rate:>5g} {name:<14} {r['out_tok_s']:>10.0f} {r['ttft_p50']:>9.3f} {r['ttft_p90']:>9.3f} "
-                  f"{r['goodput']:>8.1%} {r['success']:>6.1%}", flush=True)  # fmt: skip
+            print(f"{rate:>5g} {name:<14} {r['out_tok_s']:>10.0f} {r['ttft_p50']:>9.3f} "
+                  f"{r['ttft_p90']:>9.3f} {r['goodput']:>8.1%} {r['success']:>6.1%}", flush=True)  # fmt: skip
         if "round-robin" in rows:
             base = rows["round-robin"]
             for name, r in rows.items():
                 if name != "round-robin":
-                    print(f"{rate:>5g} {name:<14} vs round-robin: throughput x{r['out_tok_s'] / base['out_tok_s']:.2f}, "
+                    gain = r["out_tok_s"] / base["out_tok_s"]
+                    print(f"{rate:>5g} {name:<14} vs round-robin: throughput x{gain:.2f}, "
                           f"TTFT p90 /{base['ttft_p90'] / r['ttft_p90']:.1f}")  # fmt: skip
 
 
