@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,15 +49,37 @@ WORKLOADS = {
 }  # fmt: skip
 
 
-def start_fleet(n: int, port: int, kv_port: int, scale: float, profile: str) -> subprocess.Popen[bytes]:
+def free_block(n: int) -> int:
+    """The first of `n` consecutive free TCP ports (replicas take port, port + 1, ...)."""
+    for _ in range(100):
+        base = random.randrange(20000, 30000)
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise SystemExit(f"no {n} consecutive free ports")
+
+
+def start_fleet(
+    n: int, port: int, kv_port: int, scale: float, profile: str, log: Path
+) -> subprocess.Popen[bytes]:
     kv = json.dumps({"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kv_port}",
                      "topic": "kv"})  # fmt: skip
     cmd = [sys.executable, "-m", "fleetgate", "sim", "--profile", profile, "--replicas", str(n),
            "--port", str(port), "--served-model-name", MODEL, "--startup-time", "0",
-           "--time-scale", str(scale), "--kv-events-config", kv]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--time-scale", str(scale), "--kv-events-config", kv, "--admin"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     for i in range(n):
-        wait_http(f"http://127.0.0.1:{port + i}/health", proc, 60)
+        wait_http(f"http://127.0.0.1:{port + i}/health", proc, 240)
     return proc
 
 
@@ -90,8 +114,8 @@ def run_one(
     args: argparse.Namespace, name: str, rate: float, seed: int, peers: dict[str, str]
 ) -> dict[str, float]:
     scale = args.time_scale
-    port, kv_port, gw_port = free_port(), free_port() + 100, free_port()
-    fleet = start_fleet(args.replicas, port, kv_port, scale, args.profile)
+    port, kv_port, gw_port = free_block(args.replicas), free_block(args.replicas), free_port()
+    fleet = start_fleet(args.replicas, port, kv_port, scale, args.profile, Path(args.log_dir) / "fleet.log")
     upstreams = [f"http://127.0.0.1:{port + i}" for i in range(args.replicas)]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -135,6 +159,7 @@ def main() -> None:
     ap.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO for goodput, simulated seconds")
     ap.add_argument("--contenders", default="round-robin,least-load,approximate,precise,oracle")
     ap.add_argument("--peer", action="append", default=[], help="NAME='COMMAND with {port} and {upstreams}'")
+    ap.add_argument("--log-dir", default=tempfile.gettempdir(), help="where the fleet's log goes")
     args = ap.parse_args()
     peers = dict(p.split("=", 1) for p in args.peer)
     names = [*args.contenders.split(","), *peers]
