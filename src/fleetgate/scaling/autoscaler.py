@@ -5,8 +5,9 @@ every decision can be replayed in a test. `Autoscaler` ticks one policy per pool
 callable (the gateway's flow queue) and the workers from a provider, and applies what the policy decided.
 
 The count a pool wants (its *desired* count) is:
-  raw      = the rule's count from the load now, kept at 1 or more while the pool was busy within idle_timeout
-  desired  = clamp(max(raw over the stabilization window), min_workers, max_workers)
+  raw      = the rule's count from the load now
+  desired  = clamp(max(raw over the stabilization window), min_workers, max_workers),
+             and at least 1 until idle_timeout has passed since the pool last had a request
 so it rises as soon as the load does and falls only once the load has stayed low for a whole window.
 """
 
@@ -105,22 +106,19 @@ class ScalingPolicy:
         self._added: collections.deque[float] = collections.deque()  # when each scale-up was decided
         self._last_busy = -math.inf
 
-    def raw(self, obs: PoolObservation) -> int:
-        """The count the rule asks for now, before the window and the bounds. Updates the idle clock."""
-        if obs.queued or obs.running:
-            self._last_busy = obs.now
-        want = _rule_count(self.spec, obs)
-        if obs.now - self._last_busy < self.spec.idle_timeout:
-            want = max(want, 1)
-        return want
-
     def decide(self, obs: PoolObservation) -> Decision:
         spec = self.spec
-        raw = self.raw(obs)
-        self._raw.append((obs.now, raw))
+        if obs.queued or obs.running:
+            self._last_busy = obs.now
+        raw = _rule_count(spec, obs)
         while self._raw and self._raw[0][0] <= obs.now - spec.stabilization_window:
             self._raw.popleft()
-        desired = min(max(max(r for _, r in self._raw), spec.min_workers), spec.max_workers)
+        self._raw.append((obs.now, raw))
+        want = max(r for _, r in self._raw)
+        # The last worker goes idle_timeout after the last request, however short the window.
+        if obs.now - self._last_busy < spec.idle_timeout:
+            want = max(want, 1)
+        desired = min(max(want, spec.min_workers), spec.max_workers)
         awake = obs.count(*_AWAKE)
         if desired > awake:
             actions = self._scale_up(obs, desired - awake)
