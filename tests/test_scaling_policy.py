@@ -165,7 +165,9 @@ def test_scale_down_waits_for_the_window_and_picks_the_least_busy() -> None:
 
 def test_idle_timeout_scales_to_zero_and_sleep_replaces_stop() -> None:
     for sleep, verb in ((False, Stop), (True, Sleep)):
-        policy = ScalingPolicy(pool_spec(worker=worker_spec(sleep=sleep), idle_timeout=60, stabilization_window=10))
+        policy = ScalingPolicy(
+            pool_spec(worker=worker_spec(sleep=sleep), idle_timeout=60, stabilization_window=10)
+        )
         policy.decide(obs(0, [(R, 1)]))
         # The last request ended at 0; the worker is kept until 60 s later, then goes.
         assert all(d.desired == 1 for d in run(policy, [obs(t, [(R, 0)]) for t in (5, 30, 59)]))

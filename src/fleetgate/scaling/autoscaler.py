@@ -211,7 +211,11 @@ class Autoscaler:
 
     async def run(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:
+                # One bad observation must not end scaling for good; the next tick starts afresh.
+                log.exception("autoscaler tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), self.interval)
             self._nudged.clear()

@@ -204,6 +204,8 @@ class LocalProvider:
         """POST /wake_up; the seconds it took, or None when it failed (the worker is then restarted)."""
         w = self._worker_in(worker_id, WorkerState.SLEEPING)
         self._set(w, WorkerState.STARTING)
+        run = self._runs[w.id]
+        proc = run.proc
         t0 = time.monotonic()
         try:
             r = await self._http.post(f"{w.url}/wake_up", timeout=SLEEP_TIMEOUT)
@@ -211,10 +213,9 @@ class LocalProvider:
         except httpx.HTTPError as e:
             w.last_error = f"wake failed: {e!r}"
             log.warning("%s: %s; restarting it", w.id, w.last_error)
-            run = self._runs.get(w.id)
             # A worker that cannot wake is of no use asleep: the supervisor sees it die and starts it afresh.
-            if run is not None and run.proc is not None:
-                _signal_group(run.proc.pid, signal.SIGKILL)
+            if proc is not None and run.proc is proc:
+                _signal_group(proc.pid, signal.SIGKILL)
             return None
         seconds = time.monotonic() - t0
         w.wakes += 1
@@ -270,6 +271,14 @@ class LocalProvider:
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _supervise(self, w: Worker, engine: Engine, run: _Run) -> None:
+        try:
+            await self._keep_running(w, engine, run)
+        except Exception:
+            # A fault here must not leave a worker 'starting' forever with nobody watching it.
+            log.exception("supervisor of %s failed", w.id)
+            self._fail(w, f"the supervisor of {w.id} failed (see fleetgate's log)")
+
+    async def _keep_running(self, w: Worker, engine: Engine, run: _Run) -> None:
         spec = w.spec
         while not run.stop_requested.is_set():
             await self._run_once(w, engine, run)
@@ -280,11 +289,7 @@ class LocalProvider:
                 w.failures = 0
             w.failures += 1
             if w.failures >= spec.max_failures:
-                reason = f"worker {w.id} failed {w.failures} times in a row; {w.last_error}"
-                self._failed[spec.name] = reason
-                log.error("pool %s failed: %s", spec.name, reason)
-                self._set(w, WorkerState.FAILED)
-                self.gpus.release(w.id)
+                self._fail(w, f"worker {w.id} failed {w.failures} times in a row; {w.last_error}")
                 return
             delay = spec.backoff(w.failures)
             log.warning("%s %s; restarting in %.1f s", w.id, w.last_error, delay)
@@ -295,6 +300,12 @@ class LocalProvider:
             w.restart_at = None
             if not run.stop_requested.is_set():
                 w.restarts += 1
+
+    def _fail(self, w: Worker, reason: str) -> None:
+        self._failed[w.pool] = reason
+        log.error("pool %s failed: %s", w.pool, reason)
+        self._set(w, WorkerState.FAILED)
+        self.gpus.release(w.id)
 
     async def _run_once(self, w: Worker, engine: Engine, run: _Run) -> None:
         """One process from spawn to exit."""
@@ -320,7 +331,11 @@ class LocalProvider:
         )
         w.timeline = StartupTimeline(time.monotonic())
         w.tail.clear()
-        logfile = await asyncio.to_thread(w.log_path.open, "ab")
+        try:
+            logfile = await asyncio.to_thread(w.log_path.open, "ab")
+        except OSError as e:
+            w.last_error = f"cannot open the log file: {e}"
+            return
         try:
             logfile.write(f"---- fleetgate: starting {w.id}: {launch.describe()}\n".encode())
             log.info("starting %s: %s", w.id, launch.describe())
