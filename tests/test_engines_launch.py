@@ -8,6 +8,9 @@ from fleetgate.engines import embedded_launch, sim, vllm
 from fleetgate.engines.base import LaunchArgs
 from fleetgate.engines.registry import ENGINES
 
+# What every engine is told: loopback only, its port, its served name.
+SERVE = ["--host", "127.0.0.1", "--port", "8123", "--served-model-name", "m"]
+
 
 def args(**changes: object) -> LaunchArgs:
     fields: dict[str, object] = {"model": "org/model", "served_model_name": "m", "port": 8123}
@@ -20,12 +23,7 @@ def test_vllm_command_line() -> None:
         "vllm",
         "serve",
         "org/model",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "8123",
-        "--served-model-name",
-        "m",
+        *SERVE,
         "--enable-sleep-mode",
         "--max-model-len",
         "4096",
@@ -40,23 +38,8 @@ def test_sim_and_embedded_command_lines() -> None:
     assert s.argv[-2:] == ["--time-scale", "10"]
     assert "--enable-sleep-mode" not in s.argv
     e = embedded_launch.command(args(model="/models/tiny", engine_args=["--dtype", "float32"]))
-    assert e.argv == [
-        sys.executable,
-        "-m",
-        "fleetgate.engines.embedded",
-        "--model",
-        "/models/tiny",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "8123",
-        "--served-model-name",
-        "m",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-    ]
+    module = [sys.executable, "-m", "fleetgate.engines.embedded"]
+    assert e.argv == [*module, "--model", "/models/tiny", *SERVE, "--device", "cpu", "--dtype", "float32"]
     assert "--device" in (g := embedded_launch.command(args(gpus=["1"]))).argv
     assert g.argv[g.argv.index("--device") + 1] == "cuda"
 

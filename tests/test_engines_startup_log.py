@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetgate.engines import embedded_launch, vllm
 from fleetgate.engines.base import Phase
+from fleetgate.engines.registry import ENGINES
 from fleetgate.scaling.worker import StartupTimeline
 
 DATA = Path(__file__).parent / "data"
+VLLM, EMBEDDED = ENGINES["vllm"], ENGINES["embedded"]
 STAMP = re.compile(r" (\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) ")
 
 
@@ -28,7 +29,7 @@ def replay(lines: list[str]) -> StartupTimeline:
             clock = h * 3600 + mi * 60 + s
         if timeline is None:
             timeline = StartupTimeline(clock)
-        timeline.feed(vllm.parse_line(line), clock)
+        timeline.feed(VLLM.parse_line(line), clock)
     assert timeline is not None
     return timeline
 
@@ -78,7 +79,7 @@ def test_download_is_dated_back_and_shards_show_progress() -> None:
         (Phase.LOAD, hms(10, 0, 30)),
     ]
     assert t.progress == 0.5
-    t.feed(vllm.parse_line(pre.format(33) + "Model loading took 15.0 GiB and 33.1 seconds"), hms(10, 0, 33))
+    t.feed(VLLM.parse_line(pre.format(33) + "Model loading took 15.0 GiB and 33.1 seconds"), hms(10, 0, 33))
     t.finish(hms(10, 0, 40))
     assert t.durations() == {Phase.INIT: 0.0, Phase.LOAD: 8.0, Phase.DOWNLOAD: 25.0, Phase.COMPILE: 7.0}
     assert t.total == 40.0
@@ -86,7 +87,7 @@ def test_download_is_dated_back_and_shards_show_progress() -> None:
 
 def test_a_download_longer_than_the_log_so_far_starts_where_the_last_phase_did() -> None:
     t = StartupTimeline(100.0)
-    t.feed(vllm.parse_line("Time spent downloading weights for m: 500.0 seconds"), 130.0)
+    t.feed(VLLM.parse_line("Time spent downloading weights for m: 500.0 seconds"), 130.0)
     assert phases(t) == [(Phase.INIT, 100.0), (Phase.DOWNLOAD, 100.0), (Phase.LOAD, 130.0)]
 
 
@@ -103,25 +104,22 @@ def test_a_download_longer_than_the_log_so_far_starts_where_the_last_phase_did()
     ],
 )
 def test_other_vllm_lines(line: str, phase: Phase, progress: float | None) -> None:
-    (event,) = vllm.parse_line(line)
+    (event,) = VLLM.parse_line(line)
     assert (event.phase, event.progress) == (phase, progress)
 
 
 def test_embedded_lines() -> None:
-    assert embedded_launch.parse_line("Fetching 4 files:  25%|██▌       | 1/4")[0].phase is Phase.DOWNLOAD
-    (load,) = embedded_launch.parse_line("Loading checkpoint shards: 100%|██████████| 2/2 [00:01<00:00]")
+    assert EMBEDDED.parse_line("Fetching 4 files:  25%|██▌       | 1/4")[0].phase is Phase.DOWNLOAD
+    (load,) = EMBEDDED.parse_line("Loading checkpoint shards: 100%|██████████| 2/2 [00:01<00:00]")
     assert (load.phase, load.progress) == (Phase.LOAD, 1.0)
-    assert (
-        embedded_launch.parse_line("INFO:     Uvicorn running on http://127.0.0.1:9000")[0].phase
-        is Phase.READY
-    )
-    assert embedded_launch.parse_line("some other line") == []
+    assert EMBEDDED.parse_line("INFO:     Uvicorn running on http://127.0.0.1:9000")[0].phase is Phase.READY
+    assert EMBEDDED.parse_line("some other line") == []
 
 
 @given(st.text())
 def test_any_text_parses_to_sane_events(text: str) -> None:
     t = StartupTimeline(0.0)
-    for parse in (vllm.parse_line, embedded_launch.parse_line):
+    for parse in (VLLM.parse_line, EMBEDDED.parse_line):
         events = parse(text)
         t.feed(events, 1.0)
         for e in events:

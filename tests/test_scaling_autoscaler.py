@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -133,14 +132,11 @@ class Queue:
 
 
 def scaling_pool(**changes: object) -> PoolSpec:
-    base = sim_pool(
-        min_workers=0,
-        max_workers=2,
-        idle_timeout=0.5,
-        stabilization_window=0.2,
-        rule=ScalingRule(RuleKind.REQUEST_COUNT, 1),
+    """Scale to zero after half a second idle; one worker per request."""
+    rule = ScalingRule(RuleKind.REQUEST_COUNT, 1)
+    return sim_pool(
+        **{"max_workers": 2, "idle_timeout": 0.5, "stabilization_window": 0.2, "rule": rule, **changes}
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 async def test_cold_start_on_demand_then_idle_scale_down_with_drain(tmp_path: Path) -> None:

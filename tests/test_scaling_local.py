@@ -29,16 +29,9 @@ FAST = ("--startup-time", "10", "--time-scale", "20")
 
 
 def sim_pool(*extra: str, **changes: object) -> PoolSpec:
-    worker = worker_spec(engine_args=(*FAST, *extra))
-    base = pool_spec(
-        worker=worker,
-        backoff_base=0.2,
-        backoff_cap=1.0,
-        startup_timeout=20.0,
-        drain_deadline=5.0,
-        stop_grace=3.0,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    """A pool of fast simulator workers (`extra` flags added) with short restart and stop timings."""
+    timings = {"backoff_base": 0.2, "backoff_cap": 1.0, "startup_timeout": 20.0, "stop_grace": 3.0}
+    return pool_spec(**{"worker": worker_spec(engine_args=(*FAST, *extra)), **timings, **changes})
 
 
 async def until(cond: Callable[[], bool], what: str, within: float = 20.0) -> None:
@@ -220,7 +213,7 @@ def stubborn(args: LaunchArgs) -> Launch:
 
 
 async def test_sigkill_after_the_grace_takes_the_whole_group(tmp_path: Path) -> None:
-    engines = {**ENGINES, "stubborn": Engine("stubborn", stubborn, lambda line: [], sleeps=False)}
+    engines = {**ENGINES, "stubborn": Engine("stubborn", stubborn, rules=(), sleeps=False)}
     async with LocalProvider(tmp_path, GpuInventory([]), engines=engines) as provider:
         w = await provider.start(sim_pool(worker=worker_spec(engine="stubborn"), stop_grace=0.3))
         await until(lambda: any(line.startswith("helper ") for line in w.tail), "the helper process")

@@ -7,6 +7,7 @@ name from `fleetgate.engines.registry.ENGINES`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,9 +16,9 @@ __all__ = [
     "Engine",
     "Launch",
     "LaunchArgs",
+    "LineRule",
     "LogEvent",
     "Phase",
-    "fraction",
     "make_launch",
     "serve_flags",
 ]
@@ -51,9 +52,26 @@ class LogEvent:
     progress: float | None = None
 
 
-def fraction(percent: str) -> float:
-    """A progress bar's percentage as a fraction; bars can overshoot 100 on their last redraw."""
-    return min(int(percent), 100) / 100
+@dataclass(frozen=True)
+class LineRule:
+    """A log line that shows a phase. Named groups: `pct`, a progress bar's percentage; `seconds`, how long
+    the phase has taken, for a line printed once it is over (which `then` follows at once)."""
+
+    pattern: re.Pattern[str]
+    phase: Phase
+    then: Phase | None = None
+
+
+def match_rules(rules: Sequence[LineRule], line: str) -> list[LogEvent]:
+    """The events of the first rule that matches the line."""
+    for rule in rules:
+        if m := rule.pattern.search(line):
+            pct, seconds = m.groupdict().get("pct"), m.groupdict().get("seconds")
+            # Bars can overshoot 100 on their last redraw.
+            progress = None if pct is None else min(int(pct), 100) / 100
+            event = LogEvent(rule.phase, ago=0.0 if seconds is None else float(seconds), progress=progress)
+            return [event] if rule.then is None else [event, LogEvent(rule.then)]
+    return []
 
 
 @dataclass(frozen=True)
@@ -94,8 +112,12 @@ class Launch:
 class Engine:
     name: str
     command: Callable[[LaunchArgs], Launch]
-    parse_line: Callable[[str], list[LogEvent]]
+    rules: Sequence[LineRule]  # how its log shows startup phases
     sleeps: bool  # answers POST /sleep and /wake_up (with the dev-mode gate)
+
+    def parse_line(self, line: str) -> list[LogEvent]:
+        """The startup phases one line of the engine's output shows (none for most lines)."""
+        return match_rules(self.rules, line)
 
 
 def serve_flags(args: LaunchArgs) -> list[str]:

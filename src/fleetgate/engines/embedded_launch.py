@@ -10,18 +10,9 @@ from __future__ import annotations
 import re
 import sys
 
-from fleetgate.engines.base import (
-    Engine,
-    Launch,
-    LaunchArgs,
-    LogEvent,
-    Phase,
-    fraction,
-    make_launch,
-    serve_flags,
-)
+from fleetgate.engines.base import Engine, Launch, LaunchArgs, LineRule, Phase, make_launch, serve_flags
 
-__all__ = ["ENGINE", "command", "parse_line"]
+__all__ = ["ENGINE", "RULES", "command"]
 
 
 def command(args: LaunchArgs) -> Launch:
@@ -31,20 +22,12 @@ def command(args: LaunchArgs) -> Launch:
     return make_launch([*argv, "--device", device, *args.engine_args], args)
 
 
-_FETCHING = re.compile(r"Fetching \d+ files:\s*(?P<pct>\d{1,3})%")
-_SHARDS = re.compile(r"Loading checkpoint shards:\s*(?P<pct>\d{1,3})%")
-_LISTENING = re.compile(r"Application startup complete|Uvicorn running on")
-
-
-def parse_line(line: str) -> list[LogEvent]:
-    if m := _FETCHING.search(line):
-        return [LogEvent(Phase.DOWNLOAD, progress=fraction(m["pct"]))]
-    if m := _SHARDS.search(line):
-        return [LogEvent(Phase.LOAD, progress=fraction(m["pct"]))]
-    if _LISTENING.search(line):
-        return [LogEvent(Phase.READY)]
-    return []
+RULES = (
+    LineRule(re.compile(r"Fetching \d+ files:\s*(?P<pct>\d{1,3})%"), Phase.DOWNLOAD),
+    LineRule(re.compile(r"Loading checkpoint shards:\s*(?P<pct>\d{1,3})%"), Phase.LOAD),
+    LineRule(re.compile(r"Application startup complete|Uvicorn running on"), Phase.READY),
+)
 
 
 # Sleep mode is vLLM's; the embedded server has no /sleep to call.
-ENGINE = Engine(name="embedded", command=command, parse_line=parse_line, sleeps=False)
+ENGINE = Engine(name="embedded", command=command, rules=RULES, sleeps=False)

@@ -18,4 +18,4 @@ def command(args: LaunchArgs) -> Launch:
     return make_launch([*argv, *args.engine_args], args)
 
 
-ENGINE = Engine(name="sim", command=command, parse_line=vllm.parse_line, sleeps=True)
+ENGINE = Engine(name="sim", command=command, rules=vllm.RULES, sleeps=True)

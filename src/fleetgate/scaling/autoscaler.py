@@ -73,18 +73,21 @@ class Start:
 
 
 @dataclass(frozen=True)
-class Wake:
+class _OnWorker:
     worker_id: str
 
 
-@dataclass(frozen=True)
-class Sleep:
-    worker_id: str
+# Dataclass equality compares classes too: Wake("w1") != Stop("w1").
+class Wake(_OnWorker):
+    pass
 
 
-@dataclass(frozen=True)
-class Stop:
-    worker_id: str
+class Sleep(_OnWorker):
+    pass
+
+
+class Stop(_OnWorker):
+    pass
 
 
 Action = Start | Wake | Sleep | Stop
