@@ -182,6 +182,7 @@ class LocalProvider:
         w = self._worker_in(worker_id, WorkerState.READY)
         if not w.spec.worker.sleep:
             raise ValueError(f"pool {w.pool} does not sleep (sleep: false)")
+        run = self._runs[w.id]
         self._set(w, WorkerState.DRAINING)
         if in_flight is not None:
             await self._drain(w, in_flight)
@@ -193,11 +194,11 @@ class LocalProvider:
         except httpx.HTTPError as e:
             w.last_error = f"sleep failed: {e!r}"
             log.warning("%s: %s", w.id, w.last_error)
-            if w.state is WorkerState.DRAINING and not self._runs[w.id].stop_requested.is_set():
+            if w.state is WorkerState.DRAINING and not run.stop_requested.is_set():
                 self._set(w, WorkerState.READY)
             return
         # A crash or a stop may have overtaken the call.
-        if w.state is WorkerState.DRAINING and not self._runs[w.id].stop_requested.is_set():
+        if w.state is WorkerState.DRAINING and not run.stop_requested.is_set():
             self._set(w, WorkerState.SLEEPING)
 
     async def wake(self, worker_id: str) -> float | None:
@@ -338,6 +339,8 @@ class LocalProvider:
             return
         try:
             logfile.write(f"---- fleetgate: starting {w.id}: {launch.describe()}\n".encode())
+            if run.stop_requested.is_set():  # stopped while the token was read
+                return
             log.info("starting %s: %s", w.id, launch.describe())
             try:
                 proc = await asyncio.create_subprocess_exec(
