@@ -161,7 +161,8 @@ async def test_cold_start_on_demand_then_idle_scale_down_with_drain(tmp_path: Pa
             queue.in_flight.clear()
             ended = time.monotonic()
             await until(lambda: provider.list() == [], "idle scale-down")
-            assert time.monotonic() - ended >= 0.5
+            # The last tick that saw the stream may have come up to one interval before it ended.
+            assert time.monotonic() - ended >= 0.5 - 0.05
             assert state(w) is WorkerState.STOPPED and not alive(pid)
             assert scaler.desired["p"] == 0
 
@@ -181,9 +182,7 @@ async def test_sleeps_when_idle_and_wakes_on_demand(tmp_path: Path) -> None:
             await until(lambda: state(w) is WorkerState.SLEEPING, "asleep after the idle timeout")
             pid = w.pid
             queue.hold()
-            asked = time.monotonic()
             scaler.nudge()
             await until(lambda: state(w) is WorkerState.READY, "awake again")
-            assert time.monotonic() - asked < 1.0  # a wake, not a cold start
-            assert (w.pid, w.wakes) == (pid, 1)
+            assert (w.pid, w.wakes) == (pid, 1)  # the same process woken, not a cold start
             assert w.last_wake_seconds is not None

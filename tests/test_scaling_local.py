@@ -129,22 +129,25 @@ async def test_start_ready_with_phases_gpus_token_and_log(tmp_path: Path) -> Non
     assert state(w) is WorkerState.STOPPED and not alive(w.pid)
 
 
-async def test_crash_is_restarted_after_backoff(provider: LocalProvider) -> None:
-    spec = sim_pool(backoff_base=0.5)
-    w = await provider.start(spec)
-    await ready(w)
-    first_pid = w.pid
-    assert first_pid is not None
-    os.kill(first_pid, signal.SIGKILL)
-    await until(lambda: state(w) is WorkerState.STARTING, "crash noticed")
-    noticed = time.monotonic()
-    await ready(w)
-    assert w.pid != first_pid and not alive(first_pid)
-    assert (w.restarts, w.failures) == (1, 1)
-    assert w.last_error is not None and w.last_error.startswith("killed by SIGKILL")
-    assert "Application startup complete" in w.last_error  # the log lines it died after
-    assert w.timeline is not None
-    assert w.timeline.segments[0].start - noticed >= 0.5 * 0.9
+async def test_crash_is_restarted_after_backoff(tmp_path: Path) -> None:
+    changes: list[tuple[float, WorkerState]] = []
+    async with LocalProvider(
+        tmp_path, GpuInventory([]), on_change=lambda w: changes.append((time.monotonic(), w.state))
+    ) as provider:
+        w = await provider.start(sim_pool(backoff_base=0.5))
+        await ready(w)
+        first_pid = w.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        await until(lambda: state(w) is WorkerState.STARTING, "crash noticed")
+        noticed = changes[-1][0]
+        await ready(w)
+        assert w.pid != first_pid and not alive(first_pid)
+        assert (w.restarts, w.failures) == (1, 1)
+        assert w.last_error is not None and w.last_error.startswith("killed by SIGKILL")
+        assert "Application startup complete" in w.last_error  # the log lines it died after
+        assert w.timeline is not None
+        assert w.timeline.segments[0].start - noticed >= 0.5 - 0.01  # the backoff, then a fresh spawn
 
 
 async def test_repeated_failure_marks_the_pool_failed_with_the_reason(provider: LocalProvider) -> None:
