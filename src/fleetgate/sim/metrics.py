@@ -11,12 +11,9 @@ import os
 import resource
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from fleetgate.sim.engine import EngineRequest
+from typing import Protocol
 
 _TIME_BUCKETS: tuple[float, ...] = (
     0.3,
@@ -128,11 +125,36 @@ class Histogram:
         self.n += 1
 
 
+class RequestView(Protocol):
+    """What the counters read from a request: the simulator's and the embedded engine's both qualify."""
+
+    @property
+    def prompt(self) -> Sequence[int]: ...
+    @property
+    def output(self) -> Sequence[int]: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def params_n(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def arrival(self) -> float: ...
+    @property
+    def scheduled_at(self) -> float: ...
+    @property
+    def first_token_at(self) -> float: ...
+    @property
+    def last_token_at(self) -> float: ...
+
+
 class EngineView(Protocol):
     """What a scrape reads from the engine."""
 
-    running: list[EngineRequest]
-    sleep_level: int
+    @property
+    def running(self) -> Sized: ...
+    @property
+    def sleep_level(self) -> int: ...
 
     def waiting_by_reason(self) -> tuple[int, int]: ...
     def lora_state(self) -> tuple[list[str], list[str]]: ...
@@ -176,7 +198,7 @@ class EngineStats:
         self.h_prefill_kv = h(_TOKEN_BUCKETS)
 
     # ---- updates from the engine -----------------------------------------------------------------------
-    def on_arrival(self, req: EngineRequest) -> None:
+    def on_arrival(self, req: RequestView) -> None:
         self.h_max_tokens.observe(req.max_tokens)
 
     def on_prefix_query(self, prompt_tokens: int, hit_tokens: int) -> None:
@@ -189,7 +211,7 @@ class EngineStats:
     def on_token_gap(self, seconds: float) -> None:
         self.h_itl.observe(seconds)
 
-    def on_finish(self, req: EngineRequest, reason: str, now: float) -> None:
+    def on_finish(self, req: RequestView, reason: str, now: float) -> None:
         self.success[reason] += 1
         out = len(req.output)
         self.generation_tokens += out
