@@ -240,31 +240,7 @@ class SimServer:
         return PlainTextResponse(self.stats.render(self.engine), media_type="text/plain; version=0.0.4")
 
     def _model_entry(self, name: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
-        return {
-            "id": name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "vllm",
-            "root": root,
-            "parent": parent,
-            "max_model_len": max_len,
-            "permission": [
-                {
-                    "id": random_id("modelperm-"),
-                    "object": "model_permission",
-                    "created": self.created,
-                    "allow_create_engine": False,
-                    "allow_sampling": True,
-                    "allow_logprobs": True,
-                    "allow_search_indices": False,
-                    "allow_view": True,
-                    "allow_fine_tuning": False,
-                    "organization": "*",
-                    "group": None,
-                    "is_blocking": False,
-                }
-            ],
-        }
+        return render.model_card(name, root, parent, max_len, self.created)
 
     async def models(self, request: Request) -> Response:
         data = [

@@ -9,7 +9,7 @@ layers); only attention is grouped: decode tokens together in one call, each pre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.functional import scaled_dot_product_attention as sdpa
@@ -19,7 +19,7 @@ IMPLEMENTATION = "fleetgate_paged"
 
 @dataclass(slots=True)
 class Prefill:
-    """A run of prompt tokens of one sequence: packed positions [start, end), `offset` tokens already cached."""
+    """Prompt tokens of one sequence at packed positions [start, end), after `offset` cached tokens."""
 
     start: int
     end: int
@@ -76,7 +76,7 @@ def paged_attention(
     """transformers' attention interface: query [1, H, T, D], key/value [1, KV, T, D] -> [1, T, H, D]."""
     step: StepLayout = kwargs["fleetgate_step"]
     kv: PagedKV = kwargs["fleetgate_kv"]
-    layer = int(module.layer_idx)
+    layer = cast(int, module.layer_idx)
     k_cache, v_cache = kv.keys[layer], kv.values[layer]
     new_k = key[0].transpose(0, 1)
     new_v = value[0].transpose(0, 1)
@@ -117,7 +117,7 @@ def _decode(
 
 
 def register() -> None:
-    """Make the implementation known to transformers (its registry is global; registering twice is harmless)."""
+    """Make the implementation known to transformers (a global registry; registering twice is harmless)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(IMPLEMENTATION, paged_attention)
