@@ -128,7 +128,7 @@ class Engine:
         self.stats = stats
         self.eos_ids = eos_ids
         self.kv = KVCache(limits.num_blocks, limits.block_size, limits.enable_prefix_caching)
-        self.masks = Masks(vocab_size, limits.max_num_seqs)
+        self.masks = Masks(vocab_size)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.sleep_level = 0
@@ -287,11 +287,11 @@ class Engine:
     # ---- run -------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         rows = []
-        for i, seq in enumerate(seqs):
+        for seq in seqs:
             p = seq.params
             allowed = None
             if seq.matcher is not None:
-                allowed = self.masks.allowed(seq.matcher, i, logits.shape[1]).to(logits.device)
+                allowed = self.masks.allowed(seq.matcher).to(logits.device)
             block_eos = p.ignore_eos or len(seq.output) < p.min_tokens
             rows.append(Row(p, seq.output, seq.generator, allowed, block_eos))
         return self.sampler.sample(logits, rows)

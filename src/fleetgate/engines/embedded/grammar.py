@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from llguidance import LLMatcher, LLTokenizer
 from llguidance.hf import from_tokenizer
-from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
 
 from fleetgate.protocol import BadRequestError
 
@@ -103,17 +102,15 @@ class Grammars:
 
 
 class Masks:
-    """Allowed-token masks for the constrained rows of a step."""
+    """Allowed-token masks, one bit per token as llguidance computes them, unpacked to bools."""
 
-    def __init__(self, vocab_size: int, max_rows: int) -> None:
+    def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
-        self.bitmask = allocate_token_bitmask(max_rows, vocab_size)
+        # llguidance.torch has the same helpers, but importing it compiles a kernel with torch.compile.
+        self.bitmask = torch.zeros(-(-vocab_size // 32), dtype=torch.int32)
 
-    def allowed(self, matcher: LLMatcher, row: int, width: int) -> torch.Tensor:
-        """Bool mask [width] of tokens `matcher` allows next (ids past the tokenizer's vocabulary never)."""
-        fill_next_token_bitmask(matcher, self.bitmask, row)
-        bits = (self.bitmask[row].unsqueeze(1) >> _BITS) & 1
-        mask = bits.reshape(-1)[: self.vocab_size].bool()
-        if width > self.vocab_size:
-            mask = torch.cat([mask, mask.new_zeros(width - self.vocab_size)])
-        return mask[:width]
+    def allowed(self, matcher: LLMatcher) -> torch.Tensor:
+        """Bool mask [vocab_size] of the tokens `matcher` allows next."""
+        matcher.unsafe_compute_mask_ptr(self.bitmask.data_ptr(), self.bitmask.numel() * 4)
+        bits = (self.bitmask.unsqueeze(1) >> _BITS) & 1
+        return bits.reshape(-1)[: self.vocab_size].bool()

@@ -161,9 +161,11 @@ class ToolCallStream:
                 continue
             at = self.text.find(OPEN, self.pos)
             stop = at if at >= 0 else len(self.text) - _held_back(self.text[self.pos :], OPEN)
-            if stop > self.pos:
-                out.append({"content": self.text[self.pos : stop]})
-                self.pos = stop
+            piece = self.text[self.pos : stop]
+            # The newlines models put between and after calls are layout, not an answer.
+            if piece and not (self.calls and piece.isspace()):
+                out.append({"content": piece})
+            self.pos = max(self.pos, stop)
             if at < 0:
                 return out
             self._open = _Open(self.calls, at + len(OPEN))
@@ -185,7 +187,7 @@ class ToolCallStream:
             return self._advance(self._open, self.text[self._open.start :], True)
         rest = self.text[self.pos :]
         self.pos = len(self.text)
-        return [{"content": rest}] if rest else []
+        return [{"content": rest}] if rest and not (self.calls and rest.isspace()) else []
 
     def _advance(self, call: _Open, text: str, complete: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
