@@ -20,6 +20,12 @@ import jsonschema
 import openai
 import pytest
 import uvicorn
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionToolChoiceOptionParam,
+    ChatCompletionToolParam,
+)
+from openai.types.chat.completion_create_params import ResponseFormat
 
 from fleetgate.engines.embedded import demo, loader
 from fleetgate.engines.embedded.server import EmbeddedServer, build
@@ -28,7 +34,7 @@ from tests.conftest import free_port
 
 MODEL = "demo"
 MAX_MODEL_LEN = 1024
-TRAVEL_TOOLS: list[Any] = [
+TRAVEL_TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -121,7 +127,7 @@ def _sample(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1))
 
 
-USER = [{"role": "user", "content": "Plan two days in Tainan."}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Plan two days in Tainan."}]
 
 
 def test_models_and_health(engine: Running, client: openai.OpenAI) -> None:
@@ -220,15 +226,26 @@ async def test_seeded_request_repeats_inside_a_busy_batch(aclient: openai.AsyncO
 
 
 def test_stop_strings_end_the_answer(client: openai.OpenAI) -> None:
-    base = dict(model=MODEL, messages=USER, max_tokens=40, seed=3, extra_body={"ignore_eos": True})
-    full = client.chat.completions.create(**base).choices[0].message.content or ""  # type: ignore[call-overload]
+    def ask(stop: list[str] | None) -> openai.types.chat.ChatCompletion:
+        return client.chat.completions.create(
+            model=MODEL, messages=USER, max_tokens=40, seed=3, stop=stop, extra_body={"ignore_eos": True}
+        )
+
+    full = ask(None).choices[0].message.content or ""
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert len(stop) == 2 and stop.strip()
-    r = client.chat.completions.create(**base, stop=[stop, "\x00never"])  # type: ignore[call-overload]
-    choice = r.choices[0]
+    choice = ask([stop, "\x00never"]).choices[0]
     assert choice.finish_reason == "stop" and choice.model_extra and choice.model_extra["stop_reason"] == stop
     assert choice.message.content == full[: full.index(stop)]
-    streamed = client.chat.completions.create(**base, stop=stop, stream=True)  # type: ignore[call-overload]
+    streamed = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        max_tokens=40,
+        seed=3,
+        stop=stop,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == full[: full.index(stop)]
 
 
@@ -289,23 +306,24 @@ async def test_concurrent_requests_share_steps(engine: Running, aclient: openai.
 
 
 def test_forced_tool_call_arguments_validate(client: openai.OpenAI) -> None:
-    for choice in ("required", {"type": "function", "function": {"name": "plan_itinerary"}}):
+    choices: list[ChatCompletionToolChoiceOptionParam] = [
+        "required",
+        {"type": "function", "function": {"name": "plan_itinerary"}},
+    ]
+    for choice in choices:
         r = client.chat.completions.create(
-            model=MODEL,
-            messages=USER,
-            tools=TRAVEL_TOOLS,
-            tool_choice=choice,
-            max_tokens=120,
-            seed=1,  # type: ignore[arg-type]
+            model=MODEL, messages=USER, tools=TRAVEL_TOOLS, tool_choice=choice, max_tokens=120, seed=1
         )
         c = r.choices[0]
         assert c.finish_reason == "tool_calls" and c.message.tool_calls, c
+        names = []
         for call in c.message.tool_calls:
             assert call.type == "function" and call.id.startswith("chatcmpl-tool-")
             tool = next(t for t in TRAVEL_TOOLS if t["function"]["name"] == call.function.name)
             jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+            names.append(call.function.name)
         if isinstance(choice, dict):
-            assert [call.function.name for call in c.message.tool_calls] == ["plan_itinerary"]
+            assert names == ["plan_itinerary"]
 
 
 async def test_streamed_tool_call(aclient: openai.AsyncOpenAI) -> None:
@@ -334,7 +352,7 @@ async def test_streamed_tool_call(aclient: openai.AsyncOpenAI) -> None:
 
 
 def test_json_schema_output_validates(client: openai.OpenAI) -> None:
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "city": {"type": "string", "maxLength": 16},
@@ -343,11 +361,11 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
         },
         "required": ["city", "days", "tags"],
     }
+    constrained: ResponseFormat = {"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}}
     for seed in (1, 2):
         r = client.chat.completions.create(
-            model=MODEL, messages=USER, max_tokens=200, seed=seed,
-            response_format={"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}},
-        )  # fmt: skip
+            model=MODEL, messages=USER, max_tokens=200, seed=seed, response_format=constrained
+        )
         assert r.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(r.choices[0].message.content or ""), schema)
     # Free-form JSON: a random-weight model rarely closes a string it opened, so some answers run out of
@@ -361,7 +379,7 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
 
 
 def test_prefix_cache_reuses_a_long_shared_prompt(engine: Running, client: openai.OpenAI) -> None:
-    system = {"role": "system", "content": "You are a travel agent. " * 40}
+    system: ChatCompletionMessageParam = {"role": "system", "content": "You are a travel agent. " * 40}
     before = _sample(engine.metrics(), "vllm:prefix_cache_hits_total")
     for question in ("Tainan?", "Kyoto?"):
         client.chat.completions.create(
@@ -397,7 +415,7 @@ def test_errors_have_vllm_shapes(engine: Running, client: openai.OpenAI) -> None
     assert e.value.body and e.value.body["param"] == "input_tokens"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError, match="max_tokens=5000 cannot be greater than max_model_len"):
         client.completions.create(model=MODEL, prompt="x", max_tokens=5000)
-    with pytest.raises(openai.NotFoundError, match="The model `gpt-4o` does not exist."):
+    with pytest.raises(openai.NotFoundError, match=re.escape("The model `gpt-4o` does not exist.")):
         client.chat.completions.create(model="gpt-4o", messages=USER)
     with pytest.raises(openai.BadRequestError, match="top_p must be in"):
         client.chat.completions.create(model=MODEL, messages=USER, top_p=0)
