@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -77,7 +78,15 @@ async def drive(port: int, concurrency: int, requests: int, body: bytes) -> int:
 
 def start_engine(args: argparse.Namespace, max_num_seqs: int) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "fleetgate.engines.embedded", "--port", str(port), "--served-model-name", "m"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleetgate.engines.embedded",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "m",
+    ]
     cmd += ["--model", args.model] if args.model else ["--demo"]
     cmd += ["--max-num-seqs", str(max_num_seqs), "--device", args.device]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -119,6 +128,12 @@ def run_mode(args: argparse.Namespace, mode: str, max_num_seqs: int) -> list[Lev
     return out
 
 
+def _cpu() -> str:
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model directory (default: the demo model)")
@@ -131,10 +146,12 @@ def main() -> None:
     batched = run_mode(args, "batched", max(32, *args.concurrency))
     single = run_mode(args, "one-at-a-time", 1)
     base = batched[0].tokens_per_s
-    print(f"machine: {platform.machine()} {platform.processor() or ''} ({platform.node()}), python {sys.version.split()[0]}")
-    print(f"command: {' '.join(sys.argv)}")
-    print("| mode | concurrency | requests | output tokens | seconds | output tok/s | vs batched c=1 | engine CPU ms / token |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"machine: {_cpu()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(f"command: python {' '.join(sys.argv)}")
+    print(
+        "| mode | concurrency | requests | output tokens | seconds | output tok/s | vs batched c=1 |", end=""
+    )
+    print(" engine CPU ms / token |\n|---|---|---|---|---|---|---|---|")
     for lv in batched + single:
         print(
             f"| {lv.mode} | {lv.concurrency} | {lv.requests} | {lv.tokens:,} | {lv.seconds:.2f} | "
