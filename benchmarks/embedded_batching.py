@@ -42,22 +42,12 @@ class Level:
 
 async def one_request(port: int, body: bytes) -> int:
     """Stream one chat completion; the completion tokens its usage chunk reports."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode()
-    writer.write(head + body)
-    tail = b""
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            break
-        tail = (tail + data)[-4096:]
-        if b"data: [DONE]" in tail:
-            break
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n")
+    writer.write(b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    stream = await reader.readuntil(b"data: [DONE]")
     writer.close()
-    usage = tail.rsplit(b'"usage":', 1)[1].split(b"}", 1)[0] + b"}"
+    usage = stream.rsplit(b'"usage":', 1)[1].split(b"}", 1)[0] + b"}"
     return int(json.loads(usage)["completion_tokens"])
 
 

@@ -128,24 +128,15 @@ class Histogram:
 class RequestView(Protocol):
     """What the counters read from a request: the simulator's and the embedded engine's both qualify."""
 
-    @property
-    def prompt(self) -> Sequence[int]: ...
-    @property
-    def output(self) -> Sequence[int]: ...
-    @property
-    def max_tokens(self) -> int: ...
-    @property
-    def params_n(self) -> int: ...
-    @property
-    def cached_tokens(self) -> int: ...
-    @property
-    def arrival(self) -> float: ...
-    @property
-    def scheduled_at(self) -> float: ...
-    @property
-    def first_token_at(self) -> float: ...
-    @property
-    def last_token_at(self) -> float: ...
+    prompt: list[int]
+    output: list[int]
+    max_tokens: int
+    params_n: int
+    cached_tokens: int
+    arrival: float
+    scheduled_at: float
+    first_token_at: float
+    last_token_at: float
 
 
 class EngineView(Protocol):

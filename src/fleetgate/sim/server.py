@@ -33,7 +33,7 @@ from fleetgate.sim.faults import Faults, fault_error
 from fleetgate.sim.kv_publisher import KVEventPublisher, KVEventsConfig
 from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile
-from fleetgate.sim.replies import reply_error, reply_json, until_disconnect
+from fleetgate.sim.replies import reply_error, reply_json, unless_gone, until_disconnect
 from fleetgate.sim.requests import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -355,16 +355,9 @@ class SimServer:
     ) -> Response:
         """Serve a non-streamed answer, aborting the engine work if the client leaves first."""
         self.in_flight += 1
-        work = asyncio.ensure_future(make())
-        gone = asyncio.ensure_future(until_disconnect(request))
         try:
-            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                return work.result()
-            work.cancel()
-            return Response(status_code=499)
+            return await unless_gone(request, make())
         finally:
-            gone.cancel()
             for r in reqs:
                 self.engine.abort(r)
             self.in_flight -= 1

@@ -39,50 +39,65 @@ def parse_args(argv: Sequence[str] | None = None) -> EngineSettings:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", help="model directory (config.json, *.safetensors, tokenizer) or a hub id")
-    p.add_argument(
-        "--demo", action="store_true", help="serve the demo model (made on first run; meaningless output)"
+    # Every flag's dest is an EngineSettings field, with vLLM's flag name where vLLM has one.
+    add = p.add_argument
+    add(
+        "--model",
+        default="",
+        metavar="DIR",
+        help="model directory (config.json, *.safetensors, tokenizer) or hub id",
     )
-    p.add_argument("--served-model-name", nargs="+", default=[], metavar="NAME", help="names clients use")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
-    p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together (default: 32)")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the model's, or what fits)")
-    p.add_argument(
-        "--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step (default: 2048)"
+    add(
+        "--demo",
+        action="store_true",
+        help="serve the demo model (made on first run; its output is meaningless)",
     )
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default: 16)")
-    p.add_argument(
-        "--kv-cache-gib", type=float, help="KV-cache memory (default: 4 on the CPU, else what fits)"
+    add(
+        "--served-model-name",
+        dest="served_model_names",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="names clients use (default: --model)",
     )
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU to use (0.9)")
-    p.add_argument(
-        "--no-enable-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes"
+    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    add("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    add("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
+    add("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    add("--max-num-seqs", type=int, default=32, metavar="N", help="sequences decoded together (default: 32)")
+    add("--max-model-len", type=int, metavar="N", help="context length (default: the model's, or what fits)")
+    add(
+        "--max-num-batched-tokens",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="tokens per engine step; longer prompts are prefilled in chunks (default: 2048)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of unseeded requests' sampling")
-    a = p.parse_args(argv)
-    if a.model is None and not a.demo:
+    add("--block-size", type=int, default=16, metavar="N", help="tokens per KV-cache block (default: 16)")
+    add(
+        "--kv-cache-gib",
+        type=float,
+        metavar="GIB",
+        help="KV-cache memory (default: 4 on the CPU, what --gpu-memory-utilization leaves on a GPU)",
+    )
+    add(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        metavar="FRACTION",
+        help="share of the GPU the engine may use (default: 0.9)",
+    )
+    add(
+        "--no-enable-prefix-caching",
+        dest="enable_prefix_caching",
+        action="store_false",
+        help="do not reuse the KV cache of shared prompt prefixes",
+    )
+    add("--seed", type=int, default=0, help="seed for requests that give none (default: 0)")
+    args = p.parse_args(argv)
+    if not args.model and not args.demo:
         p.error("give --model DIR, or --demo for the demo model")
-    model = a.model or ""
-    return EngineSettings(
-        model=model,
-        served_model_names=a.served_model_name,
-        host=a.host,
-        port=a.port,
-        device=a.device,
-        dtype=a.dtype,
-        max_num_seqs=a.max_num_seqs,
-        max_model_len=a.max_model_len,
-        max_num_batched_tokens=a.max_num_batched_tokens,
-        block_size=a.block_size,
-        kv_cache_gib=a.kv_cache_gib,
-        gpu_memory_utilization=a.gpu_memory_utilization,
-        enable_prefix_caching=not a.no_enable_prefix_caching,
-        seed=a.seed,
-        demo=a.demo,
-    )
+    return EngineSettings(**vars(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +157,8 @@ def _listen(settings: EngineSettings, plan: Plan, model: Any, tokenizer: Any) ->
     from fleetgate.engines.embedded.server import build
 
     server = build(settings, plan, model, tokenizer)
-    url = f"http://{settings.host}:{settings.port}"
+    host, port = settings.host, settings.port
+    url = f"http://{host}:{port}"
     name = server.name
 
     class _Server(uvicorn.Server):
@@ -151,16 +167,9 @@ def _listen(settings: EngineSettings, plan: Plan, model: Any, tokenizer: Any) ->
             if self.started:
                 phase("ready", url=url, model=name)
 
+    # In-flight streams get 3 s after a signal: a worker that is told to stop must stop.
     config = uvicorn.Config(
-        server.app(),
-        host=settings.host,
-        port=settings.port,
-        loop="asyncio",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=3,
+        server.app(), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3
     )
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -84,22 +84,16 @@ class Sequence:
     scheduled_at: float = 0.0
     first_token_at: float = 0.0
     last_token_at: float = 0.0
+    max_tokens: int = field(init=False)  # what the metrics read; the same as params.max_tokens
+    ids: list[int] = field(init=False)  # prompt and output: the context the model sees
 
-    @property
-    def max_tokens(self) -> int:
-        return self.params.max_tokens
+    def __post_init__(self) -> None:
+        self.max_tokens = self.params.max_tokens
+        self.ids = list(self.prompt)
 
     @property
     def total_len(self) -> int:
-        return len(self.prompt) + len(self.output)
-
-    def tokens(self, lo: int, hi: int) -> list[int]:
-        p = len(self.prompt)
-        if hi <= p:
-            return self.prompt[lo:hi]
-        if lo >= p:
-            return self.output[lo - p : hi - p]
-        return self.prompt[lo:] + self.output[: hi - p]
+        return len(self.ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +197,7 @@ class Engine:
         if not work:
             return
         chunks = [
-            Chunk(seq.tokens(seq.computed, seq.computed + n), seq.computed, [b.id for b in seq.blocks], last)
+            Chunk(seq.ids[seq.computed : seq.computed + n], seq.computed, [b.id for b in seq.blocks], last)
             for seq, n, last in work
         ]
         logits = self.runner.run(chunks)
@@ -216,17 +210,6 @@ class Engine:
         self.kv.drain_events()
 
     # ---- schedule --------------------------------------------------------------------------------------
-    def _reserve(self, seq: Sequence, upto: int) -> bool:
-        """Make `seq` own enough blocks for `upto` tokens."""
-        missing = -(-upto // self.limits.block_size) - len(seq.blocks)
-        if missing <= 0:
-            return True
-        fresh = self.kv.allocate(missing)
-        if fresh is None:
-            return False
-        seq.blocks += fresh
-        return True
-
     def _release(self, seq: Sequence) -> None:
         self.kv.free(seq.blocks)
         seq.blocks = []
@@ -261,7 +244,7 @@ class Engine:
             if seq.state != RUNNING or budget <= 0:
                 continue
             n = min(seq.total_len - seq.computed, budget)
-            while seq.state == RUNNING and not self._reserve(seq, seq.computed + n):
+            while seq.state == RUNNING and not self.kv.grow(seq.blocks, seq.computed + n):
                 self._preempt(self.running[-1])
                 preempted = True
             if seq.state == RUNNING:
@@ -273,7 +256,7 @@ class Engine:
             if not seq.blocks:
                 self._reuse_prefix(seq)
             n = min(seq.total_len - seq.computed, budget)
-            if not self._reserve(seq, seq.computed + n):
+            if not self.kv.grow(seq.blocks, seq.computed + n):
                 self._release(seq)
                 break
             self.waiting.popleft()
@@ -317,9 +300,10 @@ class Engine:
     def _append(self, seq: Sequence, token: int, now: float) -> None:
         bs = self.limits.block_size
         seq.output.append(token)
+        seq.ids.append(token)
         if seq.total_len % bs == 0:
             parent = seq.hashes[-1] if seq.hashes else None
-            seq.hashes += chain_hashes(seq.tokens(seq.total_len - bs, seq.total_len), bs, 0, parent)
+            seq.hashes += chain_hashes(seq.ids[-bs:], bs, 0, parent)
         if seq.first_token_at:
             self.stats.engine.on_token_gap(now - seq.last_token_at)
         else:

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from starlette.applications import Starlette
@@ -41,18 +41,10 @@ from fleetgate.protocol import (
     random_id,
 )
 from fleetgate.sim import render
-from fleetgate.sim.replies import reply_error, reply_json, until_disconnect
-from fleetgate.sim.requests import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    NamedToolChoice,
-    TokenizeRequest,
-    check_sampling,
-    parse_json,
-    resolve_max_tokens,
-    validate,
-)
+from fleetgate.sim import requests as bodies
+from fleetgate.sim.replies import reply_error, reply_json, unless_gone
+
+Body = TypeVar("Body", bound=bodies.Body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +129,15 @@ class EmbeddedServer:
         if model is not None and model not in self.m.names:
             raise model_not_found(model)
 
+    async def _read(self, request: Request, kind: type[Body]) -> Body:
+        """The body, validated as vLLM validates it, for a model this server serves."""
+        body = bodies.validate(kind, bodies.parse_json(await request.body()))
+        self._check_model(getattr(body, "model", None))
+        return body
+
     async def tokenize(self, request: Request) -> Response:
         try:
-            req = validate(TokenizeRequest, parse_json(await request.body()))
-            self._check_model(req.model)
+            req = await self._read(request, bodies.TokenizeRequest)
             if req.messages is not None:
                 tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
                 messages = [message_dict(m) for m in req.messages]
@@ -155,7 +152,7 @@ class EmbeddedServer:
 
     async def detokenize(self, request: Request) -> Response:
         try:
-            body = parse_json(await request.body())
+            body = bodies.parse_json(await request.body())
             tokens = body.get("tokens") if isinstance(body, dict) else None
             if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
                 raise BadRequestError("tokens must be a list of token ids", param="tokens")
@@ -189,16 +186,9 @@ class EmbeddedServer:
         """A non-streamed answer; if the client leaves first the sequences are aborted."""
         assert self.engine is not None
         self.engine.add(seqs)
-        work = asyncio.ensure_future(make())
-        gone = asyncio.ensure_future(until_disconnect(request))
         try:
-            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                return work.result()
-            work.cancel()
-            return Response(status_code=499)
+            return await unless_gone(request, make())
         finally:
-            gone.cancel()
             self.engine.abort(seqs)
 
     def _stream(self, seqs: list[Sequence], chunks: AsyncIterator[bytes]) -> Response:
@@ -216,13 +206,13 @@ class EmbeddedServer:
         return StreamingResponse(guarded(), media_type="text/event-stream; charset=utf-8")
 
     # ---- chat ------------------------------------------------------------------------------------------
-    def _tool_mode(self, req: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
+    def _tool_mode(self, req: bodies.ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
         """("none" | "auto" | "forced", the tools a forced call may use), with vLLM's 400s."""
         tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
         choice = req.tool_choice
         if choice is not None and choice != "none" and not tools:
             raise BadRequestError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
-        if isinstance(choice, NamedToolChoice):
+        if isinstance(choice, bodies.NamedToolChoice):
             named = [t for t in tools if t["function"]["name"] == choice.function.name]
             if not named:
                 raise BadRequestError(
@@ -236,15 +226,14 @@ class EmbeddedServer:
     async def chat(self, request: Request) -> Response:
         arrival = time.monotonic()
         try:
-            req = validate(ChatCompletionRequest, parse_json(await request.body()))
-            self._check_model(req.model)
-            check_sampling(req)
+            req = await self._read(request, bodies.ChatCompletionRequest)
+            bodies.check_sampling(req)
             mode, callable_tools = self._tool_mode(req)
             tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
             messages = [message_dict(m) for m in req.messages]
             prompt = render_chat(self.m.tokenizer, messages, tools or None)
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-            max_tokens = resolve_max_tokens(requested, len(prompt), self.m.max_model_len)
+            max_tokens = bodies.resolve_max_tokens(requested, len(prompt), self.m.max_model_len)
             assert self.grammars is not None
             grammar = None
             if mode == "forced":
@@ -337,13 +326,12 @@ class EmbeddedServer:
     async def completions(self, request: Request) -> Response:
         arrival = time.monotonic()
         try:
-            req = validate(CompletionRequest, parse_json(await request.body()))
-            self._check_model(req.model)
-            check_sampling(req)
+            req = await self._read(request, bodies.CompletionRequest)
+            bodies.check_sampling(req)
             prompts = self._prompts(req.prompt)
             seqs: list[Sequence] = []
             for p in prompts:
-                max_tokens = resolve_max_tokens(req.max_tokens or 16, len(p), self.m.max_model_len)
+                max_tokens = bodies.resolve_max_tokens(req.max_tokens or 16, len(p), self.m.max_model_len)
                 seqs += self._sequences(p, req, max_tokens, None, arrival)
         except OpenAIError as e:
             return reply_error(e)
@@ -388,8 +376,7 @@ class EmbeddedServer:
     async def embed(self, request: Request) -> Response:
         assert self.embeddings is not None
         try:
-            req = validate(EmbeddingRequest, parse_json(await request.body()))
-            self._check_model(req.model)
+            req = await self._read(request, bodies.EmbeddingRequest)
             if req.dimensions is not None:
                 raise BadRequestError(
                     f'Model "{self.name}" does not support matryoshka representation, changing output '
