@@ -94,6 +94,12 @@ def parse_args(argv: Sequence[str] | None = None) -> EngineSettings:
         help="do not reuse the KV cache of shared prompt prefixes",
     )
     add("--seed", type=int, default=0, help="seed for requests that give none (default: 0)")
+    add(
+        "--cpu-threads",
+        type=int,
+        metavar="N",
+        help="PyTorch threads on the CPU (default: the usable cores but one, which serves HTTP)",
+    )
     args = p.parse_args(argv)
     if not args.model and not args.demo:
         p.error("give --model DIR, or --demo for the demo model")
@@ -131,10 +137,11 @@ def _serve(settings: EngineSettings) -> int:
             print(demo.NOTICE, file=sys.stderr, flush=True)
         path = loader.locate(settings.model)
         plan = loader.plan(settings, path)
+        threads = loader.cpu_threads(plan, settings.cpu_threads)
         phase(
             "load", model=path, task=plan.task, architecture=plan.architecture, device=plan.device,
             dtype=str(plan.dtype).removeprefix("torch."), parameters=plan.parameters,
-            weights_gib=round(plan.weights_bytes / 2**30, 3),
+            weights_gib=round(plan.weights_bytes / 2**30, 3), threads=threads,
         )  # fmt: skip
         started = time.monotonic()
         tokenizer = loader.load_tokenizer(path)

@@ -242,6 +242,19 @@ def plan(settings: EngineSettings, path: Path) -> Plan:
     )
 
 
+def cpu_threads(p: Plan, requested: int | None) -> int:
+    """Set PyTorch's thread count for a CPU engine and return it (what the engine computes with).
+
+    One core is left to the event loop by default: on a small machine, matrix threads that compete with the
+    thread answering HTTP slow both (2 cores, demo model: 1.4x the tokens/s at concurrency 1, 1.8x at 8).
+    """
+    if p.device.type != "cpu":
+        return torch.get_num_threads()
+    threads = requested or max(1, len(os.sched_getaffinity(0)) - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def weight_files(path: Path) -> list[Path]:
     files = [f for pattern in _WEIGHTS for f in sorted(path.glob(pattern))]
     if not files:

@@ -33,29 +33,28 @@ class ModelRunner:
         self.device = device
         self._offsets = torch.arange(block_size)
 
-    def _slots(self, blocks: list[int], lo: int, hi: int) -> torch.Tensor:
+    def _slots(self, blocks: list[int], lo: int, hi: int) -> list[int]:
         """Cache slots of positions [lo, hi) of a sequence that owns `blocks`."""
-        positions = torch.arange(lo, hi)
-        table = torch.tensor(blocks)
-        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+        bs = self.block_size
+        return [blocks[p // bs] * bs + p % bs for p in range(lo, hi)]
 
     def _layout(self, chunks: list[Chunk]) -> StepLayout:
         bs = self.block_size
-        slots: list[torch.Tensor] = []
+        slots: list[int] = []
         prefills: list[Prefill] = []
         decode_rows: list[int] = []
         decode: list[Chunk] = []
         at = 0
         for c in chunks:
             n = len(c.tokens)
-            slots.append(self._slots(c.blocks, c.start, c.start + n))
+            slots += self._slots(c.blocks, c.start, c.start + n)
             if n == 1:
                 decode_rows.append(at)
                 decode.append(c)
             elif c.start == 0:
                 prefills.append(Prefill(at, at + n, 0, None, None))
             else:
-                seen = self._slots(c.blocks, 0, c.start + n).to(self.device)
+                seen = torch.tensor(self._slots(c.blocks, 0, c.start + n), device=self.device)
                 causal = torch.arange(c.start + n).unsqueeze(0) <= (c.start + torch.arange(n)).unsqueeze(1)
                 prefills.append(Prefill(at, at + n, c.start, seen, causal.to(self.device)))
             at += n
@@ -77,7 +76,7 @@ class ModelRunner:
             rows = torch.tensor(decode_rows)
             context, mask, rows = context.to(self.device), mask.to(self.device), rows.to(self.device)
         return StepLayout(
-            slots=torch.cat(slots).to(self.device),
+            slots=torch.tensor(slots, device=self.device),
             decode_rows=rows,
             decode_context=context,
             decode_mask=mask,

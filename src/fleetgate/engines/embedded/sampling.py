@@ -1,8 +1,8 @@
 """Per-request sampling over a batch: penalties, grammar masks, temperature, top-k, top-p, seeded draws.
 
 All rows are processed together; only what differs per row (a seed's generator, a grammar's mask) is
-touched row by row. A draw is argmax(p / E) with E ~ Exp(1), which samples from p exactly and lets each
-seeded request own its noise, so its output does not depend on what else is in the batch.
+touched row by row. A seeded request draws from its own generator, so its output does not depend on what
+else is in the batch.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ class Sampler:
         temps = [1.0 if g else r.params.temperature for r, g in zip(rows, greedy, strict=True)]
         scaled = logits / torch.tensor(temps, device=self.device).unsqueeze(1)
         probs = self._filtered(scaled, rows).softmax(dim=-1)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        # One uniform number per row (multinomial), not one per vocabulary entry.
+        drawn = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
         for i, r in enumerate(rows):
             if r.generator is not None:
-                noise[i].exponential_(generator=r.generator)
-        drawn = (probs / noise).argmax(dim=-1)
+                drawn[i] = torch.multinomial(probs[i], 1, generator=r.generator)[0]
         if any(greedy):
             drawn = torch.where(torch.tensor(greedy, device=self.device), logits.argmax(dim=-1), drawn)
         return drawn.tolist()

@@ -23,6 +23,7 @@ class EngineSettings:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     seed: int = 0
+    cpu_threads: int | None = None  # None: all cores the process may use but one, which serves HTTP
     demo: bool = False
 
     @property
