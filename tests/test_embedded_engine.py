@@ -426,5 +426,9 @@ def test_errors_have_vllm_shapes(engine: Running, client: openai.OpenAI) -> None
             tools=TRAVEL_TOOLS,
             tool_choice={"type": "function", "function": {"name": "x"}},
         )
+    with pytest.raises(
+        openai.BadRequestError, match="logprobs is not supported by fleetgate's embedded engine"
+    ):
+        client.chat.completions.create(model=MODEL, messages=USER, logprobs=True, max_tokens=2)
     r = httpx.post(f"{engine.url}/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["type"] == "Bad Request"

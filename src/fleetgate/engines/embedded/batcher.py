@@ -125,8 +125,7 @@ class Engine:
         self.masks = Masks(vocab_size)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.sleep_level = 0
-        self.failed: BaseException | None = None
+        self.sleep_level = 0  # never asleep; the metrics say awake, as vLLM's do
         self._inbox: deque[list[Sequence]] = deque()
         self._aborts: deque[Sequence] = deque()
         self._wake = threading.Event()
@@ -170,9 +169,9 @@ class Engine:
             try:
                 with torch.inference_mode():
                     self.step()
-            except Exception as e:
+            except Exception:
+                # A bug or an out-of-memory in one step fails the requests in flight, not the server.
                 log.exception("engine step failed; failing the requests in it")
-                self.failed = e
                 self._fail_all()
             self._deliver()
 
@@ -207,6 +206,7 @@ class Engine:
             self.stats.engine.on_iteration(sum(len(c.tokens) for c in chunks))
             self.stats.on_step(len(work))
             self.postprocess(work, dict(zip(sampled, tokens, strict=True)), time.monotonic())
+        # The block manager records vLLM's KV events for a publisher; this engine publishes none, so they go.
         self.kv.drain_events()
 
     # ---- schedule --------------------------------------------------------------------------------------

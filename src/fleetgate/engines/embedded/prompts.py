@@ -10,7 +10,7 @@ from typing import Any
 
 from fleetgate.engines.embedded.sampling import SamplingParams
 from fleetgate.protocol import BadRequestError
-from fleetgate.sim.requests import ChatMessage
+from fleetgate.sim.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 _NO_TEMPLATE = (
     "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat "
@@ -64,10 +64,7 @@ class Defaults:
             self.values = {k: data[k] for k in ("temperature", "top_p", "top_k") if data.get(k) is not None}
 
     def params(
-        self,
-        body: Any,
-        max_tokens: int,
-        seed: int | None,
+        self, body: ChatCompletionRequest | CompletionRequest, max_tokens: int, seed: int | None
     ) -> SamplingParams:
         def pick(name: str, fallback: float) -> Any:
             value = getattr(body, name, None)

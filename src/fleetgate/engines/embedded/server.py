@@ -42,9 +42,11 @@ from fleetgate.protocol import (
 )
 from fleetgate.sim import render
 from fleetgate.sim import requests as bodies
+from fleetgate.sim.metrics import EngineView
 from fleetgate.sim.replies import reply_error, reply_json, unless_gone
 
 Body = TypeVar("Body", bound=bodies.Body)
+Sampled = bodies.ChatCompletionRequest | bodies.CompletionRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,9 @@ class EmbeddedServer:
         self.embeddings = embeddings
         self.defaults = Defaults(model.path)
         self.created = int(time.time())
-        self.view: Any = engine if engine is not None else embeddings
+        view = engine if engine is not None else embeddings
+        assert view is not None, "a server has an engine or an embedding queue"
+        self.view: EngineView = view
 
     def app(self) -> Starlette:
         routes = [
@@ -162,7 +166,7 @@ class EmbeddedServer:
 
     # ---- generation plumbing ---------------------------------------------------------------------------
     def _sequences(
-        self, prompt: list[int], body: Any, max_tokens: int, matcher: Any, arrival: float
+        self, prompt: list[int], body: Sampled, max_tokens: int, matcher: Any, arrival: float
     ) -> list[Sequence]:
         seqs = []
         backend = self.m.tokenizer.backend_tokenizer
@@ -175,9 +179,11 @@ class EmbeddedServer:
             # Copies are taken now, before the first matcher has consumed anything.
             own = matcher if matcher is None or i == 0 else matcher.deep_copy()
             text = TextOutput(backend, params.stop)
-            seq = Sequence(list(prompt), params, text, matcher=own, generator=generator, params_n=body.n)
-            seq.arrival = arrival
-            seqs.append(seq)
+            seqs.append(
+                Sequence(
+                    prompt, params, text, matcher=own, generator=generator, params_n=body.n, arrival=arrival
+                )
+            )
         return seqs
 
     async def _serve(
@@ -228,6 +234,7 @@ class EmbeddedServer:
         try:
             req = await self._read(request, bodies.ChatCompletionRequest)
             bodies.check_sampling(req)
+            _unsupported(logprobs=bool(req.logprobs))
             mode, callable_tools = self._tool_mode(req)
             tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
             messages = [message_dict(m) for m in req.messages]
@@ -328,6 +335,7 @@ class EmbeddedServer:
         try:
             req = await self._read(request, bodies.CompletionRequest)
             bodies.check_sampling(req)
+            _unsupported(logprobs=req.logprobs is not None, echo=bool(req.echo))
             prompts = self._prompts(req.prompt)
             seqs: list[Sequence] = []
             for p in prompts:
@@ -415,6 +423,13 @@ class EmbeddedServer:
             "model": req.model or self.name,
         }
         return reply_json({**head, "data": data, "usage": usage})
+
+
+def _unsupported(**asked: bool) -> None:
+    """A clear 400 for what vLLM does and this engine does not, rather than an answer without it."""
+    for name, wanted in asked.items():
+        if wanted:
+            raise BadRequestError(f"{name} is not supported by fleetgate's embedded engine", param=name)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
