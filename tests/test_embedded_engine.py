@@ -7,6 +7,7 @@ an ephemeral port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -82,26 +83,31 @@ class Running:
         return httpx.get(f"{self.url}/metrics").text
 
 
-@pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    path = demo_dir(tmp_path_factory)
+@contextlib.contextmanager
+def serving(path: Path, **options: Any) -> Iterator[Running]:
+    """An engine for `path` on an ephemeral port, in this process (uvicorn and the engine on threads)."""
     port = free_port()
-    settings = EngineSettings(
-        model=str(path), served_model_names=[MODEL], port=port, max_num_seqs=16, max_model_len=MAX_MODEL_LEN
-    )
+    settings = EngineSettings(model=str(path), served_model_names=[MODEL], port=port, **options)
     plan = loader.plan(settings, path)
     server = build(settings, plan, loader.load_model(plan), loader.load_tokenizer(path))
     uv = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while not uv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "engine server did not start"
         time.sleep(0.01)
-    yield Running(url, server)
-    uv.should_exit = True
-    thread.join(10)
+    try:
+        yield Running(f"http://127.0.0.1:{port}", server)
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with serving(demo_dir(tmp_path_factory), max_num_seqs=16, max_model_len=MAX_MODEL_LEN) as running:
+        yield running
 
 
 @pytest.fixture
@@ -432,3 +438,25 @@ def test_errors_have_vllm_shapes(engine: Running, client: openai.OpenAI) -> None
         client.chat.completions.create(model=MODEL, messages=USER, logprobs=True, max_tokens=2)
     r = httpx.post(f"{engine.url}/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["type"] == "Bad Request"
+
+
+async def test_preemption_when_the_kv_cache_runs_out(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Six long answers in a cache for one and a half: sequences are preempted, recomputed, and all end."""
+    # 24 blocks of 16 tokens = 384 slots; each request needs ~20 prompt + 200 output tokens.
+    with serving(
+        demo_dir(tmp_path_factory), max_num_seqs=8, max_model_len=256, kv_cache_gib=384 * 512 / 2**30
+    ) as small:
+        assert small.server.engine is not None and small.server.engine.kv.num_blocks == 24
+        client = openai.AsyncOpenAI(base_url=f"{small.url}/v1", api_key="unused", max_retries=0)
+        answers = await asyncio.gather(
+            *(
+                client.completions.create(
+                    model=MODEL, prompt=f"request {i} " * 5, max_tokens=200, extra_body={"ignore_eos": True}
+                )
+                for i in range(6)
+            )
+        )
+        assert [a.usage.completion_tokens if a.usage else 0 for a in answers] == [200] * 6
+        text = small.metrics()
+        assert _sample(text, "vllm:num_preemptions_total") > 0
+        assert _sample(text, "vllm:kv_cache_usage_perc") == 0

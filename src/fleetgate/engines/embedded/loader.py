@@ -250,7 +250,8 @@ def cpu_threads(p: Plan, requested: int | None) -> int:
     """
     if p.device.type != "cpu":
         return torch.get_num_threads()
-    threads = requested or max(1, len(os.sched_getaffinity(0)) - 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = requested or max(1, usable - 1)
     torch.set_num_threads(threads)
     return threads
 
