@@ -95,10 +95,11 @@ class Grammars:
         return "\n".join([start, f"block: {block}", f"call: {calls}", *rules])
 
     def matcher(self, grammar: str) -> LLMatcher:
-        error = LLMatcher.validate_grammar(grammar, self.tokenizer)
-        if error:
-            raise BadRequestError(f"invalid grammar for structured output: {error}")
-        return LLMatcher(self.tokenizer, grammar, log_level=0)
+        # The constructor compiles the grammar and never raises: a bad one leaves the matcher in error.
+        matcher = LLMatcher(self.tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise BadRequestError(f"invalid grammar for structured output: {matcher.get_error()}")
+        return matcher
 
 
 class Masks:
