@@ -34,10 +34,9 @@ WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """What one step produced for a sequence: new text, tokens generated, and the outcome once it ended."""
+    """What one step produced for a sequence: new text, and the outcome once it ended."""
 
     text: str
-    tokens: int
     finish_reason: str | None = None
     stop_reason: str | None = None
 
@@ -324,13 +323,13 @@ class Engine:
         ):
             reason = "length"
         if reason is None:
-            self._outbox.append((seq.stream, Delta(text, 1)))
+            self._outbox.append((seq.stream, Delta(text)))
             return
         if seq.text.stop_hit is None:
             text += seq.text.flush()
         self.running.remove(seq)
         self._finish(seq, reason, now)
-        self._outbox.append((seq.stream, Delta(text, 1, reason, seq.text.stop_hit)))
+        self._outbox.append((seq.stream, Delta(text, reason, seq.text.stop_hit)))
 
     def _finish(self, seq: Sequence, reason: str, now: float) -> None:
         seq.state = FINISHED
@@ -342,7 +341,7 @@ class Engine:
         now = time.monotonic()
         for seq in [*self.running, *self.waiting]:
             self._finish(seq, "error", now)
-            self._outbox.append((seq.stream, Delta("", 0, "error")))
+            self._outbox.append((seq.stream, Delta("", "error")))
         self.running.clear()
         self.waiting.clear()
 

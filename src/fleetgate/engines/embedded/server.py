@@ -470,7 +470,7 @@ def _merged(deltas: list[Delta]) -> Delta:
         return deltas[0]
     last = deltas[-1]
     text = "".join(d.text for d in deltas)
-    return Delta(text, sum(d.tokens for d in deltas), last.finish_reason, last.stop_reason)
+    return Delta(text, last.finish_reason, last.stop_reason)
 
 
 async def _collect(seqs: list[Sequence]) -> list[tuple[str, str, str | None]]:
