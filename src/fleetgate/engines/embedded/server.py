@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from fleetgate import __version__
-from fleetgate.engines.embedded.batcher import Delta, Engine, EngineLimits, Sequence
+from fleetgate.engines.embedded import streams
+from fleetgate.engines.embedded.batcher import Engine, EngineLimits, Sequence
 from fleetgate.engines.embedded.embeddings import EmbedQueue
 from fleetgate.engines.embedded.grammar import Grammars
 from fleetgate.engines.embedded.loader import Plan
@@ -31,7 +32,7 @@ from fleetgate.engines.embedded.metrics import Stats
 from fleetgate.engines.embedded.output import TextOutput
 from fleetgate.engines.embedded.prompts import Defaults, message_dict, render_chat
 from fleetgate.engines.embedded.settings import EngineSettings
-from fleetgate.engines.embedded.tools import ToolCallStream, parse
+from fleetgate.engines.embedded.tools import parse
 from fleetgate.protocol import (
     BadRequestError,
     InternalServerError,
@@ -257,14 +258,17 @@ class EmbeddedServer:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             enc = render.ChatChunks(rid, created, model)
-            return self._stream(seqs, self._chat_chunks(enc, seqs, len(prompt), usage, parse_tools))
+            return self._stream(
+                seqs,
+                streams.chat_chunks(enc, seqs, len(prompt), usage, parse_tools, self._count_streamed_parse),
+            )
 
         async def make() -> Response:
-            results = await _collect(seqs)
+            results = await streams.collect(seqs)
             choices = []
             for i, (text, reason, stop_reason) in enumerate(results):
                 if reason == "error":
-                    return reply_error(InternalServerError("the engine failed while generating"))
+                    return reply_error(InternalServerError(streams.FAILED))
                 content, calls = parse(text) if parse_tools else (text, [])
                 if parse_tools:
                     self._count_tool_parse(streaming=False, called=bool(calls))
@@ -281,36 +285,8 @@ class EmbeddedServer:
         with self.stats.lock:
             self.stats.engine.on_tool_parse(streaming=streaming, called=called)
 
-    async def _chat_chunks(
-        self, enc: render.ChatChunks, seqs: list[Sequence], prompt_len: int, usage: bool, parse_tools: bool
-    ) -> AsyncIterator[bytes]:
-        for i in range(len(seqs)):
-            yield enc.role(i)
-        tool_streams = [ToolCallStream() if parse_tools else None for _ in seqs]
-        async for i, d in _deltas(seqs):
-            if d.finish_reason == "error":
-                yield InternalServerError("the engine failed while generating").to_sse()
-                yield render.DONE
-                return
-            ts = tool_streams[i]
-            if ts is None:
-                if d.finish_reason is not None:
-                    yield enc.finish(i, {"content": d.text}, d.finish_reason, d.stop_reason, not usage)
-                elif d.text:
-                    yield enc.content(i, d.text)
-                continue
-            pieces = ts.feed(d.text)
-            if d.finish_reason is not None:
-                pieces += ts.finish()
-            for piece in pieces:
-                self._count_tool_parse(streaming=True, called="tool_calls" in piece)
-                yield enc.delta(i, piece)
-            if d.finish_reason is not None:
-                reason = "tool_calls" if ts.called and d.finish_reason == "stop" else d.finish_reason
-                yield enc.finish(i, {}, reason, d.stop_reason, not usage)
-        if usage:
-            yield enc.usage(Usage(prompt_len, sum(len(s.output) for s in seqs)))
-        yield render.DONE
+    def _count_streamed_parse(self, called: bool) -> None:
+        self._count_tool_parse(streaming=True, called=called)
 
     # ---- completions -----------------------------------------------------------------------------------
     def _prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -349,12 +325,12 @@ class EmbeddedServer:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             enc = render.CompletionChunks(rid, created, model)
-            return self._stream(seqs, self._completion_chunks(enc, seqs, prompt_tokens, usage))
+            return self._stream(seqs, streams.completion_chunks(enc, seqs, prompt_tokens, usage))
 
         async def make() -> Response:
-            results = await _collect(seqs)
+            results = await streams.collect(seqs)
             if any(reason == "error" for _, reason, _ in results):
-                return reply_error(InternalServerError("the engine failed while generating"))
+                return reply_error(InternalServerError(streams.FAILED))
             choices = [
                 render.completion_choice(i, text, None, reason, stop)
                 for i, (text, reason, stop) in enumerate(results)
@@ -363,22 +339,6 @@ class EmbeddedServer:
             return reply_json(render.completion_body(rid, created, model, choices, usage))
 
         return await self._serve(request, seqs, make)
-
-    async def _completion_chunks(
-        self, enc: render.CompletionChunks, seqs: list[Sequence], prompt_tokens: int, usage: bool
-    ) -> AsyncIterator[bytes]:
-        async for i, d in _deltas(seqs):
-            if d.finish_reason == "error":
-                yield InternalServerError("the engine failed while generating").to_sse()
-                yield render.DONE
-                return
-            if d.finish_reason is not None:
-                yield enc.finish(i, d.text, d.finish_reason, d.stop_reason, not usage)
-            elif d.text:
-                yield enc.text(i, d.text)
-        if usage:
-            yield enc.usage(Usage(prompt_tokens, sum(len(s.output) for s in seqs)))
-        yield render.DONE
 
     # ---- embeddings ------------------------------------------------------------------------------------
     async def embed(self, request: Request) -> Response:
@@ -434,54 +394,6 @@ def _unsupported(**asked: bool) -> None:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": "Not Found"}, status_code=404)
-
-
-async def _deltas(seqs: list[Sequence]) -> AsyncIterator[tuple[int, Delta]]:
-    """Each sequence's output as it comes, several deltas of one sequence merged into one."""
-    if len(seqs) == 1:
-        while True:
-            d = _merged(await seqs[0].stream.next())
-            yield 0, d
-            if d.finish_reason is not None:
-                return
-    queue: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
-
-    async def pump(i: int) -> None:
-        while True:
-            d = _merged(await seqs[i].stream.next())
-            await queue.put((i, d))
-            if d.finish_reason is not None:
-                return
-
-    tasks = [asyncio.ensure_future(pump(i)) for i in range(len(seqs))]
-    try:
-        live = len(seqs)
-        while live:
-            i, d = await queue.get()
-            yield i, d
-            live -= d.finish_reason is not None
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-def _merged(deltas: list[Delta]) -> Delta:
-    if len(deltas) == 1:
-        return deltas[0]
-    last = deltas[-1]
-    text = "".join(d.text for d in deltas)
-    return Delta(text, last.finish_reason, last.stop_reason)
-
-
-async def _collect(seqs: list[Sequence]) -> list[tuple[str, str, str | None]]:
-    """(text, finish_reason, stop_reason) of each sequence once all have finished."""
-    texts = [[] for _ in seqs]  # type: list[list[str]]
-    ends: list[tuple[str, str | None]] = [("", None)] * len(seqs)
-    async for i, d in _deltas(seqs):
-        texts[i].append(d.text)
-        if d.finish_reason is not None:
-            ends[i] = (d.finish_reason, d.stop_reason)
-    return [("".join(t), reason, stop) for t, (reason, stop) in zip(texts, ends, strict=True)]
 
 
 def build(settings: EngineSettings, plan: Plan, model: Any, tokenizer: Any) -> EmbeddedServer:
