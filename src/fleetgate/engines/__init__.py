@@ -1,0 +1,1 @@
+"""How workers run: vLLM (a command line), the in-tree embedded engine, the simulator."""

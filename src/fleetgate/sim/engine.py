@@ -245,16 +245,6 @@ class Engine:
         )
 
     # ---- schedule --------------------------------------------------------------------------------------
-    def _blocks_for(self, req: EngineRequest, upto: int) -> bool:
-        need = -(-upto // self.args.block_size) - len(req.blocks)
-        if need <= 0:
-            return True
-        got = self.kv.allocate(need)
-        if got is None:
-            return False
-        req.blocks += got
-        return True
-
     def _preempt(self, req: EngineRequest) -> None:
         self.running.remove(req)
         self.kv.free(req.blocks)
@@ -274,7 +264,7 @@ class Engine:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.total_len - req.computed, budget)
-            while not self._blocks_for(req, req.computed + n):
+            while not self.kv.grow(req.blocks, req.computed + n):
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted = True
@@ -305,7 +295,7 @@ class Engine:
                     req.cached_tokens = req.computed
                     self.stats.on_prefix_query(len(req.prompt), req.computed)
             n = min(req.total_len - req.computed, budget)
-            if not self._blocks_for(req, req.computed + n):
+            if not self.kv.grow(req.blocks, req.computed + n):
                 self.kv.free(req.blocks)
                 req.blocks = []
                 req.computed = req.committed = 0

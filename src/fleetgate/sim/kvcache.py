@@ -132,6 +132,17 @@ class KVCache:
             out.append(block)
         return out
 
+    def grow(self, blocks: list[Block], tokens: int) -> bool:
+        """Append to `blocks` until they hold `tokens`; False, changing nothing, if too few are free."""
+        need = -(-tokens // self.block_size) - len(blocks)
+        if need <= 0:
+            return True
+        got = self.allocate(need)
+        if got is None:
+            return False
+        blocks += got
+        return True
+
     def _evict(self, block: Block) -> None:
         h = block.hash
         assert h is not None

@@ -11,12 +11,9 @@ import os
 import resource
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from fleetgate.sim.engine import EngineRequest
+from typing import Protocol
 
 _TIME_BUCKETS: tuple[float, ...] = (
     0.3,
@@ -128,11 +125,27 @@ class Histogram:
         self.n += 1
 
 
+class RequestView(Protocol):
+    """What the counters read from a request: the simulator's and the embedded engine's both qualify."""
+
+    prompt: list[int]
+    output: list[int]
+    max_tokens: int
+    params_n: int
+    cached_tokens: int
+    arrival: float
+    scheduled_at: float
+    first_token_at: float
+    last_token_at: float
+
+
 class EngineView(Protocol):
     """What a scrape reads from the engine."""
 
-    running: list[EngineRequest]
-    sleep_level: int
+    @property
+    def running(self) -> Sized: ...
+    @property
+    def sleep_level(self) -> int: ...
 
     def waiting_by_reason(self) -> tuple[int, int]: ...
     def lora_state(self) -> tuple[list[str], list[str]]: ...
@@ -176,7 +189,7 @@ class EngineStats:
         self.h_prefill_kv = h(_TOKEN_BUCKETS)
 
     # ---- updates from the engine -----------------------------------------------------------------------
-    def on_arrival(self, req: EngineRequest) -> None:
+    def on_arrival(self, req: RequestView) -> None:
         self.h_max_tokens.observe(req.max_tokens)
 
     def on_prefix_query(self, prompt_tokens: int, hit_tokens: int) -> None:
@@ -189,7 +202,7 @@ class EngineStats:
     def on_token_gap(self, seconds: float) -> None:
         self.h_itl.observe(seconds)
 
-    def on_finish(self, req: EngineRequest, reason: str, now: float) -> None:
+    def on_finish(self, req: RequestView, reason: str, now: float) -> None:
         self.success[reason] += 1
         out = len(req.output)
         self.generation_tokens += out

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from fleetgate.protocol import SSE_DONE, Usage, sse_event
+from fleetgate.protocol import SSE_DONE, Usage, random_id, sse_event
 
 FINGERPRINT = "vllm-0.26.0-nohash"
 
@@ -136,6 +136,35 @@ class CompletionChunks:
 
 
 DONE = SSE_DONE
+
+
+def model_card(name: str, root: str, parent: str | None, max_len: int | None, created: int) -> dict[str, Any]:
+    """One entry of /v1/models."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_len,
+        "permission": [
+            {
+                "id": random_id("modelperm-"),
+                "object": "model_permission",
+                "created": created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ],
+    }
 
 
 def chat_message(content: str | None, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:

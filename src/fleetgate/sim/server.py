@@ -33,7 +33,7 @@ from fleetgate.sim.faults import Faults, fault_error
 from fleetgate.sim.kv_publisher import KVEventPublisher, KVEventsConfig
 from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile
-from fleetgate.sim.replies import reply_error, reply_json, until_disconnect
+from fleetgate.sim.replies import reply_error, reply_json, unless_gone, until_disconnect
 from fleetgate.sim.requests import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -240,31 +240,7 @@ class SimServer:
         return PlainTextResponse(self.stats.render(self.engine), media_type="text/plain; version=0.0.4")
 
     def _model_entry(self, name: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
-        return {
-            "id": name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "vllm",
-            "root": root,
-            "parent": parent,
-            "max_model_len": max_len,
-            "permission": [
-                {
-                    "id": random_id("modelperm-"),
-                    "object": "model_permission",
-                    "created": self.created,
-                    "allow_create_engine": False,
-                    "allow_sampling": True,
-                    "allow_logprobs": True,
-                    "allow_search_indices": False,
-                    "allow_view": True,
-                    "allow_fine_tuning": False,
-                    "organization": "*",
-                    "group": None,
-                    "is_blocking": False,
-                }
-            ],
-        }
+        return render.model_card(name, root, parent, max_len, self.created)
 
     async def models(self, request: Request) -> Response:
         data = [
@@ -379,16 +355,9 @@ class SimServer:
     ) -> Response:
         """Serve a non-streamed answer, aborting the engine work if the client leaves first."""
         self.in_flight += 1
-        work = asyncio.ensure_future(make())
-        gone = asyncio.ensure_future(until_disconnect(request))
         try:
-            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                return work.result()
-            work.cancel()
-            return Response(status_code=499)
+            return await unless_gone(request, make())
         finally:
-            gone.cancel()
             for r in reqs:
                 self.engine.abort(r)
             self.in_flight -= 1
