@@ -27,7 +27,6 @@ from fleetgate.tokenizer import Tokenizer, chat_turns, generation_prompt_ids, tu
 __all__ = ["PromptHasher", "PromptInfo", "TokenizerMode"]
 
 TokenizerMode = Literal["none", "builtin"]
-_MAX_ID = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +36,17 @@ class PromptInfo:
     session: int | None  # the conversation before its last user turn, when it has one
 
 
-def _token_prompt(prompt: object) -> list[int] | None:
+def _token_prompt(prompt: object) -> array[int] | None:
+    """A token-id prompt as packed ids; None for text, or for ids no vocabulary has (the engine refuses
+    those itself)."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
         prompt = prompt[0]  # a batch: the first prompt decides
-    if not isinstance(prompt, list) or not prompt:
+    if not isinstance(prompt, list) or not prompt or type(prompt[0]) is not int:
         return None
-    if all(type(t) is int and 0 <= t <= _MAX_ID for t in prompt):
-        return prompt
-    return None
+    try:
+        return array("I", prompt)  # checks every item is an int in range, at C speed
+    except (TypeError, OverflowError):
+        return None
 
 
 class PromptHasher:
@@ -77,7 +79,7 @@ class PromptHasher:
             prompt = body.get("prompt")
             ids = _token_prompt(prompt)
             if ids is not None:
-                chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
+                chain = Chain.start(self.block_bytes, seed).extend(ids.tobytes())
                 return PromptInfo(chain.keys or [], len(ids), None)
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]
