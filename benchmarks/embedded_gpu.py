@@ -29,7 +29,7 @@ def write_random_weights(model_dir: Path) -> None:
 
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)  # type: ignore[no-untyped-call]
     model.save_pretrained(model_dir, safe_serialization=True)
 
 
