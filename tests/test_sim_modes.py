@@ -216,6 +216,40 @@ def test_replicas_are_independent_processes(sim_factory: SimFactory) -> None:
     assert sim.stop() == 0
 
 
+def test_a_replica_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
+    """Replica 2's port is taken: the supervisor must not leave replica 1 serving as if the fleet were whole."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    for _ in range(20):  # a free port whose successor we can take
+        base = free_port()
+        taken = socket.socket()
+        try:
+            taken.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            taken.close()
+    taken.listen()
+    cmd = [sys.executable, "-m", "fleetgate", "sim", "--replicas", "2", "--port", str(base),
+           "--startup-time", "0", "--served-model-name", "m"]  # fmt: skip
+    log = tmp_path / "sim.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        code = proc.wait(60)
+    finally:
+        taken.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0
+    assert "address already in use" in log.read_text().lower()
+    with socket.socket() as probe:  # replica 1 was stopped too: its port is free again
+        probe.bind(("127.0.0.1", base))
+
+
 def test_startup_log_is_printed_before_listening(sim_factory: SimFactory) -> None:
     sim = sim_factory("--served-model-name", "m")
     log = sim.log.read_text()

@@ -101,16 +101,31 @@ def run_one(s: SimSettings, startup_seconds: float, non_default_args: dict[str, 
 
 
 def supervise(argv_for: Sequence[list[str]]) -> int:
-    """Run one child process per replica; forward SIGINT/SIGTERM; exit when all have exited."""
-    children = [subprocess.Popen([sys.executable, "-m", "fleetgate", *argv]) for argv in argv_for]
+    """Run one child process per replica; forward SIGINT/SIGTERM; exit when all have exited. A replica that
+    fails (a port in use, a bad flag) stops the others: a fleet missing a replica must not look healthy."""
+    children = {
+        c.pid: c for c in (subprocess.Popen([sys.executable, "-m", "fleetgate", *argv]) for argv in argv_for)
+    }
+    stopping = False
 
-    def forward(signum: int, _frame: object) -> None:
-        for c in children:
-            if c.poll() is None:
+    def stop_all(signum: int) -> None:
+        nonlocal stopping
+        stopping = True
+        for c in children.values():
+            if c.returncode is None:
                 c.send_signal(signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    codes = [c.wait() for c in children]
-    # A replica stopped by our own signal exited cleanly from the user's point of view.
+    signal.signal(signal.SIGINT, lambda signum, _frame: stop_all(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_all(signum))
+    codes: list[int] = []
+    while len(codes) < len(children):
+        pid, status = os.wait()
+        child = children.get(pid)
+        if child is None:
+            continue
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        codes.append(code)
+        # A replica stopped by our own signal exited cleanly from the user's point of view.
+        if code not in (0, -signal.SIGINT, -signal.SIGTERM) and not stopping:
+            stop_all(signal.SIGTERM)
     return max((0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code) for code in codes)
