@@ -217,7 +217,7 @@ def test_replicas_are_independent_processes(sim_factory: SimFactory) -> None:
 
 
 def test_a_replica_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
-    """Replica 2's port is taken: the supervisor must not leave replica 1 serving as if the fleet were whole."""
+    """Replica 2's port is taken: the supervisor must not leave replica 1 serving as if all were well."""
     import socket
     import subprocess
     import sys
