@@ -629,8 +629,10 @@ class RoutingConfig(BaseModel):
     picker: Literal["max", "weighted_random", "round_robin"] = Field(
         default="max", description="max | weighted_random | round_robin (ignores scorers)."
     )
-    tokenizer: Literal["none", "builtin"] = Field(
-        default="none", description="How prompts become block keys: none (text) | builtin (simulator's)."
+    tokenizer: str = Field(
+        default="none",
+        description="How prompts become block keys: none (text) | builtin (the simulator's) | a model's "
+        "directory or hub id (its own tokenizer and chat template; needs the [embedded] extra).",
     )
     block_size: int = Field(default=16, ge=1, le=1024, description="Tokens per KV block (vLLM's).")
     index_blocks: int = Field(
@@ -646,6 +648,13 @@ class RoutingConfig(BaseModel):
     debug_headers: bool = Field(
         default=False, description="Add x-fleetgate-endpoint/-route/-prefix-hit to responses."
     )
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"must be none, builtin, or a model directory or hub id (got {value!r})")
+        return value
 
     @field_validator("scorers")
     @classmethod

@@ -1,7 +1,9 @@
 """From a request body to what prefix and session routing need: block keys, a prompt size, a session key.
 
 A pool's tokenizer decides the key space (`prefix_keys`): `builtin` renders chats and tokenizes them exactly
-as fleetgate's simulator does, so its keys meet the simulator's KV events; `none` hashes the rendered text.
+as fleetgate's simulator does, so its keys meet the simulator's KV events; a model's directory or hub id loads
+that model's own tokenizer and chat template (transformers), so its keys meet a real vLLM's events; `none`
+hashes the rendered text.
 Token-id prompts (`/v1/completions` with a list of ints) are always hashed as tokens: those are the engine's
 own ids.
 
@@ -17,16 +19,15 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
+from fleetgate.chat_template import render_ids, template_message
 from fleetgate.fleet.prefix_keys import BYTES_PER_TOKEN, Chain, seed_for
 from fleetgate.tokenizer import Tokenizer, chat_turns, generation_prompt_ids, turn_ids
 
-__all__ = ["PromptHasher", "PromptInfo", "TokenizerMode"]
-
-TokenizerMode = Literal["none", "builtin"]
+__all__ = ["PromptHasher", "PromptInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,12 @@ def _token_prompt(prompt: object) -> array[int] | None:
 class PromptHasher:
     """One per pool. Thread-safe: large prompts are hashed in a worker thread, off the event loop."""
 
-    def __init__(self, mode: TokenizerMode, block_size: int = 16, cache_size: int = 4096) -> None:
+    def __init__(self, mode: str, block_size: int = 16, cache_size: int = 4096) -> None:
+        """`mode`: "none", "builtin", or a model directory / hub id whose tokenizer to load."""
         self.mode = mode
         self.block_size = block_size
         self.tokenizer = Tokenizer() if mode == "builtin" else None
+        self.model_tokenizer = None if mode in ("none", "builtin") else _load_model_tokenizer(mode)
         self._cache: OrderedDict[tuple[int, int], Chain] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -95,6 +98,11 @@ class PromptHasher:
         return None
 
     def _text(self, text: str, seed: int) -> PromptInfo:
+        if self.model_tokenizer is not None:
+            # vLLM tokenizes a completions prompt with the tokenizer's special tokens (a BOS, for most).
+            ids = self.model_tokenizer.encode(text)
+            chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
+            return PromptInfo(chain.keys or [], len(ids), None)
         if self.tokenizer is not None:
             ids = self.tokenizer.encode(text)
             chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
@@ -109,6 +117,8 @@ class PromptHasher:
         return f"<|im_start|>{role}\n{text}<|im_end|>\n".encode()
 
     def _chat(self, messages: Sequence[Mapping[str, Any]], tools: list[Any] | None, seed: int) -> PromptInfo:
+        if self.model_tokenizer is not None:
+            return self._templated(messages, tools, seed)
         turns = chat_turns(messages, tools)
         # A running signature of the turns so far names each conversation prefix (in this process only).
         sig = hash((seed, orjson.dumps(tools) if tools else b""))
@@ -141,12 +151,48 @@ class PromptHasher:
         session = _session(messages, sigs, len(turns) - len(messages))
         return PromptInfo(chain.keys or [], size, session)
 
+    def _templated(
+        self, messages: Sequence[Mapping[str, Any]], tools: list[Any] | None, seed: int
+    ) -> PromptInfo:
+        """The model's own template over the whole conversation (templates see all messages at once, so this
+        path is not incremental); a template that refuses the messages leaves the prompt unhashed."""
+        from jinja2 import TemplateError
+
+        try:
+            ids = render_ids(self.model_tokenizer, [template_message(m) for m in messages], tools)
+        except (TemplateError, TypeError, ValueError):
+            return PromptInfo([], 0, None)
+        chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
+        sigs = []
+        sig = hash(seed)
+        for m in messages:
+            sig = hash((sig, str(m.get("role")), str(m.get("content"))))
+            sigs.append(sig)
+        return PromptInfo(chain.keys or [], len(ids), _session(messages, sigs, 0))
+
     def _remember(self, key: tuple[int, int], chain: Chain) -> None:
         with self._lock:
             self._cache[key] = chain
             self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+
+
+def _load_model_tokenizer(source: str) -> Any:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ValueError(
+            f"routing.tokenizer {source!r} is a model's tokenizer, which needs transformers: "
+            "pip install 'fleetgate[embedded]'"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"routing.tokenizer {source!r}: cannot load a tokenizer from it ({e})") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"routing.tokenizer {source!r}: the tokenizer has no chat template")
+    return tokenizer
 
 
 def _session(messages: Sequence[Mapping[str, Any]], sigs: list[int], offset: int) -> int | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fleetgate.chat_template import render_ids, template_message
 from fleetgate.engines.embedded.sampling import SamplingParams
 from fleetgate.protocol import BadRequestError
 from fleetgate.sim.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
@@ -19,17 +19,7 @@ _NO_TEMPLATE = (
 
 
 def message_dict(m: ChatMessage) -> dict[str, Any]:
-    """A message as chat templates expect it: text content as one string, tool-call arguments as objects."""
-    d = m.model_dump(exclude_none=True)
-    content = d.get("content")
-    if isinstance(content, list):
-        d["content"] = "".join(str(p.get("text", "")) for p in content if p.get("type", "text") == "text")
-    for call in d.get("tool_calls") or ():
-        fn = call.get("function", {})
-        # A template that wants a string still gets one when the arguments are not JSON.
-        with contextlib.suppress(json.JSONDecodeError):
-            fn["arguments"] = json.loads(fn.get("arguments") or "{}")
-    return d
+    return template_message(m.model_dump(exclude_none=True))
 
 
 def render_chat(
@@ -43,14 +33,9 @@ def render_chat(
     from jinja2 import TemplateError
 
     try:
-        text = tokenizer.apply_chat_template(
-            list(messages), tools=list(tools) if tools else None, add_generation_prompt=add_generation_prompt,
-            tokenize=False,
-        )  # fmt: skip
+        return render_ids(tokenizer, messages, tools, add_generation_prompt)
     except TemplateError as e:
         raise BadRequestError(f"the chat template failed on these messages: {e}") from None
-    ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
-    return ids
 
 
 class Defaults:
