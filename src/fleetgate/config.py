@@ -68,6 +68,7 @@ __all__ = [
     "ShutdownConfig",
     "TimeoutsConfig",
     "WorkersConfig",
+    "config_for_model",
     "config_from_upstreams",
     "config_path",
     "dump_config",
@@ -718,7 +719,9 @@ class WorkersConfig(BaseModel):
     backoff_base: float = _seconds(1.0, "First restart delay after a crash, s; doubles per failure.")
     backoff_cap: float = _seconds(60.0, "Longest restart delay, s.")
     max_failures: int = Field(default=5, ge=1, description="Failures in a row that mark the pool failed.")
-    startup_timeout: float = _seconds(1800.0, "Seconds a worker may take to become ready (download included).")
+    startup_timeout: float = _seconds(
+        1800.0, "Seconds a worker may take to become ready (download included)."
+    )
     drain_deadline: float = Field(
         default=60.0, ge=0, allow_inf_nan=False, description="Seconds in-flight streams get before a stop."
     )
@@ -764,8 +767,11 @@ class WorkersConfig(BaseModel):
             problems.append((("gpus",), "names a GPU twice"))
         if self.gpus is not None and self.worker_gpus * self.max_workers > len(self.gpus):
             problems.append(
-                (("max_workers",), f"{self.max_workers} workers of {self.worker_gpus} GPU(s) need more "
-                 f"than the {len(self.gpus)} listed in gpus")  # fmt: skip
+                (
+                    ("max_workers",),
+                    f"{self.max_workers} workers of {self.worker_gpus} GPU(s) need more "
+                    f"than the {len(self.gpus)} listed in gpus",
+                )
             )
         if problems:
             raise _problems(*problems)
@@ -1079,8 +1085,50 @@ def config_from_upstreams(
         raise ConfigError(problems) from None
 
 
+def config_for_model(
+    model: str,
+    *,
+    engine: str,
+    served_model_name: str | None,
+    engine_args: Sequence[str],
+    gpus: Sequence[str] | None,
+    min_workers: int,
+    max_workers: int,
+    idle_timeout: float,
+) -> FleetConfig:
+    """The one-liner (`fleetgate serve MODEL`): one pool "default" of started workers; everything else
+    default. Raises ConfigError naming the flag."""
+    workers: dict[str, Any] = {
+        "engine": engine,
+        "model": model,
+        "engine_args": list(engine_args),
+        "min_workers": min_workers,
+        "max_workers": max_workers,
+        "idle_timeout": idle_timeout,
+    }
+    if served_model_name is not None:
+        workers["served_model_name"] = served_model_name
+    if gpus is not None:
+        workers["gpus"] = list(gpus)
+    data: dict[str, Any] = {"pools": [{"name": "default", "workers": workers}]}
+    try:
+        return FleetConfig.model_validate(data, context={"env": os.environ})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            for loc, message in _explain(err):
+                problems.append(Problem("<command line>", 0, 0, _flag_for(loc), message))
+        raise ConfigError(problems) from None
+
+
 def _flag_for(loc: Loc) -> str:
     match loc:
+        case ("pools", 0, "workers", "model", *_):
+            return "MODEL"
+        case ("pools", 0, "workers", "engine_args", *_):
+            return "engine flags (after --)"
+        case ("pools", 0, "workers", str(field), *_):
+            return f"--{field.replace('_', '-')}"
         case ("pools", 0, "endpoints", int(i), *_):
             return f"--upstream #{i + 1}"
         case ("pools", 0, "endpoints", *_):

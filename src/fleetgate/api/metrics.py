@@ -117,7 +117,7 @@ class GatewayMetrics(RelayObserver):
             "fleetgate_cold_starts", "Worker processes started that became ready.", ["pool"], registry=r
         )
         self.cold_start_seconds = Histogram(
-            "fleetgate_cold_start_seconds", "Cold start time by phase (init, download, load, compile; total).",
+            "fleetgate_cold_start_seconds", "Cold start time by phase (init, download, load, compile; total)",
             ["pool", "phase"], buckets=_STARTUP, registry=r,
         )  # fmt: skip
         self.held = Counter(

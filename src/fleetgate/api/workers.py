@@ -76,6 +76,7 @@ class _Seen:
     """What of a worker the metrics have counted already."""
 
     timeline: object = None
+    phase: str = ""
     restarts: int = 0
     wakes: int = 0
 
@@ -254,6 +255,9 @@ class WorkerFleet:
                 m.wake_seconds.labels(name).observe(w.last_wake_seconds)
             seen.wakes = w.wakes
         t = w.timeline
+        if t is not None and t.ready_at is None and t.phase.value != seen.phase:
+            seen.phase = t.phase.value
+            log.info("%s: %s", w.id, seen.phase)
         if t is not None and t.total is not None and seen.timeline is not t:
             seen.timeline = t
             m.cold_starts.labels(name).inc()
