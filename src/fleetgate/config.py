@@ -823,7 +823,9 @@ class PoolConfig(BaseModel):
     def _consistent(self) -> Self:
         problems: list[tuple[Loc, str]] = []
         if not self.endpoints and self.workers is None:
-            problems.append((("endpoints",), "a pool needs endpoints (fixed URLs) or workers (started here)"))
+            problems.append(
+                (("endpoints",), "a pool needs at least one endpoint, or workers that fleetgate starts")
+            )
         if self.endpoints and self.workers is not None:
             problems.append((("workers",), "give either endpoints or workers, not both"))
         seen: dict[str, int] = {}
