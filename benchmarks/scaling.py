@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,8 @@ class Phase:
 
 
 def bursty() -> list[Phase]:
-    return [Phase(5, 0), Phase(10, 8), Phase(25, 0), Phase(10, 8), Phase(20, 0)]
+    # Bursts twice the cold start (about 10 s at K=10), idle gaps long enough to scale to zero in between.
+    return [Phase(5, 0), Phase(20, 8), Phase(40, 0), Phase(20, 8), Phase(15, 0)]
 
 
 def diurnal(total: float = 60.0, steps: int = 12, peak: float = 10.0) -> list[Phase]:
@@ -105,20 +107,21 @@ pools:
       max_workers: {args.max_workers}
       idle_timeout: {args.idle_timeout}
       sleep: {str(args.sleep).lower()}
-      scaling: {{rule: request_count, target: {args.target}, interval: 0.25}}
+      scaling: {{rule: {args.rule}, target: {args.target}, interval: 0.25}}
       stabilization_window: {args.idle_timeout}
       scale_up_period: 1
       log_dir: {logs}
 """
 
 
-async def poll_fleet(admin: str, stop: asyncio.Event, fleet: Fleet) -> None:
-    async with httpx.AsyncClient(timeout=2.0) as http:
+def poll_fleet(admin: str, stop: threading.Event, fleet: Fleet) -> None:
+    """On a thread of its own: the client's event loop, busy with streams, would date readiness late."""
+    with httpx.Client(timeout=2.0) as http:
         last = time.monotonic()
         had_ready = False
         seen_starts: set[tuple[str, float | None]] = set()
         while not stop.is_set():
-            pool = (await http.get(f"{admin}/admin/fleet")).json()["pools"]["llama"]
+            pool = http.get(f"{admin}/admin/fleet").json()["pools"]["llama"]
             now = time.monotonic()
             workers = pool["workers"]
             held = [w for w in workers if w["state"] in ("starting", "ready", "draining", "sleeping")]
@@ -135,7 +138,7 @@ async def poll_fleet(admin: str, stop: asyncio.Event, fleet: Fleet) -> None:
                     seen_starts.add((w["id"], w["cold_start_s"]))
                 fleet.wakes = max(fleet.wakes, sum(x["wakes"] for x in workers))
             fleet.cold_starts = len(seen_starts)
-            await asyncio.sleep(POLL)
+            stop.wait(POLL)
 
 
 async def one(sdk: openai.AsyncOpenAI, r: Result) -> None:
@@ -188,14 +191,15 @@ def first_after_idle(results: list[Result], fleet: Fleet, idle: float) -> list[f
 
 
 async def measure(url: str, admin: str, phases: list[Phase], seed: int) -> tuple[list[Result], Fleet, float]:
-    stop = asyncio.Event()
+    stop = threading.Event()
     fleet = Fleet()
-    poller = asyncio.create_task(poll_fleet(admin, stop, fleet))
+    poller = threading.Thread(target=poll_fleet, args=(admin, stop, fleet), daemon=True)
+    poller.start()
     started = time.monotonic()
     results = await drive(url, phases, seed)
     wall = time.monotonic() - started
     stop.set()
-    await poller
+    poller.join()
     return results, fleet, wall
 
 
@@ -248,7 +252,8 @@ def main() -> None:
     p.add_argument("--sleep", action="store_true", help="scale down by sleeping (and also run without)")
     p.add_argument("--time-scale", type=float, default=10.0, help="K: the simulator's times divided by K")
     p.add_argument("--max-workers", type=int, default=4)
-    p.add_argument("--target", type=float, default=8.0, help="request_count target per worker")
+    p.add_argument("--rule", choices=["queue_delay", "request_count", "concurrency"], default="queue_delay")
+    p.add_argument("--target", type=float, default=2.0, help="the rule's target (queue_delay: seconds)")
     p.add_argument("--idle-timeout", type=float, default=5.0)
     p.add_argument("--slo", type=float, default=1.0, help="TTFT SLO, seconds")
     p.add_argument("--seed", type=int, default=0)
