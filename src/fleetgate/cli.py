@@ -434,10 +434,15 @@ def serve(
     port: Annotated[int, typer.Option(help="Port the gateway listens on.")] = 8000,
     admin_port: AdminPortOpt = None,
 ) -> None:
-    """Serve one model behind the gateway: [bold]fleetgate serve MODEL[/bold] replaces
-    [bold]vllm serve MODEL[/bold], with workers started, scaled and stopped for you.
+    """Serve one model behind the gateway, with workers started, scaled and stopped for you.
 
-    Engine flags go after [bold]--[/bold]:  fleetgate serve Qwen/Qwen2.5-7B-Instruct -- --max-model-len 8192
+    The one-liner that replaces [bold]vllm serve MODEL[/bold]. Engine flags go after [bold]--[/bold]:
+
+    fleetgate serve Qwen/Qwen2.5-7B-Instruct --max-workers 2 -- --max-model-len 8192
+
+    fleetgate serve demo --engine embedded            (a tiny demo model on the CPU)
+
+    fleetgate serve h200-llama-3.1-8b --engine sim --min-workers 0   (a simulated vLLM)
     """
     from fleetgate.config import ConfigError, config_for_model
 
