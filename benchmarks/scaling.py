@@ -276,7 +276,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['trace']} | {'sleep' if r['sleep'] else 'stop'} | {r['requests']} ({r['held']}) | "
               f"{r['client_errors']} | {r['first_after_idle_ttft_minus_ready_s']} | {r['gpu_seconds']} / "
-              f"{r['always_on_gpu_seconds']} ({float(r['gpu_share']):.0%}) | {float(r['awake_share']):.0%} | "
+              f"{r['always_on_gpu_seconds']} ({r['gpu_share']:.0%}) | {r['awake_share']:.0%} | "
               f"{r['slo_attainment']} | {r['cold_starts']} | {r['wakes']} |")  # fmt: skip
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=2))

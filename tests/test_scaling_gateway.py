@@ -206,3 +206,28 @@ def test_serve_the_embedded_demo_model(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "fleetgate", "serve", "demo", "--engine", "embedded", "--host", "127.0.0.1",
            "--port", str(port), "--admin-port", str(admin_port)]  # fmt: skip
     _run_until_answer(cmd, port, admin_port, tmp_path / "embedded.log")
+
+
+def test_concurrency_rule_caps_streams_per_worker_and_cold_pools_hold() -> None:
+    from fleetgate.admission.flow import FlowQueue
+    from fleetgate.api.workers import WorkerPool, pool_spec
+    from fleetgate.config import parse_config
+    from fleetgate.fleet.state import Endpoint, PoolState
+
+    pc = parse_config(
+        "pools:\n  - name: p\n    workers: {engine: sim, model: m, scaling: {rule: concurrency, target: 2}}\n"
+    ).pools[0]
+    assert pc.workers is not None
+    endpoints: list[Endpoint] = []
+    wp = WorkerPool(
+        pc.workers, pool_spec(pc), endpoints, PoolState("p", endpoints), FlowQueue("p", float, 8, 1)
+    )
+    assert wp.cold() and wp.room(float("inf")) == 0  # held, not refused
+    e = Endpoint(name="p-1", url="http://127.0.0.1:1", pool="p", max_streams=wp.max_streams)
+    e.probe_ok()
+    endpoints.append(e)
+    assert not wp.cold() and wp.room(float("inf")) == 2
+    e.in_flight = 2
+    assert not e.routable() and wp.room(float("inf")) == 0
+    wp.failure = "exited with code 2"
+    assert wp.room(0.0) == float("inf")  # held requests go to hear why
