@@ -427,7 +427,8 @@ class PublicApp:
             if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
                 await pool.loader.ensure(adapter)
             wp = pool.workers
-            held = wp is not None and _check_cold(wp, pool.config.name)
+            _raise_if_failed(pool)
+            held = wp is not None and wp.cold()  # no worker ready: held while one starts or wakes
             if held:
                 gw.metrics.held.labels(pool.config.name).inc()
             try:
@@ -448,8 +449,7 @@ class PublicApp:
                 gw.metrics.queue_wait.labels(pool.config.name).observe(waited)
             if held:
                 gw.metrics.hold_seconds.labels(pool.config.name).observe(waited)
-            if wp is not None:
-                _check_cold(wp, pool.config.name)
+            _raise_if_failed(pool)  # it may have failed while the request was held
             await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
         except OpenAIError as e:
             if downstream is None or not downstream.started:
@@ -498,11 +498,10 @@ class PublicApp:
         return call, pool, body
 
 
-def _check_cold(wp: WorkerPool, name: str) -> bool:
-    """Whether a request must be held for a worker; a failed pool answers why instead."""
-    if wp.failure is not None:
-        raise ServiceUnavailableError(f"pool '{name}' failed: {wp.failure}")
-    return wp.cold()
+def _raise_if_failed(pool: Pool) -> None:
+    """A pool whose workers failed too often answers why, at once."""
+    if pool.workers is not None and pool.workers.failure is not None:
+        raise ServiceUnavailableError(f"pool '{pool.config.name}' failed: {pool.workers.failure}")
 
 
 def _is_adapter(pool: Pool, model: str) -> bool:
