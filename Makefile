@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run` listens here (the admin port serves /metrics, /admin/fleet and `fleetgate status`).
+PORT ?= 8000
+ADMIN_PORT ?= 8001
 
 .PHONY: run test lint typecheck unit fmt clean
 
@@ -12,14 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,embedded]'
 	touch $(STAMP)
 
-# The most complete thing that exists today: the gateway on :8000 in front of two simulated vLLM servers
-# (Llama-3.1-8B on an H200) on :8101 and :8102. Ctrl-C stops all three.
+# The quick start (a demo): the gateway on :$(PORT) with one embedded worker serving a tiny model made on first
+# run (random weights: its answers are meaningless). Ctrl-C stops both. examples/embedded.yaml says what to
+# change for a real model; `fleetgate up examples/sim-fleet.yaml` shows scaling without a GPU.
 run: $(STAMP)
-	@$(BIN)/fleetgate sim --profile h200-llama-3.1-8b --replicas 2 --port 8101 --served-model-name llama-8b \
-		--startup-time 3 > .sim.log 2>&1 & SIM=$$!; \
-	trap 'kill -TERM $$SIM 2>/dev/null; wait $$SIM 2>/dev/null' EXIT INT TERM; \
-	echo "simulators starting on :8101 and :8102 (log: .sim.log)"; \
-	$(BIN)/fleetgate gateway --upstream http://127.0.0.1:8101 --upstream http://127.0.0.1:8102 --port 8000
+	@echo "fleetgate DEMO: a tiny random-weight model (its output is meaningless), made on first run."
+	@echo "  base URL:  http://127.0.0.1:$(PORT)/v1   (model: demo; admin and /metrics on :$(ADMIN_PORT))"
+	@echo "  try:       curl -s http://127.0.0.1:$(PORT)/v1/chat/completions -H 'content-type: application/json' \\"
+	@echo "               -d '{\"model\": \"demo\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
+	@echo "  real model: set workers.model in examples/embedded.yaml to a model directory or hub id"
+	@echo "              (or: $(BIN)/fleetgate serve Qwen/Qwen2.5-0.5B-Instruct --engine embedded)"
+	@echo "  status:    $(BIN)/fleetgate status --admin http://127.0.0.1:$(ADMIN_PORT)   Ctrl-C stops everything."
+	@exec $(BIN)/fleetgate up examples/embedded.yaml --port $(PORT) --admin-port $(ADMIN_PORT)
 
 test: lint typecheck unit
 

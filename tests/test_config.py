@@ -580,7 +580,58 @@ def test_empty_pools_and_pools_without_endpoints(tmp_path: Path) -> None:
         "fleet.yaml:2:5: pools[0].endpoints",
         "fleet.yaml:4:26: pools[1].endpoints",
     ]
-    assert all("not supported yet" in line for line in lines)
+    assert all("or workers that fleetgate starts" in line for line in lines)
+
+
+WORKERS = """
+pools:
+  - name: sim
+    workers:
+      engine: sim
+      model: h200-llama-3.1-8b
+"""
+
+
+def test_workers_defaults_map_to_a_pool_spec(tmp_path: Path) -> None:
+    from fleetgate.api.workers import pool_spec
+    from fleetgate.scaling.spec import RuleKind
+
+    cfg = load_config(write(tmp_path, WORKERS), env={})
+    pool = cfg.pools[0]
+    assert pool.model_map() == {"h200-llama-3.1-8b": "h200-llama-3.1-8b"}
+    spec = pool_spec(pool)
+    assert (spec.min_workers, spec.max_workers, spec.rule.kind) == (0, 1, RuleKind.QUEUE_DELAY)
+    assert spec.worker.gpus_per_worker == 0 and not spec.worker.sleep and spec.worker.sleep_level == 1
+    vllm = WORKERS.replace("engine: sim", "engine: vllm") + "      served_model_name: m\n"
+    vpool = load_config(write(tmp_path, vllm), env={}).pools[0]
+    assert pool_spec(vpool).worker.gpus_per_worker == 1
+    assert vpool.model_map() == {"m": "m"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (
+            "    endpoints: [http://a:1]\n",
+            "5:7: pools[0].workers: give either endpoints or workers, not both",
+        ),
+        (
+            "      min_workers: 3\n      max_workers: 2\n",
+            "7:20: pools[0].workers.min_workers: must not exceed",
+        ),
+        ("      sleep: true\n", "7:14: pools[0].workers.sleep: the embedded engine has no sleep mode"),
+        ("      scaling: {rule: fast}\n", "7:23: pools[0].workers.scaling.rule: should be 'queue_delay'"),
+        ("      sleep_level: 3\n", "7:20: pools[0].workers.sleep_level: should be 1 or 2"),
+        (
+            "      gpus: ['0']\n      gpus_per_worker: 1\n      max_workers: 2\n",
+            "9:20: pools[0].workers.max_workers: 2 workers of 1 GPU",
+        ),
+    ],
+)
+def test_workers_problems_point_at_the_file(tmp_path: Path, extra: str, error: str) -> None:
+    text = WORKERS.replace("engine: sim", "engine: embedded") + extra
+    (line,) = errors(tmp_path, text)
+    assert line.startswith(f"fleet.yaml:{error}"), line
 
 
 def test_yaml_level_problems(tmp_path: Path) -> None:

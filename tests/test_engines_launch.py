@@ -42,6 +42,7 @@ def test_sim_and_embedded_command_lines() -> None:
     assert e.argv == [*module, "--model", "/models/tiny", *SERVE, "--device", "cpu", "--dtype", "float32"]
     assert "--device" in (g := embedded_launch.command(args(gpus=["1"]))).argv
     assert g.argv[g.argv.index("--device") + 1] == "cuda"
+    assert embedded_launch.command(args(model="demo")).argv[3:5] == ["--demo", "--host"]
 
 
 def test_environment_gpus_token_offline_and_gates() -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fleetgate import __version__
+
+if TYPE_CHECKING:
+    from fleetgate.config import FleetConfig
 
 app = typer.Typer(
     name="fleetgate",
@@ -323,6 +326,33 @@ def bench_compare(
         raise typer.Exit(2) from None
 
 
+def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
+    from fleetgate.api.serve import run
+
+    typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
+               f"(admin http://{cfg.admin.host}:{cfg.admin.port})")  # fmt: skip
+    # Bars redraw in place: only where someone watches a terminal; plain log lines anywhere else.
+    run(cfg, progress=progress and sys.stdout.isatty())
+
+
+def _with_addresses(
+    cfg: FleetConfig, host: str | None, port: int | None, admin_host: str | None, admin_port: int | None
+) -> FleetConfig:
+    from fleetgate.config import ConfigError
+
+    try:
+        return cfg.with_addresses(host=host, port=port, admin_host=admin_host, admin_port=admin_port)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+HostOpt = Annotated[str | None, typer.Option(help="Address to listen on (default 0.0.0.0).")]
+PortOpt = Annotated[int | None, typer.Option(help="Port to listen on (default 8000, like vLLM).")]
+AdminHostOpt = Annotated[str | None, typer.Option(help="Admin address (/metrics, /admin/fleet).")]
+AdminPortOpt = Annotated[int | None, typer.Option(help="Admin port (default 8001).")]
+
+
 @app.command("gateway")
 def gateway(
     config: Annotated[
@@ -331,13 +361,12 @@ def gateway(
     upstream: Annotated[
         list[str] | None, typer.Option(help="Without a fleet file: an upstream base URL (repeatable).")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default 0.0.0.0).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000, like vLLM).")] = None,
-    admin_host: Annotated[str | None, typer.Option(help="Admin address (/metrics, /admin/fleet).")] = None,
-    admin_port: Annotated[int | None, typer.Option(help="Admin port (default 8001).")] = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    admin_host: AdminHostOpt = None,
+    admin_port: AdminPortOpt = None,
 ) -> None:
     """The OpenAI-compatible gateway in front of a fleet of vLLM servers."""
-    from fleetgate.api.serve import run
     from fleetgate.config import ConfigError, config_from_upstreams, config_path, load_config
 
     try:
@@ -355,14 +384,101 @@ def gateway(
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
+    _serve_config(_with_addresses(cfg, host, port, admin_host, admin_port))
+
+
+@app.command("up")
+def up(
+    fleet: Annotated[Path, typer.Argument(help="The fleet file (YAML), pools of endpoints or of workers.")],
+    host: HostOpt = None,
+    port: PortOpt = None,
+    admin_host: AdminHostOpt = None,
+    admin_port: AdminPortOpt = None,
+) -> None:
+    """Gateway and workers in one command: starts the pools' workers, scales them, stops them on Ctrl-C.
+
+    [bold]Example[/bold]: fleetgate up examples/sim-fleet.yaml
+    """
+    from fleetgate.config import ConfigError, load_config
+
     try:
-        cfg = cfg.with_addresses(host=host, port=port, admin_host=admin_host, admin_port=admin_port)
+        cfg = load_config(fleet)
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
-               f"(admin http://{cfg.admin.host}:{cfg.admin.port})")  # fmt: skip
-    run(cfg)
+    _serve_config(_with_addresses(cfg, host, port, admin_host, admin_port))
+
+
+@app.command(
+    "serve",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def serve(
+    ctx: typer.Context,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Hub id or model directory; with --engine embedded also [bold]demo[/bold]; "
+            "with --engine sim a simulator profile (see `fleetgate sim profiles`)."
+        ),
+    ],
+    engine: Annotated[str, typer.Option(help="vllm, embedded or sim.")] = "vllm",
+    served_model_name: Annotated[str | None, typer.Option(help="Name clients use (default: MODEL).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs the workers may use, e.g. 0,1.")] = None,
+    min_workers: Annotated[int, typer.Option(min=0, help="Workers kept when idle; 0 = scale to zero.")] = 1,
+    max_workers: Annotated[int, typer.Option(min=1, help="Most workers.")] = 1,
+    idle_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds without requests before an idle worker stops.")
+    ] = 300.0,
+    host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port the gateway listens on.")] = 8000,
+    admin_port: AdminPortOpt = None,
+) -> None:
+    """Serve one model behind the gateway, with workers started, scaled and stopped for you.
+
+    The one-liner that replaces [bold]vllm serve MODEL[/bold]. Engine flags go after [bold]--[/bold]:
+
+    fleetgate serve Qwen/Qwen2.5-7B-Instruct --max-workers 2 -- --max-model-len 8192
+
+    fleetgate serve demo --engine embedded            (a tiny demo model on the CPU)
+
+    fleetgate serve h200-llama-3.1-8b --engine sim --min-workers 0   (a simulated vLLM)
+    """
+    from fleetgate.config import ConfigError, config_for_model
+
+    try:
+        cfg = config_for_model(
+            model,
+            engine=engine,
+            served_model_name=served_model_name,
+            engine_args=list(ctx.args),
+            gpus=None if gpus is None else [g.strip() for g in gpus.split(",") if g.strip()],
+            min_workers=min_workers,
+            max_workers=max_workers,
+            idle_timeout=idle_timeout,
+        )
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    _serve_config(_with_addresses(cfg, host, port, None, admin_port))
+
+
+@app.command("status")
+def status(
+    admin: Annotated[str, typer.Option(help="The gateway's admin address.")] = "http://127.0.0.1:8001",
+) -> None:
+    """Print the fleet: pools, their workers (state, startup phase, cold start) and endpoints."""
+    from rich.console import Console
+
+    from fleetgate.api.status import fetch_fleet, render_fleet
+
+    console = Console()
+    try:
+        fleet = fetch_fleet(admin)
+    except OSError as e:
+        console.print(f"[red]error:[/red] cannot read {admin}/admin/fleet: {e}")
+        raise typer.Exit(1) from None
+    render_fleet(fleet, console)
 
 
 @app.command("check-config")
@@ -377,7 +493,9 @@ def check_config(path: Annotated[Path, typer.Argument(help="The fleet file to va
         raise typer.Exit(2) from None
     models = sum(len(p.models) for p in cfg.pools)
     endpoints = sum(len(p.endpoints) for p in cfg.pools)
-    typer.echo(f"{path}: ok ({len(cfg.pools)} pools, {models} model names, {endpoints} endpoints)")
+    started = sum(p.workers is not None for p in cfg.pools)
+    typer.echo(f"{path}: ok ({len(cfg.pools)} pools, {models} model names, {endpoints} endpoints, "
+               f"{started} pools of started workers)")  # fmt: skip
 
 
 def main() -> None:

@@ -62,10 +62,13 @@ __all__ = [
     "RetriesConfig",
     "RoutingConfig",
     "SaturationConfig",
+    "ScalingConfig",
     "ScrapeConfig",
     "SessionConfig",
     "ShutdownConfig",
     "TimeoutsConfig",
+    "WorkersConfig",
+    "config_for_model",
     "config_from_upstreams",
     "config_path",
     "dump_config",
@@ -681,6 +684,123 @@ class AdapterConfig(BaseModel):
     _name = field_validator("name")(_check_name)
 
 
+class ScalingConfig(BaseModel):
+    """How many workers a pool wants from its load (docs/scaling.md has the arithmetic)."""
+
+    model_config = _STRICT
+
+    rule: Literal["queue_delay", "request_count", "concurrency"] = Field(
+        default="queue_delay",
+        description="queue_delay (a request waited > target s) | request_count | concurrency (per worker).",
+    )
+    target: float = _seconds(2.0, "The rule's target: seconds, requests per worker or streams per worker.")
+    interval: float = _seconds(1.0, "Seconds between autoscaler ticks (a held request ticks it at once).")
+
+
+class WorkersConfig(BaseModel):
+    """Workers fleetgate starts itself (child processes on 127.0.0.1) instead of fixed endpoints."""
+
+    model_config = _STRICT
+
+    engine: Literal["vllm", "embedded", "sim"] = Field(description="vllm | embedded | sim.")
+    model: str = Field(
+        min_length=1, description="Hub id or directory; `demo` (embedded); a simulator profile (sim)."
+    )
+    served_model_name: str | None = Field(default=None, description="Name the workers serve (default model).")
+    engine_args: list[str] = Field(default_factory=list, description="Extra flags for the engine.")
+    gpus: list[str] | None = Field(
+        default=None, description="GPUs this pool may use (default CUDA_VISIBLE_DEVICES, then NVML's)."
+    )
+    gpus_per_worker: int | None = Field(
+        default=None, ge=0, description="GPUs each worker takes (default 1 for vllm, else 0)."
+    )
+    min_workers: int = Field(default=0, ge=0, description="Workers kept even when idle; 0 = scale to zero.")
+    max_workers: int = Field(default=1, ge=1, description="Most worker processes (sleeping ones count).")
+    idle_timeout: float = _seconds(300.0, "Seconds without requests before the last idle worker goes.")
+    sleep: bool = Field(default=False, description="Scale down by sleeping (vLLM sleep mode), not stopping.")
+    sleep_level: Literal[1, 2] = Field(default=1, description="1 offloads weights to CPU; 2 discards them.")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    stabilization_window: float = Field(
+        default=30.0, ge=0, allow_inf_nan=False, description="Seconds of low load before scaling down."
+    )
+    scale_up_limit: int = Field(default=4, ge=1, description="Workers started or woken per scale_up_period.")
+    scale_up_period: float = _seconds(10.0, "The window scale_up_limit counts over, s.")
+    backoff_base: float = _seconds(1.0, "First restart delay after a crash, s; doubles per failure.")
+    backoff_cap: float = _seconds(60.0, "Longest restart delay, s.")
+    max_failures: int = Field(default=5, ge=1, description="Failures in a row that mark the pool failed.")
+    startup_timeout: float = _seconds(
+        1800.0, "Seconds a worker may take to become ready (download included)."
+    )
+    drain_deadline: float = Field(
+        default=60.0, ge=0, allow_inf_nan=False, description="Seconds in-flight streams get before a stop."
+    )
+    stop_grace: float = _seconds(10.0, "Seconds from SIGTERM to SIGKILL.")
+    hf_token_env: str | None = Field(default=None, description="Env var holding the Hugging Face token.")
+    hf_token_file: str | None = Field(default=None, description="File holding it (relative to the file).")
+    offline: bool = Field(default=False, description="HF_HUB_OFFLINE=1: weights must already be cached.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the workers.")
+    log_dir: str = Field(
+        default="fleetgate-logs", min_length=1, description="Folder of worker logs (relative to the file)."
+    )
+
+    @field_validator("hf_token_env")
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        return _env_var_name(value)
+
+    @field_validator("hf_token_file", "log_dir")
+    @classmethod
+    def _file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _absolute(value, info)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [((name,), "must be an environment variable name") for name in value if _bad_env_name(name)]
+        if bad:
+            raise _problems(*bad)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        if self.min_workers > self.max_workers:
+            problems.append((("min_workers",), f"must not exceed max_workers ({self.max_workers})"))
+        if self.backoff_base > self.backoff_cap:
+            problems.append((("backoff_base",), "must not exceed backoff_cap"))
+        if self.sleep and self.engine == "embedded":
+            problems.append((("sleep",), "the embedded engine has no sleep mode (vllm and sim have)"))
+        if self.hf_token_env is not None and self.hf_token_file is not None:
+            problems.append((("hf_token_file",), "give only one of hf_token_env, hf_token_file"))
+        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
+            problems.append((("gpus",), "names a GPU twice"))
+        if self.gpus is not None and self.worker_gpus * self.max_workers > len(self.gpus):
+            problems.append(
+                (
+                    ("max_workers",),
+                    f"{self.max_workers} workers of {self.worker_gpus} GPU(s) need more "
+                    f"than the {len(self.gpus)} listed in gpus",
+                )
+            )
+        if problems:
+            raise _problems(*problems)
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def worker_gpus(self) -> int:
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1 if self.engine == "vllm" else 0
+
+
+def _bad_env_name(name: str) -> bool:
+    return not _ENV_NAME_RE.fullmatch(name)
+
+
 class PoolConfig(BaseModel):
     """A set of interchangeable upstreams serving the same models, with one queue and one routing policy."""
 
@@ -692,6 +812,9 @@ class PoolConfig(BaseModel):
         description="Names clients may use; empty = what the upstreams' /v1/models list.",
     )
     endpoints: list[EndpointConfig] = Field(default_factory=list, description="Static upstreams.")
+    workers: WorkersConfig | None = Field(
+        default=None, description="Workers fleetgate starts itself (instead of endpoints)."
+    )
     priority_header: bool = Field(default=False, description="Honour x-fleetgate-priority from clients.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
@@ -708,14 +831,12 @@ class PoolConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems: list[tuple[Loc, str]] = []
-        if not self.endpoints:
+        if not self.endpoints and self.workers is None:
             problems.append(
-                (
-                    ("endpoints",),
-                    "a pool needs at least one endpoint (pools whose workers fleetgate starts itself are "
-                    "not supported yet; list the upstream URLs under endpoints)",
-                )
+                (("endpoints",), "a pool needs at least one endpoint, or workers that fleetgate starts")
             )
+        if self.endpoints and self.workers is not None:
+            problems.append((("workers",), "give either endpoints or workers, not both"))
         seen: dict[str, int] = {}
         for i, ep in enumerate(self.endpoints):
             for field, value in (("url", ep.url), ("name", ep.name)):
@@ -738,12 +859,16 @@ class PoolConfig(BaseModel):
         return self
 
     def _first_name(self) -> str | None:
-        return next((m.name for m in self.models if m.name is not None), None)
+        named = next((m.name for m in self.models if m.name is not None), None)
+        return named if named is not None or self.workers is None else self.workers.served_name
 
     def model_map(self) -> dict[str, str]:
-        """Public model name -> the name sent upstream, for the names this pool lists."""
+        """Public model name -> the name sent upstream, for the names this pool lists (a pool of workers
+        always serves its workers' name)."""
         first = self._first_name()
         out: dict[str, str] = {}
+        if self.workers is not None:
+            out[self.workers.served_name] = self.workers.served_name
         for m in self.models:
             upstream = m.name if m.name is not None else (m.target or first)
             assert upstream is not None
@@ -971,8 +1096,50 @@ def config_from_upstreams(
         raise ConfigError(problems) from None
 
 
+def config_for_model(
+    model: str,
+    *,
+    engine: str,
+    served_model_name: str | None,
+    engine_args: Sequence[str],
+    gpus: Sequence[str] | None,
+    min_workers: int,
+    max_workers: int,
+    idle_timeout: float,
+) -> FleetConfig:
+    """The one-liner (`fleetgate serve MODEL`): one pool "default" of started workers; everything else
+    default. Raises ConfigError naming the flag."""
+    workers: dict[str, Any] = {
+        "engine": engine,
+        "model": model,
+        "engine_args": list(engine_args),
+        "min_workers": min_workers,
+        "max_workers": max_workers,
+        "idle_timeout": idle_timeout,
+    }
+    if served_model_name is not None:
+        workers["served_model_name"] = served_model_name
+    if gpus is not None:
+        workers["gpus"] = list(gpus)
+    data: dict[str, Any] = {"pools": [{"name": "default", "workers": workers}]}
+    try:
+        return FleetConfig.model_validate(data, context={"env": os.environ})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            for loc, message in _explain(err):
+                problems.append(Problem("<command line>", 0, 0, _flag_for(loc), message))
+        raise ConfigError(problems) from None
+
+
 def _flag_for(loc: Loc) -> str:
     match loc:
+        case ("pools", 0, "workers", "model", *_):
+            return "MODEL"
+        case ("pools", 0, "workers", "engine_args", *_):
+            return "engine flags (after --)"
+        case ("pools", 0, "workers", str(field), *_):
+            return f"--{field.replace('_', '-')}"
         case ("pools", 0, "endpoints", int(i), *_):
             return f"--upstream #{i + 1}"
         case ("pools", 0, "endpoints", *_):

@@ -29,6 +29,7 @@ class _Waiter:
     rank: int  # -priority: heapq pops the smallest
     seq: int
     future: asyncio.Future[None] = field(compare=False)
+    since: float = field(compare=False, default=0.0)  # loop time it began waiting
 
 
 class FlowQueue:
@@ -38,8 +39,10 @@ class FlowQueue:
         capacity: Callable[[], float],
         max_length: int,
         max_wait: float,
+        on_wait: Callable[[], None] = lambda: None,
     ) -> None:
         self.pool = pool
+        self.on_wait = on_wait  # a request began waiting: the autoscaler's cue when workers are cold
         self.capacity = capacity  # requests the pool can take now without them queueing at an endpoint
         self.max_length = max_length
         self.max_wait = max_wait
@@ -69,6 +72,12 @@ class FlowQueue:
         """Seconds until the queue ahead would have drained at the pool's recent pace (1 to 60)."""
         return max(1, min(60, math.ceil((len(self._heap) + 1) / max(self.drain_rate(), 0.1))))
 
+    def oldest_wait(self) -> float:
+        """Seconds the longest-waiting request has waited (0 when none)."""
+        if not self._heap:
+            return 0.0
+        return asyncio.get_running_loop().time() - min(w.since for w in self._heap)
+
     def has_room(self) -> bool:
         return self.capacity() - self._released >= 1
 
@@ -89,10 +98,12 @@ class FlowQueue:
                 retry_after=self.retry_after(),
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(-priority, next(self._seq), loop.create_future())
-        heapq.heappush(self._heap, waiter)
         started = loop.time()
+        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), started)
+        heapq.heappush(self._heap, waiter)
         self.kick()
+        if not waiter.future.done():
+            self.on_wait()
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.max_wait)
         except TimeoutError:

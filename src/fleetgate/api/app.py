@@ -26,6 +26,7 @@ from fleetgate.admission.adapters import AdapterLoader
 from fleetgate.admission.flow import FlowQueue
 from fleetgate.api.downstream import Downstream
 from fleetgate.api.metrics import GatewayMetrics
+from fleetgate.api.workers import WorkerFleet, WorkerPool, pool_spec
 from fleetgate.config import FleetConfig, PoolConfig
 from fleetgate.fleet.kv_events import KVEventSubscriber
 from fleetgate.fleet.monitor import Monitor, MonitorSettings
@@ -38,6 +39,7 @@ from fleetgate.protocol import (
     NotFoundError,
     OpenAIError,
     PayloadTooLargeError,
+    RateLimitError,
     ServiceUnavailableError,
     model_not_found,
 )
@@ -84,6 +86,7 @@ class Pool:
     # Whether requests need their prompt hashed (prefix scorer) or their history signed (session scorer).
     wants_prompt: bool = True
     loader: AdapterLoader | None = None  # set at start when the pool declares adapters
+    workers: WorkerPool | None = None  # the pool's started workers, when it has `workers:`
 
 
 def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
@@ -146,6 +149,8 @@ class Gateway:
         self.subscribers: list[KVEventSubscriber] = []
         for pc in config.pools:
             self._add_pool(pc)
+        started = [p.workers for p in self.pools.values() if p.workers is not None]
+        self.workers = WorkerFleet(started, self.metrics) if started else None
         # The body is read before its model (and so its pool) is known: the largest pool limit applies.
         self.max_body_bytes = max(pc.limits.max_body_bytes for pc in config.pools)
 
@@ -176,7 +181,10 @@ class Gateway:
             retries=RetryPolicy(pc.retries.attempts, pc.retries.backoff_base, pc.retries.backoff_max),
             debug_headers=rc.debug_headers,
         )
-        flow = FlowQueue(pc.name, _room(router, endpoints), pc.limits.max_queue, pc.limits.max_queue_wait)
+        room = _room(router, endpoints)
+        flow = FlowQueue(
+            pc.name, room, pc.limits.max_queue, pc.limits.max_queue_wait, on_wait=lambda: self._held()
+        )
         pool = Pool(
             pc,
             route,
@@ -187,6 +195,9 @@ class Gateway:
             wants_prompt=rc.picker != "round_robin"
             and (rc.scorers.get("prefix", 0) > 0 or rc.scorers.get("session", 0) > 0),
         )
+        if pc.workers is not None:
+            pool.workers = wp = WorkerPool(pc.workers, pool_spec(pc), endpoints, state, flow)
+            flow.capacity = lambda: wp.room(room())
         self.pools[pc.name] = pool
         for public, upstream in pc.model_map().items():
             pool.upstream_model[public] = upstream
@@ -194,8 +205,12 @@ class Gateway:
         for adapter in pc.adapters:
             pool.upstream_model.setdefault(adapter.name, adapter.name)
             self.model_pool.setdefault(adapter.name, pool)
-        if not pc.models:
+        if not pc.models and pc.workers is None:
             self.discover_pools.append(pool)
+
+    def _held(self) -> None:
+        if self.workers is not None:
+            self.workers.nudge()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -213,6 +228,8 @@ class Gateway:
                 pool.loader = AdapterLoader(self.session, pool.route.endpoints, paths, pc.timeouts.total)
             monitor = Monitor(self.session, settings, _on_change(pool))
             self.monitors.append((monitor, pool.route.endpoints))
+            if pool.workers is not None:
+                pool.workers.monitor = monitor
             if any(e.kv_events for e in pool.route.endpoints):
                 rc = pc.routing
                 subscriber = KVEventSubscriber(pool.state.precise, rc.kv_events_topic, rc.kv_events_silence)
@@ -222,8 +239,19 @@ class Gateway:
         await asyncio.gather(*(m.probe(e) for m, endpoints in self.monitors for e in endpoints))
         for m, endpoints in self.monitors:
             m.start(endpoints)
+        if self.workers is not None:
+            await self.workers.start()
+
+    def ready(self) -> bool:
+        """Serving: some endpoint is routable, or some pool of workers can start one for a request."""
+        if self.draining:
+            return False
+        pools = self.workers.pools.values() if self.workers is not None else ()
+        return self.fleet.any_routable() or any(wp.failure is None for wp in pools)
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.close()
         for m, _ in self.monitors:
             await m.stop()
         for sub in self.subscribers:
@@ -316,7 +344,7 @@ class PublicApp:
             elif path == "/version" and method == "GET":
                 await _reply(send, 200, orjson.dumps({"version": __version__}), request_id)
             elif path == "/ready" and method == "GET":
-                ready = not self.gw.draining and self.gw.fleet.any_routable()
+                ready = self.gw.ready()
                 await _reply(send, 200 if ready else 503, orjson.dumps({"ready": ready}), request_id)
             elif path == "/v1/models" and method == "GET":
                 self._auth(headers)
@@ -398,16 +426,30 @@ class PublicApp:
             adapter = call.route.adapter
             if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
                 await pool.loader.ensure(adapter)
+            wp = pool.workers
+            _raise_if_failed(pool)
+            held = wp is not None and wp.cold()  # no worker ready: held while one starts or wakes
+            if held:
+                gw.metrics.held.labels(pool.config.name).inc()
             try:
                 waited = await pool.flow.admit(priority)
             except OpenAIError as e:
                 gw.metrics.shed.labels(
                     pool.config.name, "queue_timeout" if e.status == 503 else "saturated"
                 ).inc()
+                if held and isinstance(e, RateLimitError):
+                    # Nothing is wrong with the client's pace: the pool is starting and its queue is full.
+                    raise ServiceUnavailableError(
+                        f"pool '{pool.config.name}' is starting a worker and its queue is full",
+                        retry_after=e.retry_after,
+                    ) from None
                 raise
             admitted = True
             if waited:
                 gw.metrics.queue_wait.labels(pool.config.name).observe(waited)
+            if held:
+                gw.metrics.hold_seconds.labels(pool.config.name).observe(waited)
+            _raise_if_failed(pool)  # it may have failed while the request was held
             await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
         except OpenAIError as e:
             if downstream is None or not downstream.started:
@@ -417,6 +459,8 @@ class PublicApp:
             if downstream is not None:
                 await downstream.release()
             if admitted:
+                if pool.workers is not None:
+                    pool.workers.last_active = time.monotonic()
                 pool.flow.done()
 
     def _prepare(self, path: str, raw: bytes, request_id: str) -> tuple[Call, Pool, dict[str, Any]]:
@@ -452,6 +496,12 @@ class PublicApp:
         call = Call(path=path, body=data, stream=stream, route=RouteRequest(model=upstream, adapter=adapter),
                     request_id=request_id, pool=pool.config.name, model=model)  # fmt: skip
         return call, pool, body
+
+
+def _raise_if_failed(pool: Pool) -> None:
+    """A pool whose workers failed too often answers why, at once."""
+    if pool.workers is not None and pool.workers.failure is not None:
+        raise ServiceUnavailableError(f"pool '{pool.config.name}' failed: {pool.workers.failure}")
 
 
 def _is_adapter(pool: Pool, model: str) -> bool:
@@ -544,13 +594,15 @@ class AdminApp:
         path = scope["path"]
         if path == "/metrics":
             self.gw.metrics.refresh({name: len(p.flow) for name, p in self.gw.pools.items()})
+            if self.gw.workers is not None:
+                self.gw.workers.refresh_metrics()
             body = generate_latest(self.gw.metrics.registry)
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         elif path == "/admin/fleet":
             now = time.monotonic()
-            pools = {name: _pool_view(p, now) for name, p in self.gw.pools.items()}
+            pools = {name: _pool_view(self.gw, p, now) for name, p in self.gw.pools.items()}
             await _reply(send, 200, orjson.dumps({"draining": self.gw.draining, "pools": pools}), "admin")
         elif path == "/health":
             await _reply(send, 200, b"", "admin")
@@ -558,7 +610,7 @@ class AdminApp:
             await _error(send, NotFoundError(f"no route {path}"), "admin")
 
 
-def _pool_view(pool: Pool, now: float) -> dict[str, Any]:
+def _pool_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
     endpoints = []
     for e in pool.route.endpoints:
         view = e.snapshot(now, pool.config.scrape.stale_after)
@@ -576,6 +628,19 @@ def _pool_view(pool: Pool, now: float) -> dict[str, Any]:
         "queue": {"waiting": len(pool.flow), "shed": pool.flow.shed, "timed_out": pool.flow.timed_out},
         "sessions": len(pool.state.sessions),
         "endpoints": endpoints,
+        **_workers_view(gw, pool, now),
+    }
+
+
+def _workers_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
+    wp = pool.workers
+    if wp is None or gw.workers is None:
+        return {}
+    name = pool.config.name
+    return {
+        "workers": [w.snapshot(now) for w in gw.workers.workers(name)],
+        "workers_desired": gw.workers.desired(name),
+        "failure": wp.failure,
     }
 
 

@@ -44,3 +44,5 @@ def configure(cfg: LogConfig) -> None:
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
     root.propagate = False
+    # httpx logs every request at INFO: the provider's readiness probes would flood the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -14,6 +14,8 @@ from fleetgate.relay import Call, RelayObserver
 
 access = logging.getLogger("fleetgate.access")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Cold starts run from seconds (a simulator, a small model) to many minutes (a download and a compile).
+_STARTUP = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
 _GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -99,6 +101,40 @@ class GatewayMetrics(RelayObserver):
             "Uncached prompt tokens sent to the endpoint that it has not started answering.",
             ["pool", "endpoint"], registry=r,
         )  # fmt: skip
+
+        self.workers = Gauge(
+            "fleetgate_workers", "Started workers by state (starting, ready, sleeping, draining, ...).",
+            ["pool", "state"], registry=r,
+        )  # fmt: skip
+        self.workers_desired = Gauge(
+            "fleetgate_workers_desired", "Workers the autoscaler wants.", ["pool"], registry=r
+        )
+        self.pool_failed = Gauge(
+            "fleetgate_pool_failed", "1 when the pool's workers failed too often; it starts no more.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.cold_starts = Counter(
+            "fleetgate_cold_starts", "Worker processes started that became ready.", ["pool"], registry=r
+        )
+        self.cold_start_seconds = Histogram(
+            "fleetgate_cold_start_seconds", "Cold start time by phase (init, download, load, compile; total)",
+            ["pool", "phase"], buckets=_STARTUP, registry=r,
+        )  # fmt: skip
+        self.held = Counter(
+            "fleetgate_held_requests", "Requests held because no worker of the pool was ready.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.hold_seconds = Histogram(
+            "fleetgate_hold_seconds", "Time held requests waited for a worker.", ["pool"],
+            buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.wakeups = Counter("fleetgate_worker_wakeups", "Sleeping workers woken.", ["pool"], registry=r)
+        self.wake_seconds = Histogram(
+            "fleetgate_worker_wake_seconds", "Time a wake-up took.", ["pool"], buckets=_LATENCY, registry=r
+        )
+        self.restarts = Counter(
+            "fleetgate_worker_restarts", "Workers restarted after a crash.", ["pool"], registry=r
+        )
 
     def route_decided(self, pool: str, reason: str) -> None:
         self.route_decisions.labels(pool, reason).inc()

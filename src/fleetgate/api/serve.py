@@ -49,10 +49,18 @@ def _uvicorn_config(
     )
 
 
-async def serve(config: FleetConfig) -> None:
+async def serve(config: FleetConfig, progress: bool = False) -> None:
+    """Serve until stopped; `progress` draws the workers' cold starts as bars (for a terminal)."""
     configure_logs(config.log)
     public, admin = create_app(config)
     gw = public.gw
+    bars: asyncio.Task[None] | None = None
+    if progress and gw.workers is not None:
+        from rich.console import Console
+
+        from fleetgate.api.progress import show_startups
+
+        bars = asyncio.create_task(show_startups(gw.workers, Console()))
     drain = config.shutdown.drain_timeout
     main = _Server(
         _uvicorn_config(public, config.listen.host, config.listen.port, lifespan="on", drain=drain)
@@ -88,11 +96,15 @@ async def serve(config: FleetConfig) -> None:
     try:
         await asyncio.gather(main.serve(), side.serve())
     finally:
+        if bars is not None:
+            bars.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bars
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
 
 
-def run(config: FleetConfig) -> None:
+def run(config: FleetConfig, progress: bool = False) -> None:
     import uvloop
 
-    uvloop.run(serve(config))
+    uvloop.run(serve(config, progress))

@@ -46,20 +46,33 @@ class Monitor:
         self.session = session
         self.s = settings
         self.on_change = on_change
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Endpoint, tuple[asyncio.Task[None], ...]] = {}
 
     def start(self, endpoints: list[Endpoint]) -> None:
         for e in endpoints:
-            self._tasks.append(asyncio.create_task(self._health_loop(e), name=f"health:{e.name}"))
-            self._tasks.append(asyncio.create_task(self._scrape_loop(e), name=f"scrape:{e.name}"))
+            self.watch(e)
+
+    def watch(self, e: Endpoint) -> None:
+        """Start probing and scraping one endpoint (a worker that just became ready)."""
+        if e not in self._tasks:
+            self._tasks[e] = (
+                asyncio.create_task(self._health_loop(e), name=f"health:{e.name}"),
+                asyncio.create_task(self._scrape_loop(e), name=f"scrape:{e.name}"),
+            )
+
+    def unwatch(self, e: Endpoint) -> None:
+        """Stop watching an endpoint that left the pool; its loops end on their own."""
+        for t in self._tasks.pop(e, ()):
+            t.cancel()
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [t for pair in self._tasks.values() for t in pair]
+        self._tasks.clear()
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._tasks.clear()
 
     def _headers(self, e: Endpoint) -> dict[str, str]:
         return {"authorization": f"Bearer {e.api_key}"} if e.api_key else {}

@@ -48,6 +48,9 @@ class Endpoint:
     # monotonic time of the first request sent here after its last event batch (0: none since); events
     # that stay away after work was sent mean the subscription is broken
     awaiting_events_since: float = 0.0
+    # A started worker: off while it drains (it finishes its streams, takes no new ones)
+    enabled: bool = True
+    max_streams: int | None = None  # the `concurrency` rule's cap: at the cap it takes nothing more
 
     def waiting_estimate(self, now: float, stale_after: float) -> float | None:
         """vLLM's queue as last read, plus what we sent since; None without fresh figures."""
@@ -65,7 +68,12 @@ class Endpoint:
         return waiting >= max_waiting or load.kv_usage >= max_kv_usage
 
     def routable(self) -> bool:
-        return self.breaker is Breaker.CLOSED and (self.load is None or self.load.awake)
+        return (
+            self.enabled
+            and self.breaker is Breaker.CLOSED
+            and (self.load is None or self.load.awake)
+            and (self.max_streams is None or self.in_flight < self.max_streams)
+        )
 
     def fresh_load(self, now: float, stale_after: float) -> VLLMLoad | None:
         """The scraped load if recent enough to trust; stale numbers are worse than none."""

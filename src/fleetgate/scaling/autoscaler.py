@@ -58,6 +58,8 @@ class PoolObservation:
     queued: int  # requests held in the pool's queue
     oldest_wait: float  # seconds the oldest of them has waited (0 when none)
     workers: Sequence[WorkerView]
+    # when the pool last had a request (a short one can start and end between two observations)
+    last_active: float = -math.inf
 
     @property
     def running(self) -> int:
@@ -113,6 +115,7 @@ class ScalingPolicy:
         spec = self.spec
         if obs.queued or obs.running:
             self._last_busy = obs.now
+        self._last_busy = max(self._last_busy, obs.last_active)
         raw = _rule_count(spec, obs)
         while self._raw and self._raw[0][0] <= obs.now - spec.stabilization_window:
             self._raw.popleft()
@@ -180,6 +183,7 @@ class PoolLoad:
     queued: int
     oldest_wait: float
     in_flight: Mapping[str, int]  # streams open to each worker, by worker id
+    last_active: float = -math.inf  # monotonic time a request of the pool last ended
 
 
 class Autoscaler:
@@ -233,6 +237,7 @@ class Autoscaler:
                 now=self.clock(),
                 queued=load.queued,
                 oldest_wait=load.oldest_wait,
+                last_active=load.last_active,
                 workers=[
                     WorkerView(w.id, self._pending.get(w.id, w.state), load.in_flight.get(w.id, 0))
                     for w in self.provider.list(name)

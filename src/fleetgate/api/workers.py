@@ -1,0 +1,266 @@
+"""Pools whose workers fleetgate starts: their providers and autoscalers, and the endpoints a worker adds
+to its pool while it is ready.
+
+The provider calls `on_change(worker)` on every state change; that is the only place endpoints of started
+workers come and go. A ready worker is an endpoint (watched by the pool's monitor like any other); a draining
+one stays in the pool, switched off, so its streams finish and are counted; a sleeping, restarting, stopped
+or failed one is not in the pool at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetgate.admission.flow import FlowQueue
+from fleetgate.api.metrics import GatewayMetrics
+from fleetgate.config import PoolConfig, WorkersConfig
+from fleetgate.fleet.monitor import Monitor
+from fleetgate.fleet.state import Endpoint, PoolState
+from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad
+from fleetgate.scaling.gpus import GpuInventory, discover_gpus
+from fleetgate.scaling.local import LocalProvider
+from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
+from fleetgate.scaling.worker import Worker, WorkerState
+
+__all__ = ["WorkerFleet", "WorkerPool", "pool_spec"]
+
+log = logging.getLogger("fleetgate.scaling")
+
+
+def pool_spec(pc: PoolConfig) -> PoolSpec:
+    """The fleet file's `workers:` as the provider's and policy's plain values."""
+    wc = pc.workers
+    assert wc is not None
+    worker = WorkerSpec(
+        engine=wc.engine,
+        model=wc.model,
+        served_model_name=wc.served_name,
+        engine_args=tuple(wc.engine_args),
+        gpus_per_worker=wc.worker_gpus,
+        sleep=wc.sleep,
+        sleep_level=wc.sleep_level,
+        env=dict(wc.env),
+        hf_token_env=wc.hf_token_env,
+        hf_token_file=wc.hf_token_file,
+        offline=wc.offline,
+    )
+    return PoolSpec(
+        name=pc.name,
+        worker=worker,
+        min_workers=wc.min_workers,
+        max_workers=wc.max_workers,
+        idle_timeout=wc.idle_timeout,
+        rule=ScalingRule(RuleKind(wc.scaling.rule), wc.scaling.target),
+        stabilization_window=wc.stabilization_window,
+        scale_up_limit=wc.scale_up_limit,
+        scale_up_period=wc.scale_up_period,
+        backoff_base=wc.backoff_base,
+        backoff_cap=wc.backoff_cap,
+        max_failures=wc.max_failures,
+        startup_timeout=wc.startup_timeout,
+        drain_deadline=wc.drain_deadline,
+        stop_grace=wc.stop_grace,
+    )
+
+
+@dataclass
+class _Seen:
+    """What of a worker the metrics have counted already."""
+
+    timeline: object = None
+    phase: str = ""
+    restarts: int = 0
+    wakes: int = 0
+
+
+@dataclass(eq=False)
+class WorkerPool:
+    """The gateway's side of one pool of started workers."""
+
+    config: WorkersConfig
+    spec: PoolSpec
+    endpoints: list[Endpoint]  # the pool's own list, shared with its route and state
+    state: PoolState
+    flow: FlowQueue
+    monitor: Monitor | None = None  # set when the gateway starts
+    failure: str | None = None  # why the pool failed; it starts nothing more
+    last_active: float = -math.inf  # monotonic time a request last ended
+    by_worker: dict[str, Endpoint] = field(default_factory=dict)
+    seen: dict[str, _Seen] = field(default_factory=dict)
+
+    @property
+    def max_streams(self) -> int | None:
+        rule = self.spec.rule
+        return max(1, int(rule.target)) if rule.kind is RuleKind.CONCURRENCY else None
+
+    def cold(self) -> bool:
+        """No worker can take a request now: one that arrives is held while one starts or wakes."""
+        return not any(e.enabled for e in self.endpoints)
+
+    def room(self, base: float) -> float:
+        """The flow queue's gate: hold requests while no worker is ready (rather than answer 503), and
+        keep each worker under the concurrency rule's cap. A failed pool lets them go to hear why."""
+        if self.failure is not None:
+            return math.inf
+        live = [e for e in self.endpoints if e.routable()]
+        if not live:
+            return 0.0
+        cap = self.max_streams
+        return base if cap is None else min(base, float(sum(cap - e.in_flight for e in live)))
+
+    def load(self) -> PoolLoad:
+        return PoolLoad(
+            queued=len(self.flow),
+            oldest_wait=self.flow.oldest_wait(),
+            in_flight={wid: e.in_flight for wid, e in self.by_worker.items()},
+            last_active=self.last_active,
+        )
+
+
+@dataclass(eq=False)
+class _Group:
+    """Pools sharing one GPU inventory (the same `gpus` list and log folder): one provider, one loop."""
+
+    provider: LocalProvider
+    autoscaler: Autoscaler
+    task: asyncio.Task[None] | None = None
+
+
+class WorkerFleet:
+    """Every pool of started workers: build, then `start()` in the gateway's lifespan, `close()` after."""
+
+    def __init__(self, pools: Sequence[WorkerPool], metrics: GatewayMetrics) -> None:
+        self.pools = {wp.spec.name: wp for wp in pools}
+        self.metrics = metrics
+        self._groups: list[_Group] = []
+        self._provider_of: dict[str, LocalProvider] = {}
+
+    async def start(self) -> None:
+        keyed: dict[tuple[tuple[str, ...] | None, str], list[WorkerPool]] = {}
+        for wp in self.pools.values():
+            gpus = None if wp.config.gpus is None else tuple(wp.config.gpus)
+            keyed.setdefault((gpus, wp.config.log_dir), []).append(wp)
+        for (gpus, log_dir), members in keyed.items():
+            # NVML blocks on the driver: off the loop.
+            found = await asyncio.to_thread(discover_gpus, gpus, os.environ)
+            provider = LocalProvider(Path(log_dir), GpuInventory(found), on_change=self._changed)
+            specs = [wp.spec for wp in members]
+            interval = min(wp.config.scaling.interval for wp in members)
+            scaler = Autoscaler(provider, specs, self._observe, interval)
+            group = _Group(provider, scaler)
+            group.task = asyncio.create_task(scaler.run(), name="autoscaler")
+            self._groups.append(group)
+            for wp in members:
+                self._provider_of[wp.spec.name] = provider
+
+    def nudge(self) -> None:
+        """A request is held: decide now, not at the next tick."""
+        for g in self._groups:
+            g.autoscaler.nudge()
+
+    def workers(self, pool: str | None = None) -> Iterator[Worker]:
+        for g in self._groups:
+            yield from g.provider.list(pool)
+
+    def desired(self, pool: str) -> int:
+        return next((g.autoscaler.desired[pool] for g in self._groups if pool in g.autoscaler.pools), 0)
+
+    def refresh_metrics(self) -> None:
+        m = self.metrics
+        for name, wp in self.pools.items():
+            counts = dict.fromkeys(WorkerState, 0)
+            for w in self.workers(name):
+                counts[w.state] += 1
+            for st, n in counts.items():
+                m.workers.labels(name, st.value).set(n)
+            m.workers_desired.labels(name).set(self.desired(name))
+            m.pool_failed.labels(name).set(0 if wp.failure is None else 1)
+
+    async def close(self) -> None:
+        """Stop scaling, then every worker (the gateway has drained its streams by now)."""
+        for g in self._groups:
+            if g.task is not None:
+                g.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await g.task
+            await g.autoscaler.close()
+            await g.provider.close()
+
+    # ---- the provider's and the autoscaler's callbacks ----------------------------------------------------
+    def _observe(self, pool: str) -> PoolLoad:
+        return self.pools[pool].load()
+
+    def _changed(self, w: Worker) -> None:
+        wp = self.pools[w.pool]
+        self._count(wp, w)
+        if w.state is WorkerState.READY:
+            self._add(wp, w)
+            wp.flow.kick()
+        elif w.state is WorkerState.DRAINING:
+            e = wp.by_worker.get(w.id)
+            if e is not None:
+                e.enabled = False
+        else:
+            self._remove(wp, w.id)
+        if w.state is WorkerState.FAILED:
+            wp.failure = self._provider_of[w.pool].failure(w.pool) or w.last_error or "failed"
+            wp.flow.kick()  # held requests go to hear why
+        if w.state in (WorkerState.STOPPED, WorkerState.FAILED):
+            wp.seen.pop(w.id, None)
+
+    def _add(self, wp: WorkerPool, w: Worker) -> None:
+        e = wp.by_worker.get(w.id)
+        if e is not None and e.url != w.url:  # restarted on another port
+            self._remove(wp, w.id)
+            e = None
+        if e is None:
+            # The provider has just seen /health answer and /v1/models list the name: routable at once.
+            e = Endpoint(name=w.id, url=w.url, pool=w.pool, max_streams=wp.max_streams)
+            e.models = frozenset({wp.spec.worker.served_model_name})
+            e.discovered_at = time.monotonic()
+            e.probe_ok()
+            wp.by_worker[w.id] = e
+            wp.endpoints.append(e)
+            if wp.monitor is not None:
+                wp.monitor.watch(e)
+        e.enabled = True
+
+    def _remove(self, wp: WorkerPool, worker_id: str) -> None:
+        e = wp.by_worker.pop(worker_id, None)
+        if e is None:
+            return
+        with contextlib.suppress(ValueError):
+            wp.endpoints.remove(e)
+        if wp.monitor is not None:
+            wp.monitor.unwatch(e)
+        wp.state.approx.clear(e.name)
+
+    def _count(self, wp: WorkerPool, w: Worker) -> None:
+        m, name = self.metrics, w.pool
+        seen = wp.seen.setdefault(w.id, _Seen())
+        if w.restarts > seen.restarts:
+            m.restarts.labels(name).inc(w.restarts - seen.restarts)
+            seen.restarts = w.restarts
+        if w.wakes > seen.wakes:
+            m.wakeups.labels(name).inc(w.wakes - seen.wakes)
+            if w.last_wake_seconds is not None:
+                m.wake_seconds.labels(name).observe(w.last_wake_seconds)
+            seen.wakes = w.wakes
+        t = w.timeline
+        if t is not None and t.ready_at is None and t.phase.value != seen.phase:
+            seen.phase = t.phase.value
+            log.info("%s: %s", w.id, seen.phase)
+        if t is not None and t.total is not None and seen.timeline is not t:
+            seen.timeline = t
+            m.cold_starts.labels(name).inc()
+            m.cold_start_seconds.labels(name, "total").observe(t.total)
+            for phase, seconds in t.durations().items():
+                m.cold_start_seconds.labels(name, phase.value).observe(seconds)
