@@ -494,8 +494,11 @@ def check_config(path: Annotated[Path, typer.Argument(help="The fleet file to va
     models = sum(len(p.models) for p in cfg.pools)
     endpoints = sum(len(p.endpoints) for p in cfg.pools)
     started = sum(p.workers is not None for p in cfg.pools)
-    typer.echo(f"{path}: ok ({len(cfg.pools)} pools, {models} model names, {endpoints} endpoints, "
-               f"{started} pools of started workers)")  # fmt: skip
+    counts = [(len(cfg.pools), "pool", "pools"), (models, "model name", "model names"),
+              (endpoints, "endpoint", "endpoints"),
+              (started, "pool of started workers", "pools of started workers")]  # fmt: skip
+    summary = ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+    typer.echo(f"{path}: ok ({summary})")
 
 
 def main() -> None:
