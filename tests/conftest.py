@@ -19,6 +19,15 @@ import pytest
 DATA = Path(__file__).parent / "data"
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie and not gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,8 @@ from fleetgate.scaling.gpus import GpuInventory, NotEnoughGpus
 from fleetgate.scaling.local import LocalProvider
 from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule
 from fleetgate.scaling.worker import Worker, WorkerState
-from tests.test_scaling_local import FAST, alive, sim_pool, state, until
+from tests.conftest import alive
+from tests.test_scaling_local import FAST, sim_pool, state, until
 from tests.test_scaling_policy import pool_spec, worker_spec
 
 

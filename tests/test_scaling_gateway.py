@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GatewayFactory, GatewayProcess, free_port, wait_ready
+from tests.conftest import GatewayFactory, GatewayProcess, alive, free_port, wait_ready
 
 ROOT = Path(__file__).parent.parent
 # 10 virtual seconds of vLLM startup log at 20x: the worker is ready about a second after it is spawned.
@@ -76,14 +76,6 @@ def chat(gw: GatewayProcess) -> str:
         model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )
     return r.choices[0].message.content or ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_cold_request_is_held_with_keepalives_then_served_and_idle_scales_to_zero(

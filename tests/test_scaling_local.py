@@ -22,6 +22,7 @@ from fleetgate.scaling.gpus import GpuInventory
 from fleetgate.scaling.local import LocalProvider, PoolFailed
 from fleetgate.scaling.spec import PoolSpec
 from fleetgate.scaling.worker import Worker, WorkerState
+from tests.conftest import alive
 from tests.test_scaling_policy import pool_spec, worker_spec
 
 # 10 virtual seconds of vLLM startup log at 20x: half a second of phases after the interpreter starts.
@@ -39,15 +40,6 @@ async def until(cond: Callable[[], bool], what: str, within: float = 20.0) -> No
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie and not gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def state(w: Worker) -> WorkerState:

@@ -1086,14 +1086,7 @@ def config_from_upstreams(
     data: dict[str, Any] = {"listen": listen, "pools": [{"name": "default", "endpoints": list(upstreams)}]}
     if admin is not None:
         data["admin"] = admin.model_dump()
-    try:
-        return FleetConfig.model_validate(data, context={"env": os.environ})
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            for loc, message in _explain(err):
-                problems.append(Problem("<command line>", 0, 0, _flag_for(loc), message))
-        raise ConfigError(problems) from None
+    return _from_command_line(data)
 
 
 def config_for_model(
@@ -1122,6 +1115,11 @@ def config_for_model(
     if gpus is not None:
         workers["gpus"] = list(gpus)
     data: dict[str, Any] = {"pools": [{"name": "default", "workers": workers}]}
+    return _from_command_line(data)
+
+
+def _from_command_line(data: dict[str, Any]) -> FleetConfig:
+    """Validate a config built from flags; problems name the flag, not a file position."""
     try:
         return FleetConfig.model_validate(data, context={"env": os.environ})
     except ValidationError as exc:
