@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,17 @@ def test_a_shared_system_prompt_shares_leading_keys(model_dir: Path) -> None:
 def test_a_path_without_a_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot load a tokenizer"):
         PromptHasher(str(tmp_path / "nowhere"))
+
+
+def test_the_gateway_refuses_an_unusable_tokenizer_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\npools:\n"
+        "  - {name: p, models: [m], endpoints: [http://127.0.0.1:9], routing: {tokenizer: ./no-such-model}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetgate", "gateway", "--config", str(fleet)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "routing.tokenizer './no-such-model'" in done.stderr and "Traceback" not in done.stderr

@@ -331,8 +331,14 @@ def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
 
     typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
                f"(admin http://{cfg.admin.host}:{cfg.admin.port})")  # fmt: skip
+    from fleetgate.routing.prompt import TokenizerError
+
     # Bars redraw in place: only where someone watches a terminal; plain log lines anywhere else.
-    run(cfg, progress=progress and sys.stdout.isatty())
+    try:
+        run(cfg, progress=progress and sys.stdout.isatty())
+    except TokenizerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _with_addresses(

@@ -27,7 +27,11 @@ from fleetgate.chat_template import render_ids, template_message
 from fleetgate.fleet.prefix_keys import BYTES_PER_TOKEN, Chain, seed_for
 from fleetgate.tokenizer import Tokenizer, chat_turns, generation_prompt_ids, turn_ids
 
-__all__ = ["PromptHasher", "PromptInfo"]
+__all__ = ["PromptHasher", "PromptInfo", "TokenizerError"]
+
+
+class TokenizerError(ValueError):
+    """`routing.tokenizer` names a model tokenizer that cannot be used (not found, no template, no extra)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +186,16 @@ def _load_model_tokenizer(source: str) -> Any:
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise ValueError(
+        raise TokenizerError(
             f"routing.tokenizer {source!r} is a model's tokenizer, which needs transformers: "
             "pip install 'fleetgate[embedded]'"
         ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise ValueError(f"routing.tokenizer {source!r}: cannot load a tokenizer from it ({e})") from None
+        raise TokenizerError(f"routing.tokenizer {source!r}: cannot load a tokenizer from it ({e})") from None
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"routing.tokenizer {source!r}: the tokenizer has no chat template")
+        raise TokenizerError(f"routing.tokenizer {source!r}: the tokenizer has no chat template")
     return tokenizer
 
 
