@@ -151,6 +151,19 @@ def test_failed_pool_answers_503_with_the_reason(gateway_factory: GatewayFactory
     assert metric(gw, 'fleetgate_pool_failed{pool="sim"}') == 1
 
 
+def test_a_pool_needing_more_gpus_than_the_machine_has_fails_at_once_with_the_reason(
+    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the gateway inherits it: no GPU on this machine
+    gw = gateway_factory(fleet("gpus_per_worker: 1"), ready=False)
+    with pytest.raises(openai.APIStatusError) as e:
+        chat(gw)
+    assert e.value.status_code == 503
+    assert "need 1 GPU(s) each and this machine has 0" in e.value.response.json()["error"]["message"]
+    assert httpx.get(f"{gw.url}/ready").status_code == 503
+    assert admin_pool(gw)["workers"] == []  # nothing was started, nothing retried
+
+
 def _run_until_answer(cmd: list[str], port: int, admin_port: int, log: Path) -> None:
     """Start a one-command fleetgate, ask it through the SDK, Ctrl-C it: exit 0, port and workers gone."""
     with log.open("wb") as out:

@@ -152,7 +152,17 @@ class WorkerFleet:
             # NVML blocks on the driver: off the loop.
             found = await asyncio.to_thread(discover_gpus, gpus, os.environ)
             provider = LocalProvider(Path(log_dir), GpuInventory(found), on_change=self._changed)
-            specs = [wp.spec for wp in members]
+            for wp in members:
+                need = wp.spec.worker.gpus_per_worker
+                if need > len(found):
+                    # It could never start one: fail now with the reason rather than retry every tick.
+                    wp.failure = (
+                        f"its workers need {need} GPU(s) each and this machine has {len(found)} (from "
+                        "NVML or CUDA_VISIBLE_DEVICES); list them under workers.gpus, or serve on the CPU "
+                        "with engine: embedded"
+                    )
+                    log.error("pool %s failed: %s", wp.spec.name, wp.failure)
+            specs = [wp.spec for wp in members if wp.failure is None]
             interval = min(wp.config.scaling.interval for wp in members)
             scaler = Autoscaler(provider, specs, self._observe, interval)
             group = _Group(provider, scaler)
