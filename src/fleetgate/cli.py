@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -341,16 +343,23 @@ def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
         raise typer.Exit(2) from None
 
 
-def _with_addresses(
-    cfg: FleetConfig, host: str | None, port: int | None, admin_host: str | None, admin_port: int | None
-) -> FleetConfig:
+@contextlib.contextmanager
+def _config_errors() -> Iterator[None]:
+    """A fleet file or flags that do not validate: every problem on stderr, exit status 2, no traceback."""
     from fleetgate.config import ConfigError
 
     try:
-        return cfg.with_addresses(host=host, port=port, admin_host=admin_host, admin_port=admin_port)
+        yield
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
+
+
+def _with_addresses(
+    cfg: FleetConfig, host: str | None, port: int | None, admin_host: str | None, admin_port: int | None
+) -> FleetConfig:
+    with _config_errors():
+        return cfg.with_addresses(host=host, port=port, admin_host=admin_host, admin_port=admin_port)
 
 
 HostOpt = Annotated[str | None, typer.Option(help="Address to listen on (default 0.0.0.0).")]
@@ -373,9 +382,9 @@ def gateway(
     admin_port: AdminPortOpt = None,
 ) -> None:
     """The OpenAI-compatible gateway in front of a fleet of vLLM servers."""
-    from fleetgate.config import ConfigError, config_from_upstreams, config_path, load_config
+    from fleetgate.config import config_from_upstreams, config_path, load_config
 
-    try:
+    with _config_errors():
         path = None if upstream else config_path(str(config) if config else None, os.environ)
         if config is not None and upstream:
             raise typer.BadParameter("give either --config or --upstream, not both")
@@ -387,9 +396,6 @@ def gateway(
             raise typer.BadParameter(
                 "give --config FILE (or FLEETGATE_CONFIG, or ./fleet.yaml) or --upstream URL"
             )
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     _serve_config(_with_addresses(cfg, host, port, admin_host, admin_port))
 
 
@@ -405,13 +411,10 @@ def up(
 
     [bold]Example[/bold]: fleetgate up examples/sim-fleet.yaml
     """
-    from fleetgate.config import ConfigError, load_config
+    from fleetgate.config import load_config
 
-    try:
+    with _config_errors():
         cfg = load_config(fleet)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     _serve_config(_with_addresses(cfg, host, port, admin_host, admin_port))
 
 
@@ -450,9 +453,9 @@ def serve(
 
     fleetgate serve h200-llama-3.1-8b --engine sim --min-workers 0   (a simulated vLLM)
     """
-    from fleetgate.config import ConfigError, config_for_model
+    from fleetgate.config import config_for_model
 
-    try:
+    with _config_errors():
         cfg = config_for_model(
             model,
             engine=engine,
@@ -463,9 +466,6 @@ def serve(
             max_workers=max_workers,
             idle_timeout=idle_timeout,
         )
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     _serve_config(_with_addresses(cfg, host, port, None, admin_port))
 
 
@@ -490,13 +490,10 @@ def status(
 @app.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="The fleet file to validate.")]) -> None:
     """Validate a fleet file; errors point at file:line:column and the key path."""
-    from fleetgate.config import ConfigError, load_config
+    from fleetgate.config import load_config
 
-    try:
+    with _config_errors():
         cfg = load_config(path)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     models = sum(len(p.models) for p in cfg.pools)
     endpoints = sum(len(p.endpoints) for p in cfg.pools)
     started = sum(p.workers is not None for p in cfg.pools)
