@@ -105,12 +105,11 @@ def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
             if not e.routable():
                 continue
             routable = True
-            waiting = e.waiting_estimate(now, sat.stale_after)
-            if waiting is None:
+            load = e.fresh_load(now, sat.stale_after)
+            if load is None:
                 return float("inf")
-            assert e.load is not None
-            if e.load.kv_usage < sat.max_kv_usage:
-                total += max(0.0, sat.max_waiting - waiting)
+            if load.kv_usage < sat.max_kv_usage:
+                total += max(0.0, sat.max_waiting - e.queued(load))
         return total if routable else float("inf")
 
     return room

@@ -102,7 +102,7 @@ class KVEventSubscriber:
         self._ctx.destroy(linger=0)
 
     def reset(self, e: Endpoint, why: str) -> None:
-        if e.kv_live or self.index.blocks(e.name):
+        if e.kv_live:
             log.info("endpoint %s: KV index cleared (%s); approximate routing until events flow", e.name, why)
         self.index.clear(e.name)
         e.kv_live = False

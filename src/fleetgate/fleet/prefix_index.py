@@ -62,11 +62,6 @@ class BlockIndex:
                     break
         return [hits[b] for b in bits]
 
-    def blocks(self, endpoint: str) -> int:
-        """How many keys the endpoint holds (for the admin view and tests; a full scan)."""
-        b = self.bit(endpoint)
-        return sum(1 for mask in self.holders.values() if mask & b)
-
 
 class ApproxIndex(BlockIndex):
     """What we routed where, forgotten least-recently-used first once an endpoint's capacity is reached."""
@@ -76,6 +71,10 @@ class ApproxIndex(BlockIndex):
         self.default_capacity = default_capacity
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
+
+    def blocks(self, endpoint: str) -> int:
+        """How many keys the endpoint holds."""
+        return len(self._lru.get(endpoint, ()))
 
     def set_capacity(self, endpoint: str, blocks: int) -> None:
         self._capacity[endpoint] = max(1, blocks)
@@ -163,6 +162,10 @@ class PreciseIndex(BlockIndex):
             refs[key] = refs.get(key, 0) + 1
             self._set(key, bit)
             at = (chain.crc, depth + 1)
+
+    def blocks(self, endpoint: str) -> int:
+        """How many of our keys the endpoint holds."""
+        return len(self._refs.get(endpoint, {}))
 
     def removed(self, endpoint: str, block_hashes: Iterable[int]) -> None:
         blocks = self._blocks.get(endpoint, {})

@@ -69,7 +69,8 @@ class Chain:
         return self
 
     def extend_tokens(self, ids: Sequence[int]) -> Chain:
-        return self.extend(array(_TOKEN, ids).tobytes())
+        packed = ids if isinstance(ids, array) and ids.typecode == _TOKEN else array(_TOKEN, ids)
+        return self.extend(packed.tobytes())
 
 
 def token_keys(ids: Sequence[int], block_size: int, seed: int = 0) -> list[int]:

@@ -52,11 +52,8 @@ class Endpoint:
     enabled: bool = True
     max_streams: int | None = None  # the `concurrency` rule's cap: at the cap it takes nothing more
 
-    def waiting_estimate(self, now: float, stale_after: float) -> float | None:
-        """vLLM's queue as last read, plus what we sent since; None without fresh figures."""
-        load = self.fresh_load(now, stale_after)
-        if load is None:
-            return None
+    def queued(self, load: VLLMLoad) -> float:
+        """vLLM's queue as `load` read it, plus what we sent since: vLLM has not reported those yet."""
         return load.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
 
     def saturated(self, now: float, stale_after: float, max_waiting: float, max_kv_usage: float) -> bool:
@@ -64,8 +61,7 @@ class Endpoint:
         load = self.fresh_load(now, stale_after)
         if load is None:
             return False
-        waiting = load.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
-        return waiting >= max_waiting or load.kv_usage >= max_kv_usage
+        return self.queued(load) >= max_waiting or load.kv_usage >= max_kv_usage
 
     def routable(self) -> bool:
         return (

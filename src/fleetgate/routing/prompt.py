@@ -86,8 +86,7 @@ class PromptHasher:
             prompt = body.get("prompt")
             ids = _token_prompt(prompt)
             if ids is not None:
-                chain = Chain.start(self.block_bytes, seed).extend(ids.tobytes())
-                return PromptInfo(chain.keys or [], len(ids), None)
+                return self._tokens(ids, seed)
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]
             if isinstance(prompt, str):
@@ -101,16 +100,16 @@ class PromptHasher:
                 return self._chat(given, None, seed)
         return None
 
+    def _tokens(self, ids: Sequence[int], seed: int, session: int | None = None) -> PromptInfo:
+        chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
+        return PromptInfo(chain.keys or [], len(ids), session)
+
     def _text(self, text: str, seed: int) -> PromptInfo:
         if self.model_tokenizer is not None:
             # vLLM tokenizes a completions prompt with the tokenizer's special tokens (a BOS, for most).
-            ids = self.model_tokenizer.encode(text)
-            chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
-            return PromptInfo(chain.keys or [], len(ids), None)
+            return self._tokens(self.model_tokenizer.encode(text), seed)
         if self.tokenizer is not None:
-            ids = self.tokenizer.encode(text)
-            chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
-            return PromptInfo(chain.keys or [], len(ids), None)
+            return self._tokens(self.tokenizer.encode(text), seed)
         data = text.encode()
         chain = Chain.start(self.block_bytes, seed).extend(data)
         return PromptInfo(chain.keys or [], len(data) // BYTES_PER_TOKEN, None)
@@ -166,13 +165,12 @@ class PromptHasher:
             ids = render_ids(self.model_tokenizer, [template_message(m) for m in messages], tools)
         except (TemplateError, TypeError, ValueError):
             return PromptInfo([], 0, None)
-        chain = Chain.start(self.block_bytes, seed).extend_tokens(ids)
         sigs = []
         sig = hash(seed)
         for m in messages:
             sig = hash((sig, str(m.get("role")), str(m.get("content"))))
             sigs.append(sig)
-        return PromptInfo(chain.keys or [], len(ids), _session(messages, sigs, 0))
+        return self._tokens(ids, seed, _session(messages, sigs, 0))
 
     def _remember(self, key: tuple[int, int], chain: Chain) -> None:
         with self._lock:

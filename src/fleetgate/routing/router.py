@@ -43,7 +43,6 @@ class PoolRouter:
         sat = config.saturation
         self.saturation = Saturation(sat.max_waiting, sat.max_kv_usage, stale_after)
         self.picker = Picker(scorers, config.picker, self.saturation)
-        self.uses_prefix = config.scorers.get("prefix", 0) > 0 and config.picker != "round_robin"
         self.on_decision = on_decision
 
     def pick(

@@ -42,8 +42,7 @@ class LoadScorer:
             pressure = float(e.in_flight)
             if load is not None:
                 # vLLM's counts already include what we sent, so take the larger view, not the sum.
-                waiting = load.waiting + max(0, e.in_flight - e.in_flight_at_scrape)
-                pressure = max(pressure, load.running + 4.0 * waiting)
+                pressure = max(pressure, load.running + 4.0 * e.queued(load))
                 pressure += 8.0 * max(0.0, load.kv_usage - 0.8) / 0.2
             pressure += e.pending_prefill / per_request
             out.append(1.0 / (1.0 + pressure / max(e.weight, 1e-9)))
