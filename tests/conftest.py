@@ -28,6 +28,14 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def until(cond: Callable[[], bool], what: str = "condition", within: float = 10.0) -> None:
+    """Poll a condition another process makes true, with a deadline (never a bare sleep)."""
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

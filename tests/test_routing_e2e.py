@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import GatewayFactory, GatewayProcess, SimFactory, SimProcess, free_port
+from tests.conftest import GatewayFactory, GatewayProcess, SimFactory, SimProcess, free_port, until
 from tests.test_gateway import client, metric
 
 MODEL = "llama-8b"
@@ -48,13 +47,6 @@ pools:
 {endpoints}
     routing: {routing}
 """
-
-
-def until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def pool_view(gw: GatewayProcess) -> Any:

@@ -4,11 +4,10 @@ entry points (`fleetgate serve`, `fleetgate up`) with their Ctrl-C cleanup."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import GatewayFactory, GatewayProcess, alive, free_port, wait_ready
+from tests.conftest import until as conftest_until
 
 ROOT = Path(__file__).parent.parent
 # 10 virtual seconds of vLLM startup log at 20x: the worker is ready about a second after it is spawned.
@@ -44,11 +44,8 @@ pools:
 """
 
 
-def until(cond: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+# Worker starts and idle timeouts take seconds: a longer deadline than the shared default.
+until = functools.partial(conftest_until, within=30.0)
 
 
 def admin_pool(gw: GatewayProcess) -> dict[str, Any]:

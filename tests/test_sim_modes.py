@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SimFactory
+from tests.conftest import until as wait
 
 DEV = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
 
@@ -35,13 +36,6 @@ async def until(cond: Callable[[], bool], seconds: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_dev_endpoints_exist_only_in_dev_mode(sim_factory: SimFactory) -> None:
@@ -143,7 +137,7 @@ def test_client_disconnect_aborts_the_request(sim_factory: SimFactory) -> None:
         for line in r.iter_lines():
             if line.startswith("data: "):
                 break
-    wait_for(lambda: metric(sim.url, "vllm:request_success_total", finished_reason="abort") == 1)
+    wait(lambda: metric(sim.url, "vllm:request_success_total", finished_reason="abort") == 1)
     assert metric(sim.url, "vllm:num_requests_running") == 0
 
 
