@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from fleetgate.config import RoutingConfig
 from fleetgate.fleet.prefix_index import ApproxIndex, PreciseIndex
 from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.vllm_metrics import VLLMLoad
@@ -135,9 +136,9 @@ class PoolState:
 
     name: str
     endpoints: list[Endpoint] = field(default_factory=list)
-    approx: ApproxIndex = field(default_factory=lambda: ApproxIndex(default_capacity=65536))
+    approx: ApproxIndex = field(default_factory=lambda: ApproxIndex(RoutingConfig().index_blocks))
     precise: PreciseIndex = field(default_factory=PreciseIndex)
-    sessions: SessionTable = field(default_factory=lambda: SessionTable(ttl=600.0))
+    sessions: SessionTable = field(default_factory=lambda: SessionTable(RoutingConfig().session.ttl))
 
     def routable(self) -> list[Endpoint]:
         return [e for e in self.endpoints if e.routable()]
