@@ -1,6 +1,6 @@
 """What a pool of started workers runs and how it scales: plain values, mapped from the fleet file.
 
-No defaults here: config.py is the only place defaults live, and it fills every field.
+No defaults here: the config package is the only place defaults live, and it fills every field.
 """
 
 from __future__ import annotations
