@@ -593,7 +593,7 @@ pools:
 
 
 def test_workers_defaults_map_to_a_pool_spec(tmp_path: Path) -> None:
-    from fleetgate.api.workers import pool_spec
+    from fleetgate.api.gateway import pool_spec
     from fleetgate.scaling.spec import RuleKind
 
     cfg = load_config(write(tmp_path, WORKERS), env={})

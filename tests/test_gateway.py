@@ -127,6 +127,23 @@ def test_bad_requests_get_openai_errors(gateway_factory: GatewayFactory, sims: l
         c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=-3)
 
 
+def test_wrong_method_is_405_with_allow_on_every_route(
+    gateway_factory: GatewayFactory, sims: list[SimProcess]
+) -> None:
+    gw = gateway_factory(upstreams=[s.url for s in sims])
+    for method, path, allowed in [
+        ("POST", "/version", "GET"),
+        ("POST", "/health", "GET"),
+        ("DELETE", "/v1/models", "GET"),
+        ("GET", "/v1/chat/completions", "POST"),
+    ]:
+        r = httpx.request(method, gw.url + path)
+        assert r.status_code == 405, (method, path)
+        assert r.headers["allow"] == allowed
+        err = r.json()["error"]
+        assert err["type"] == "MethodNotAllowedError" and err["code"] == 405 and method in err["message"]
+
+
 def test_all_backends_down_is_503_with_retry_after(
     gateway_factory: GatewayFactory, sim_factory: SimFactory
 ) -> None:

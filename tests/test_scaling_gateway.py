@@ -212,18 +212,17 @@ def test_serve_the_embedded_demo_model(tmp_path: Path) -> None:
 
 def test_concurrency_rule_caps_streams_per_worker_and_cold_pools_hold() -> None:
     from fleetgate.admission.flow import FlowQueue
-    from fleetgate.api.workers import WorkerPool, pool_spec
+    from fleetgate.api.gateway import pool_spec
     from fleetgate.config import parse_config
     from fleetgate.fleet.state import Endpoint, PoolState
+    from fleetgate.scaling.pools import WorkerPool
 
     pc = parse_config(
         "pools:\n  - name: p\n    workers: {engine: sim, model: m, scaling: {rule: concurrency, target: 2}}\n"
     ).pools[0]
     assert pc.workers is not None
     endpoints: list[Endpoint] = []
-    wp = WorkerPool(
-        pc.workers, pool_spec(pc), endpoints, PoolState("p", endpoints), FlowQueue("p", float, 8, 1)
-    )
+    wp = WorkerPool(pool_spec(pc), endpoints, PoolState("p", endpoints), FlowQueue("p", float, 8, 1))
     assert wp.cold() and wp.room(float("inf")) == 0  # held, not refused
     e = Endpoint(name="p-1", url="http://127.0.0.1:1", pool="p", max_streams=wp.max_streams)
     e.probe_ok()

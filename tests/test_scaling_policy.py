@@ -61,6 +61,9 @@ def pool_spec(**changes: object) -> PoolSpec:
         startup_timeout=60.0,
         drain_deadline=5.0,
         stop_grace=2.0,
+        interval=1.0,
+        gpus=None,
+        log_dir="logs",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

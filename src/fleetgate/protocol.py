@@ -6,6 +6,7 @@ One definition shared by the gateway, the simulator, the load tester and the emb
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ class OpenAIError(Exception):
 
     status: int = 400
     type: str = "BadRequestError"
+    headers: Sequence[tuple[bytes, bytes]] = ()  # extra response headers (Allow for a 405)
 
     def __init__(
         self,
@@ -74,6 +76,16 @@ class AuthenticationError(OpenAIError):
 class NotFoundError(OpenAIError):
     status = 404
     type = "NotFoundError"
+
+
+class MethodNotAllowedError(OpenAIError):
+    status = 405
+    type = "MethodNotAllowedError"
+
+    def __init__(self, method: str, allowed: Iterable[str]) -> None:
+        names = sorted(allowed)
+        super().__init__(f"method {method} not allowed here (allowed: {', '.join(names)})")
+        self.headers = [(b"allow", ", ".join(names).encode())]
 
 
 class PayloadTooLargeError(OpenAIError):

@@ -154,6 +154,27 @@ class GatewayMetrics(RelayObserver):
                 self.load.labels(e.pool, e.name, "waiting").set(e.load.waiting)
                 self.load.labels(e.pool, e.name, "kv_usage").set(e.load.kv_usage)
 
+    # ---- worker pools' reports (scaling.pools.PoolsObserver) ---------------------------------------------
+    def worker_restarted(self, pool: str, count: int) -> None:
+        self.restarts.labels(pool).inc(count)
+
+    def worker_woken(self, pool: str, count: int, seconds: float | None) -> None:
+        self.wakeups.labels(pool).inc(count)
+        if seconds is not None:
+            self.wake_seconds.labels(pool).observe(seconds)
+
+    def cold_start(self, pool: str, total: float, phases: Mapping[str, float]) -> None:
+        self.cold_starts.labels(pool).inc()
+        self.cold_start_seconds.labels(pool, "total").observe(total)
+        for phase, seconds in phases.items():
+            self.cold_start_seconds.labels(pool, phase).observe(seconds)
+
+    def pool_status(self, pool: str, states: Mapping[str, int], desired: int, failed: bool) -> None:
+        for state, n in states.items():
+            self.workers.labels(pool, state).set(n)
+        self.workers_desired.labels(pool).set(desired)
+        self.pool_failed.labels(pool).set(1 if failed else 0)
+
     # ---- relay hooks -----------------------------------------------------------------------------------
     def attempt_failed(self, endpoint: Endpoint, reason: str) -> None:
         self.upstream_errors.labels(endpoint.name, reason).inc()

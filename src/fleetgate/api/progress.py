@@ -11,8 +11,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from fleetgate.api.workers import WorkerFleet
 from fleetgate.engines.base import Phase
+from fleetgate.scaling.pools import WorkerFleet
 from fleetgate.scaling.worker import WorkerState
 
 __all__ = ["show_startups"]

@@ -70,6 +70,9 @@ class PoolSpec:
     startup_timeout: float  # a worker not ready by then has failed (a stuck download, a hung compile)
     drain_deadline: float  # longest wait for in-flight streams before a stop or sleep goes ahead
     stop_grace: float  # SIGTERM to SIGKILL
+    interval: float  # seconds between autoscaler ticks
+    gpus: tuple[str, ...] | None  # the GPUs the pool may use (None: what the machine has)
+    log_dir: str  # worker logs
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_workers <= self.max_workers or self.max_workers < 1:

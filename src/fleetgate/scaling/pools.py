@@ -15,60 +15,32 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from fleetgate.admission.flow import FlowQueue
-from fleetgate.api.metrics import GatewayMetrics
-from fleetgate.config import PoolConfig, WorkersConfig
 from fleetgate.fleet.monitor import Monitor
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad
 from fleetgate.scaling.gpus import GpuInventory, discover_gpus
 from fleetgate.scaling.local import LocalProvider
-from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
+from fleetgate.scaling.spec import PoolSpec, RuleKind
 from fleetgate.scaling.worker import Worker, WorkerState
 
-__all__ = ["WorkerFleet", "WorkerPool", "pool_spec"]
+__all__ = ["PoolsObserver", "WorkerFleet", "WorkerPool"]
 
 log = logging.getLogger("fleetgate.scaling")
 
 
-def pool_spec(pc: PoolConfig) -> PoolSpec:
-    """The fleet file's `workers:` as the provider's and policy's plain values."""
-    wc = pc.workers
-    assert wc is not None
-    worker = WorkerSpec(
-        engine=wc.engine,
-        model=wc.model,
-        served_model_name=wc.served_name,
-        engine_args=tuple(wc.engine_args),
-        gpus_per_worker=wc.worker_gpus,
-        sleep=wc.sleep,
-        sleep_level=wc.sleep_level,
-        env=dict(wc.env),
-        hf_token_env=wc.hf_token_env,
-        hf_token_file=wc.hf_token_file,
-        offline=wc.offline,
-    )
-    return PoolSpec(
-        name=pc.name,
-        worker=worker,
-        min_workers=wc.min_workers,
-        max_workers=wc.max_workers,
-        idle_timeout=wc.idle_timeout,
-        rule=ScalingRule(RuleKind(wc.scaling.rule), wc.scaling.target),
-        stabilization_window=wc.stabilization_window,
-        scale_up_limit=wc.scale_up_limit,
-        scale_up_period=wc.scale_up_period,
-        backoff_base=wc.backoff_base,
-        backoff_cap=wc.backoff_cap,
-        max_failures=wc.max_failures,
-        startup_timeout=wc.startup_timeout,
-        drain_deadline=wc.drain_deadline,
-        stop_grace=wc.stop_grace,
-    )
+class PoolsObserver(Protocol):
+    """What the pools report for metrics (the gateway's metrics implement it)."""
+
+    def worker_restarted(self, pool: str, count: int) -> None: ...
+    def worker_woken(self, pool: str, count: int, seconds: float | None) -> None: ...
+    def cold_start(self, pool: str, total: float, phases: Mapping[str, float]) -> None: ...
+    def pool_status(self, pool: str, states: Mapping[str, int], desired: int, failed: bool) -> None: ...
 
 
 @dataclass
@@ -85,7 +57,6 @@ class _Seen:
 class WorkerPool:
     """The gateway's side of one pool of started workers."""
 
-    config: WorkersConfig
     spec: PoolSpec
     endpoints: list[Endpoint]  # the pool's own list, shared with its route and state
     state: PoolState
@@ -137,17 +108,16 @@ class _Group:
 class WorkerFleet:
     """Every pool of started workers: build, then `start()` in the gateway's lifespan, `close()` after."""
 
-    def __init__(self, pools: Sequence[WorkerPool], metrics: GatewayMetrics) -> None:
+    def __init__(self, pools: Sequence[WorkerPool], observer: PoolsObserver) -> None:
         self.pools = {wp.spec.name: wp for wp in pools}
-        self.metrics = metrics
+        self.observer = observer
         self._groups: list[_Group] = []
         self._provider_of: dict[str, LocalProvider] = {}
 
     async def start(self) -> None:
         keyed: dict[tuple[tuple[str, ...] | None, str], list[WorkerPool]] = {}
         for wp in self.pools.values():
-            gpus = None if wp.config.gpus is None else tuple(wp.config.gpus)
-            keyed.setdefault((gpus, wp.config.log_dir), []).append(wp)
+            keyed.setdefault((wp.spec.gpus, wp.spec.log_dir), []).append(wp)
         for (gpus, log_dir), members in keyed.items():
             # NVML blocks on the driver: off the loop.
             found = await asyncio.to_thread(discover_gpus, gpus, os.environ)
@@ -163,7 +133,7 @@ class WorkerFleet:
                     )
                     log.error("pool %s failed: %s", wp.spec.name, wp.failure)
             specs = [wp.spec for wp in members if wp.failure is None]
-            interval = min(wp.config.scaling.interval for wp in members)
+            interval = min(wp.spec.interval for wp in members)
             scaler = Autoscaler(provider, specs, self._observe, interval)
             group = _Group(provider, scaler)
             group.task = asyncio.create_task(scaler.run(), name="autoscaler")
@@ -183,16 +153,13 @@ class WorkerFleet:
     def desired(self, pool: str) -> int:
         return next((g.autoscaler.desired[pool] for g in self._groups if pool in g.autoscaler.pools), 0)
 
-    def refresh_metrics(self) -> None:
-        m = self.metrics
+    def report(self) -> None:
+        """Tell the observer each pool's workers by state (at scrape time, never on the request path)."""
         for name, wp in self.pools.items():
-            counts = dict.fromkeys(WorkerState, 0)
+            counts = {st.value: 0 for st in WorkerState}
             for w in self.workers(name):
-                counts[w.state] += 1
-            for st, n in counts.items():
-                m.workers.labels(name, st.value).set(n)
-            m.workers_desired.labels(name).set(self.desired(name))
-            m.pool_failed.labels(name).set(0 if wp.failure is None else 1)
+                counts[w.state.value] += 1
+            self.observer.pool_status(name, counts, self.desired(name), wp.failure is not None)
 
     async def close(self) -> None:
         """Stop scaling, then every worker (the gateway has drained its streams by now)."""
@@ -254,15 +221,13 @@ class WorkerFleet:
         wp.state.approx.clear(e.name)
 
     def _count(self, wp: WorkerPool, w: Worker) -> None:
-        m, name = self.metrics, w.pool
+        name = w.pool
         seen = wp.seen.setdefault(w.id, _Seen())
         if w.restarts > seen.restarts:
-            m.restarts.labels(name).inc(w.restarts - seen.restarts)
+            self.observer.worker_restarted(name, w.restarts - seen.restarts)
             seen.restarts = w.restarts
         if w.wakes > seen.wakes:
-            m.wakeups.labels(name).inc(w.wakes - seen.wakes)
-            if w.last_wake_seconds is not None:
-                m.wake_seconds.labels(name).observe(w.last_wake_seconds)
+            self.observer.worker_woken(name, w.wakes - seen.wakes, w.last_wake_seconds)
             seen.wakes = w.wakes
         t = w.timeline
         if t is not None and t.ready_at is None and t.phase.value != seen.phase:
@@ -270,7 +235,5 @@ class WorkerFleet:
             log.info("%s: %s", w.id, seen.phase)
         if t is not None and t.total is not None and seen.timeline is not t:
             seen.timeline = t
-            m.cold_starts.labels(name).inc()
-            m.cold_start_seconds.labels(name, "total").observe(t.total)
-            for phase, seconds in t.durations().items():
-                m.cold_start_seconds.labels(name, phase.value).observe(seconds)
+            phases = {phase.value: seconds for phase, seconds in t.durations().items()}
+            self.observer.cold_start(name, t.total, phases)

@@ -1,0 +1,263 @@
+"""The gateway's wiring root: every pool's endpoints, router, flow queue, workers and background loops, built
+from the fleet file, started and stopped by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from fleetgate.admission.adapters import AdapterLoader
+from fleetgate.admission.auth import Keyring
+from fleetgate.admission.flow import FlowQueue
+from fleetgate.admission.limits import TokenLimits
+from fleetgate.api.metrics import GatewayMetrics
+from fleetgate.config import FleetConfig, PoolConfig
+from fleetgate.fleet.kv_events import KVEventSubscriber
+from fleetgate.fleet.monitor import Monitor, MonitorSettings
+from fleetgate.fleet.prefix_index import ApproxIndex
+from fleetgate.fleet.sessions import SessionTable
+from fleetgate.fleet.state import Endpoint, FleetState, PoolState
+from fleetgate.protocol import ServiceUnavailableError
+from fleetgate.relay import PoolRoute, Relay, RetryPolicy, Timeouts
+from fleetgate.routing.prompt import PromptHasher
+from fleetgate.routing.router import PoolRouter
+from fleetgate.scaling.pools import WorkerFleet, WorkerPool
+from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
+
+__all__ = ["Gateway", "Pool", "pool_spec"]
+
+
+def pool_spec(pc: PoolConfig) -> PoolSpec:
+    """The fleet file's `workers:` as the provider's and policy's plain values."""
+    wc = pc.workers
+    assert wc is not None
+    worker = WorkerSpec(
+        engine=wc.engine,
+        model=wc.model,
+        served_model_name=wc.served_name,
+        engine_args=tuple(wc.engine_args),
+        gpus_per_worker=wc.worker_gpus,
+        sleep=wc.sleep,
+        sleep_level=wc.sleep_level,
+        env=dict(wc.env),
+        hf_token_env=wc.hf_token_env,
+        hf_token_file=wc.hf_token_file,
+        offline=wc.offline,
+    )
+    return PoolSpec(
+        name=pc.name,
+        worker=worker,
+        min_workers=wc.min_workers,
+        max_workers=wc.max_workers,
+        idle_timeout=wc.idle_timeout,
+        rule=ScalingRule(RuleKind(wc.scaling.rule), wc.scaling.target),
+        stabilization_window=wc.stabilization_window,
+        scale_up_limit=wc.scale_up_limit,
+        scale_up_period=wc.scale_up_period,
+        backoff_base=wc.backoff_base,
+        backoff_cap=wc.backoff_cap,
+        max_failures=wc.max_failures,
+        startup_timeout=wc.startup_timeout,
+        drain_deadline=wc.drain_deadline,
+        stop_grace=wc.stop_grace,
+        interval=wc.scaling.interval,
+        gpus=None if wc.gpus is None else tuple(wc.gpus),
+        log_dir=wc.log_dir,
+    )
+
+
+@dataclass
+class Pool:
+    config: PoolConfig
+    route: PoolRoute
+    state: PoolState
+    hasher: PromptHasher
+    flow: FlowQueue
+    token_limits: TokenLimits
+    upstream_model: dict[str, str] = field(default_factory=dict)  # public name -> name sent upstream
+    session_header: bytes = b"x-session-id"
+    # Whether requests need their prompt hashed (prefix scorer) or their history signed (session scorer).
+    wants_prompt: bool = True
+    loader: AdapterLoader | None = None  # set at start when the pool declares adapters
+    workers: WorkerPool | None = None  # the pool's started workers, when it has `workers:`
+
+
+def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
+    """How many more requests the pool takes before every endpoint is saturated (the flow queue's gate).
+
+    Endpoints without fresh figures cannot be judged and never hold requests back; with nothing routable
+    the relay answers 503 at once, so that does not hold them either.
+    """
+    sat = router.saturation
+
+    def room() -> float:
+        now = time.monotonic()
+        total = 0.0
+        routable = False
+        for e in endpoints:
+            if not e.routable():
+                continue
+            routable = True
+            load = e.fresh_load(now, sat.stale_after)
+            if load is None:
+                return float("inf")
+            if load.kv_usage < sat.max_kv_usage:
+                total += max(0.0, sat.max_waiting - e.queued(load))
+        return total if routable else float("inf")
+
+    return room
+
+
+def _on_change(pool: Pool) -> Callable[[Endpoint], None]:
+    def changed(e: Endpoint) -> None:
+        pool.route.router.track_capacity(e)
+        pool.flow.kick()
+
+    return changed
+
+
+class Gateway:
+    """Everything one gateway holds; built by `create_app`, started and stopped by the lifespan."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.fleet = FleetState()
+        self.metrics = GatewayMetrics(self.fleet)
+        self.pools: dict[str, Pool] = {}
+        self.model_pool: dict[str, Pool] = {}
+        self.discover_pools: list[Pool] = []  # pools that serve whatever their upstreams list
+        self.keyring = Keyring((k.name, k.secret.get_secret_value(), k.priority) for k in config.keys)
+        self.draining = False
+        self.session: aiohttp.ClientSession | None = None
+        self.relay: Relay | None = None
+        self.monitors: list[tuple[Monitor, list[Endpoint]]] = []
+        self.subscribers: list[KVEventSubscriber] = []
+        for pc in config.pools:
+            self._add_pool(pc)
+        started = [p.workers for p in self.pools.values() if p.workers is not None]
+        self.workers = WorkerFleet(started, self.metrics) if started else None
+        # The body is read before its model (and so its pool) is known: the largest pool limit applies.
+        self.max_body_bytes = max(pc.limits.max_body_bytes for pc in config.pools)
+
+    def _add_pool(self, pc: PoolConfig) -> None:
+        endpoints = [
+            Endpoint(
+                name=e.name,
+                url=e.url,
+                pool=pc.name,
+                api_key=e.secret.get_secret_value() if e.secret is not None else None,
+                weight=e.weight,
+                kv_events=e.kv_events,
+            )
+            for e in pc.endpoints
+        ]
+        rc = pc.routing
+        state = PoolState(
+            pc.name, endpoints, approx=ApproxIndex(rc.index_blocks), sessions=SessionTable(rc.session.ttl)
+        )
+        self.fleet.pools[pc.name] = state
+        router = PoolRouter(state, rc, pc.scrape.stale_after, self.metrics.route_decided)
+        t = pc.timeouts
+        route = PoolRoute(
+            name=pc.name,
+            endpoints=endpoints,
+            router=router,
+            timeouts=Timeouts(t.connect, t.first_byte_stream, t.first_byte_nonstream, t.idle_gap, t.total),
+            retries=RetryPolicy(pc.retries.attempts, pc.retries.backoff_base, pc.retries.backoff_max),
+            debug_headers=rc.debug_headers,
+        )
+        room = _room(router, endpoints)
+        flow = FlowQueue(
+            pc.name, room, pc.limits.max_queue, pc.limits.max_queue_wait, on_wait=lambda: self._held()
+        )
+        pool = Pool(
+            pc,
+            route,
+            state,
+            PromptHasher(rc.tokenizer, rc.block_size),
+            flow,
+            TokenLimits(pc.limits.max_tokens_default, pc.limits.max_tokens_cap),
+            session_header=rc.session.header.encode(),
+            wants_prompt=rc.picker != "round_robin"
+            and (rc.scorers.get("prefix", 0) > 0 or rc.scorers.get("session", 0) > 0),
+        )
+        if pc.workers is not None:
+            pool.workers = wp = WorkerPool(pool_spec(pc), endpoints, state, flow)
+            flow.capacity = lambda: wp.room(room())
+        self.pools[pc.name] = pool
+        for public, upstream in pc.model_map().items():
+            pool.upstream_model[public] = upstream
+            self.model_pool[public] = pool
+        for adapter in pc.adapters:
+            pool.upstream_model.setdefault(adapter.name, adapter.name)
+            self.model_pool.setdefault(adapter.name, pool)
+        if not pc.models and pc.workers is None:
+            self.discover_pools.append(pool)
+
+    def _held(self) -> None:
+        if self.workers is not None:
+            self.workers.nudge()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self.relay = Relay(self.session, self.metrics)
+        # Each pool is watched with its own health and scrape settings.
+        for pool in self.pools.values():
+            pc = pool.config
+            settings = MonitorSettings(
+                pc.health.interval, pc.health.timeout, pc.health.path, pc.scrape.interval
+            )
+            if pc.adapters:
+                paths = {a.name: a.path for a in pc.adapters}
+                pool.loader = AdapterLoader(self.session, pool.route.endpoints, paths, pc.timeouts.total)
+            monitor = Monitor(self.session, settings, _on_change(pool))
+            self.monitors.append((monitor, pool.route.endpoints))
+            if pool.workers is not None:
+                pool.workers.monitor = monitor
+            if any(e.kv_events for e in pool.route.endpoints):
+                rc = pc.routing
+                subscriber = KVEventSubscriber(pool.state.precise, rc.kv_events_topic, rc.kv_events_silence)
+                subscriber.start(pool.route.endpoints)
+                self.subscribers.append(subscriber)
+        # One round of probes before serving, so /ready and the first requests see the real fleet.
+        await asyncio.gather(*(m.probe(e) for m, endpoints in self.monitors for e in endpoints))
+        for m, endpoints in self.monitors:
+            m.start(endpoints)
+        if self.workers is not None:
+            await self.workers.start()
+
+    def ready(self) -> bool:
+        """Serving: some endpoint is routable, or some pool of workers can start one for a request."""
+        if self.draining:
+            return False
+        pools = self.workers.pools.values() if self.workers is not None else ()
+        return self.fleet.any_routable() or any(wp.failure is None for wp in pools)
+
+    async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.close()
+        for m, _ in self.monitors:
+            await m.stop()
+        for sub in self.subscribers:
+            await sub.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    # ---- lookups ---------------------------------------------------------------------------------------
+    def pool_for(self, model: str) -> Pool | None:
+        pool = self.model_pool.get(model)
+        if pool is not None:
+            return pool
+        for p in self.discover_pools:
+            if any(model in e.models for e in p.route.endpoints):
+                return p
+        if any(not e.models for p in self.discover_pools for e in p.route.endpoints):
+            # Some upstream has not told us its models yet: the model may well be there.
+            raise ServiceUnavailableError("the upstreams are not ready yet; retry shortly")
+        return None
