@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from fleetgate.config import RoutingConfig
-from fleetgate.fleet.state import Breaker, Endpoint, PoolState
+from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.request import RouteRequest
 from fleetgate.routing.router import PoolRouter
@@ -80,13 +80,14 @@ def main() -> None:
 
     state = PoolState("p", [])
     for i in range(args.endpoints):
-        e = Endpoint(f"e{i}", f"http://e{i}", "p", breaker=Breaker.CLOSED)
+        e = Endpoint(f"e{i}", f"http://e{i}", "p")
+        e.probe_ok()
         state.endpoints.append(e)
     info = builtin.info("chat", chats[0], None)
     assert info is not None
     for e in state.endpoints:
         state.approx.record(e.name, info.keys)
-    router = PoolRouter(state, RoutingConfig(), stale_after=1.0)
+    router = PoolRouter(state, RoutingConfig(), stale_after=1.0, stall_after=3.0)
     rows.append(
         (
             f"pick over {args.endpoints} endpoints, {len(info.keys)} blocks held",

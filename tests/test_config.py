@@ -118,7 +118,7 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), env={})
 
     assert config.keys == []  # open gateway
-    assert config.listen.model_dump() == {"host": "0.0.0.0", "port": 8000}
+    assert (config.listen.host, config.listen.port) == ("0.0.0.0", 8000)
     assert config.admin.model_dump() == {"host": "127.0.0.1", "port": 8001}
     assert config.shutdown.model_dump() == {"pre_stop_delay": 5.0, "drain_timeout": 30.0}
     assert config.keepalive_after == 10.0
@@ -135,6 +135,7 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
         "max_tokens_default": 1024,
         "max_tokens_cap": 8192,
         "max_body_bytes": 4194304,
+        "max_n": 16,
         "max_queue": 1024,
         "max_queue_wait": 30.0,
     }
@@ -144,7 +145,9 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
         "first_byte_nonstream": 300.0,
         "idle_gap": 60.0,
         "total": 900.0,
+        "stall_after": None,
     }
+    assert pool.stall_after == 5.0
     assert pool.retries.model_dump() == {"attempts": 3, "backoff_base": 0.05, "backoff_max": 1.0}
     assert pool.health.model_dump() == {"interval": 1.0, "timeout": 2.0, "path": "/health"}
     assert pool.scrape.model_dump() == {"interval": 0.1, "stale_after": 1.0}
@@ -287,7 +290,7 @@ def test_unknown_key_points_at_the_key_and_suggests(tmp_path: Path) -> None:
         """
     assert errors(tmp_path, text) == [
         "fleet.yaml:4:16: pools[0].timeouts.conect: unknown key; did you mean 'connect'? (expected one of: "
-        "connect, first_byte_stream, first_byte_nonstream, idle_gap, total)",
+        "connect, first_byte_stream, first_byte_nonstream, idle_gap, total, stall_after)",
         "fleet.yaml:5:1: auth: unknown key; did you mean 'keys'? (expected one of: listen, admin, keys, "
         "pools, shutdown, keepalive_after, log)",
     ]
@@ -788,7 +791,7 @@ def test_with_addresses(tmp_path: Path) -> None:
     config = load_config(design_example(tmp_path), env=ENV)
     assert config.with_addresses() == config
     moved = config.with_addresses(port=9000, admin_host="0.0.0.0", admin_port=9001)
-    assert moved.listen.model_dump() == {"host": "0.0.0.0", "port": 9000}
+    assert (moved.listen.host, moved.listen.port) == ("0.0.0.0", 9000)
     assert moved.admin.model_dump() == {"host": "0.0.0.0", "port": 9001}
     assert moved.keys[0].secret.get_secret_value() == ENV["TRAVEL_KEY"]
     assert moved.pools == config.pools

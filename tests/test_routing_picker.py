@@ -33,7 +33,8 @@ def load(
 
 
 def endpoint(name: str, reading: VLLMLoad | None = None, **kw: object) -> Endpoint:
-    e = Endpoint(name, f"http://{name}", "p", breaker=Breaker.CLOSED, models=frozenset({MODEL}), **kw)  # type: ignore[arg-type]
+    e = Endpoint(name, f"http://{name}", "p", models=frozenset({MODEL}), **kw)  # type: ignore[arg-type]
+    e.probe_ok()
     if reading is not None:
         e.load, e.load_at = reading, time.monotonic()
     return e
@@ -44,7 +45,7 @@ def pool(*endpoints: Endpoint) -> PoolState:
 
 
 def router(state: PoolState, **routing: object) -> PoolRouter:
-    return PoolRouter(state, RoutingConfig.model_validate(routing), stale_after=1.0)
+    return PoolRouter(state, RoutingConfig.model_validate(routing), stale_after=1.0, stall_after=3.0)
 
 
 # ---- scorers -----------------------------------------------------------------------------------------------

@@ -117,10 +117,25 @@ def test_idle_worker_sleeps_and_a_request_wakes_it(gateway_factory: GatewayFacto
     assert metric(gw, "fleetgate_cold_starts_total") == 1
 
 
+def test_a_cold_start_longer_than_max_queue_wait_holds_the_request_until_the_worker_is_ready(
+    gateway_factory: GatewayFactory,
+) -> None:
+    # 3 s of start-up against a 0.5 s queue bound: the request waits for the worker, it is not refused.
+    slow = '["--startup-time", "60", "--time-scale", "20"]'
+    gw = gateway_factory(fleet(f"engine_args: {slow}", limits="{max_queue_wait: 0.5}"))
+    r = httpx.post(
+        f"{gw.url}/v1/completions", json={"model": "llama", "prompt": "a", "max_tokens": 2}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert metric(gw, 'fleetgate_cold_starts_total{pool="sim"}') == 1
+
+
 def test_queue_bounds_answer_503_with_retry_after(gateway_factory: GatewayFactory) -> None:
-    # A worker that takes far longer to start than a request may wait.
+    # A worker that takes far longer to start than a request may be held.
     slow = '["--startup-time", "60"]'
-    gw = gateway_factory(fleet(f"engine_args: {slow}", limits="{max_queue: 1, max_queue_wait: 1}"))
+    gw = gateway_factory(
+        fleet(f"engine_args: {slow}\n      max_hold: 1.5", limits="{max_queue: 1, max_queue_wait: 1}")
+    )
     held: list[httpx.Response] = []
     first = threading.Thread(
         target=lambda: held.append(
@@ -135,6 +150,8 @@ def test_queue_bounds_answer_503_with_retry_after(gateway_factory: GatewayFactor
         assert r.status_code == 503, r.text
         assert int(r.headers["retry-after"]) >= 1
     assert "queue is full" in full.json()["error"]["message"]
+    message = held[0].json()["error"]["message"]
+    assert "no worker of pool 'sim' ready: a cold start has taken" in message and "so far" in message
 
 
 def test_failed_pool_answers_503_with_the_reason(gateway_factory: GatewayFactory) -> None:

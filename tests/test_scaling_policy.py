@@ -59,6 +59,7 @@ def pool_spec(**changes: object) -> PoolSpec:
         backoff_cap=8.0,
         max_failures=3,
         startup_timeout=60.0,
+        max_hold=60.0,
         drain_deadline=5.0,
         stop_grace=2.0,
         interval=1.0,

@@ -329,16 +329,17 @@ def bench_compare(
 
 
 def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
-    from fleetgate.api.serve import run
-
-    typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
-               f"(admin http://{cfg.admin.host}:{cfg.admin.port})")  # fmt: skip
+    from fleetgate.api.serve import PortInUseError, run
     from fleetgate.routing.prompt import TokenizerError
+
+    def announce() -> None:
+        typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
+                   f"(admin http://{cfg.admin.host}:{cfg.admin.port})")  # fmt: skip
 
     # Bars redraw in place: only where someone watches a terminal; plain log lines anywhere else.
     try:
-        run(cfg, progress=progress and sys.stdout.isatty())
-    except TokenizerError as e:
+        run(cfg, progress=progress and sys.stdout.isatty(), announce=announce)
+    except (TokenizerError, PortInUseError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 

@@ -103,9 +103,19 @@ class InternalServerError(OpenAIError):
     type = "InternalServerError"
 
 
+class BadGatewayError(OpenAIError):
+    status = 502
+    type = "BadGatewayError"
+
+
 class ServiceUnavailableError(OpenAIError):
     status = 503
     type = "ServiceUnavailableError"
+
+
+class GatewayTimeoutError(OpenAIError):
+    status = 504
+    type = "GatewayTimeoutError"
 
 
 def error_from_body(body: bytes, status: int) -> OpenAIError:
@@ -125,7 +135,45 @@ def error_from_body(body: bytes, status: int) -> OpenAIError:
 
 
 def model_not_found(model: str) -> NotFoundError:
-    return NotFoundError(f"The model `{model}` does not exist.", param="model")
+    shown = model if len(model) <= 200 else model[:200] + "…"  # never echo a client's 10 KB back
+    return NotFoundError(f"The model `{shown}` does not exist.", param="model")
+
+
+# Strings pydantic's lax mode (what vLLM validates with) reads as booleans.
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(value: Any, name: str) -> bool:
+    """A boolean field as vLLM accepts it (null is false; "true", "yes", 1 ...); 400 otherwise."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise RequestValidationError(f"`{name}` should be a valid boolean", param=name)
+
+
+def lax_int(value: Any, name: str) -> int | None:
+    """An integer field as vLLM accepts it (8, 8.0, "8", "8.0"); 400 otherwise."""
+    if value is None or isinstance(value, int):
+        return None if value is None else int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = 0.5
+        if number.is_integer():
+            return int(number)
+    raise RequestValidationError(f"`{name}` should be a valid integer", param=name)
 
 
 def sse_event(payload: bytes) -> bytes:

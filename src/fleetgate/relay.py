@@ -1,9 +1,17 @@
 """The upstream relay: pick, send, retry before the first byte, stream whole SSE events through unchanged.
 
 Retries go to another endpoint, only before the upstream's first byte, only on transport failures and 429,
-502, 503, 504, with jittered backoff inside the request's deadline. After the first byte an upstream failure
-ends the stream with an SSE error event and `[DONE]`, never a silent truncation. When the client leaves, the
-relay task is cancelled and the upstream connection closed at once, so the engine aborts the request.
+502, 503, 504, with jittered backoff inside the request's deadline. A request still waiting for its first byte
+from an endpoint that has gone silent (no probe, scrape or byte answered within `stall_after`: a frozen
+process or a hung GPU) is abandoned and retried elsewhere; a slow first byte from an endpoint that is alive is
+a deep queue, not a fault, and is waited for. After the first byte an upstream failure ends the stream with an
+SSE error event and `[DONE]`, never a silent truncation.
+
+No `asyncio.wait_for` around reads: on Python 3.11 it can swallow the cancellation that a client's disconnect
+sends (CPython gh-86296), leaving the engine generating for nobody. The first byte is awaited with
+`asyncio.wait` (which never swallows a cancellation) and a stream is read under one `asyncio.timeout` whose
+deadline moves with each event. A client that stops reading is its own fault: `ClientStalled` ends its
+exchange and nobody upstream is blamed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ import aiohttp
 import orjson
 
 from fleetgate.fleet.state import Endpoint
-from fleetgate.protocol import SSE_DONE, OpenAIError, ServiceUnavailableError, error_from_body
+from fleetgate.protocol import (
+    SSE_DONE,
+    BadGatewayError,
+    GatewayTimeoutError,
+    OpenAIError,
+    ServiceUnavailableError,
+    error_from_body,
+)
 from fleetgate.routing.request import RouteRequest
 from fleetgate.routing.router import PoolRouter
 
@@ -27,14 +42,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
-class GatewayTimeoutError(OpenAIError):
-    status = 504
-    type = "GatewayTimeoutError"
-
-
-class BadGatewayError(OpenAIError):
-    status = 502
-    type = "BadGatewayError"
+class ClientStalled(Exception):
+    """The client stopped reading its stream until the request's deadline passed."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Timeouts:
     first_byte_nonstream: float = 300.0
     idle_gap: float = 60.0
     total: float = 900.0
+    stall_after: float = 5.0  # an endpoint without any sign of life this long counts as frozen
 
 
 @dataclass(frozen=True)
@@ -57,13 +67,12 @@ class RetryPolicy:
 
 
 class RelayObserver:
-    """Hooks for metrics and logs; the default does nothing."""
+    """Hooks for metrics; the default does nothing."""
 
     def attempt_failed(self, endpoint: Endpoint, reason: str) -> None: ...
     def retried(self, call: Call) -> None: ...
     def first_event(self, call: Call, seconds: float) -> None: ...
     def event_gap(self, call: Call, seconds: float) -> None: ...
-    def finished(self, call: Call, status: int, usage: dict[str, Any] | None) -> None: ...
 
 
 @dataclass
@@ -78,9 +87,15 @@ class Call:
     pool: str
     model: str  # the name the client asked for (an alias stays an alias here)
     started: float = field(default_factory=time.monotonic)
+    # The client did not ask for usage; it was asked for upstream (to count the tokens) and its event is
+    # not passed on.
+    strip_usage: bool = False
     endpoint: Endpoint | None = None
     attempts: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # extra response headers
+    # What the client got: the upstream's status, or the status of the error that ended its stream.
+    status: int = 0
+    usage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -93,6 +108,10 @@ class PoolRoute:
     timeouts: Timeouts
     retries: RetryPolicy
     debug_headers: bool = False
+
+
+class _Lost(Exception):
+    """The endpoint went silent while the request waited for its first byte (it never started there)."""
 
 
 def _upstream_headers(endpoint: Endpoint, request_id: str) -> dict[str, str]:
@@ -132,7 +151,8 @@ class Relay:
         self.rng = rng or random.Random()
 
     async def forward(self, call: Call, route: PoolRoute, send: Send) -> None:
-        """Serve `call` through `send` (ASGI); raises OpenAIError only before any byte was sent."""
+        """Serve `call` through `send` (ASGI); raises OpenAIError only before any byte was sent, and
+        ClientStalled when the client stopped reading."""
         deadline = call.started + route.timeouts.total
         tried: set[str] = set()
         last_error: OpenAIError | None = None
@@ -163,36 +183,32 @@ class Relay:
     ) -> OpenAIError | None:
         """One attempt: None when the client got an answer, or the retryable error that stopped it."""
         t = route.timeouts
-        first_byte = t.first_byte_stream if call.stream else t.first_byte_nonstream
-        limit = min(first_byte, max(0.001, deadline - time.monotonic()))
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, connect=t.connect)
         endpoint.in_flight += 1
         resp: aiohttp.ClientResponse | None = None
         try:
             try:
-                resp = await asyncio.wait_for(
-                    self.session.post(
-                        endpoint.url + call.path,
-                        data=call.body,
-                        headers=_upstream_headers(endpoint, call.request_id),
-                        timeout=timeout,
-                    ),
-                    limit,
+                resp = await self._first_byte(call, endpoint, t, deadline)
+            except _Lost:
+                self.observer.attempt_failed(endpoint, "frozen")
+                return ServiceUnavailableError(
+                    f"upstream {endpoint.name} stopped answering before it started the request"
                 )
             except TimeoutError:
-                # A slow first byte may be a deep queue, not a dead server: it counts toward the breaker
-                # like a 5xx instead of opening it at once (saturation keeps new work away meanwhile).
-                endpoint.server_failed(504)
-                self.observer.attempt_failed(endpoint, "first_byte_timeout")
+                # A slow first byte from a live endpoint is a deep queue, not a fault: no breaker count.
                 # The upstream may be working on it: never send it twice.
+                self.observer.attempt_failed(endpoint, "first_byte_timeout")
+                limit = t.first_byte_stream if call.stream else t.first_byte_nonstream
+                which = "first_byte_stream" if call.stream else "first_byte_nonstream"
                 raise GatewayTimeoutError(
-                    f"upstream {endpoint.name} sent nothing within {limit:g} s"
+                    f"upstream {endpoint.name} sent nothing within {min(limit, t.total):g} s "
+                    f"(timeouts.{which} or timeouts.total)"
                 ) from None
             except aiohttp.ClientError as e:
                 endpoint.transport_failed(f"{type(e).__name__}: {e}")
                 self.observer.attempt_failed(endpoint, "transport")
                 return BadGatewayError(f"upstream {endpoint.name} failed: {type(e).__name__}")
             route.router.prefill_done(call.route, endpoint)
+            endpoint.last_alive = time.monotonic()
             if resp.status in RETRY_STATUSES:
                 body = await resp.read()
                 if resp.status >= 500:
@@ -205,7 +221,7 @@ class Relay:
                 endpoint.succeeded()
             ctype = resp.headers.get("content-type", "application/json")
             if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
-                await self._stream(call, resp, send, deadline, t.idle_gap)
+                await self._stream(call, endpoint, resp, send, deadline, t)
             else:
                 await self._whole(call, resp, send, deadline)
             return None
@@ -215,76 +231,159 @@ class Relay:
             if resp is not None:
                 resp.close()
 
+    async def _first_byte(
+        self, call: Call, endpoint: Endpoint, t: Timeouts, deadline: float
+    ) -> aiohttp.ClientResponse:
+        """The upstream's response head; TimeoutError past the first-byte limit, _Lost if it went silent."""
+        first_byte = t.first_byte_stream if call.stream else t.first_byte_nonstream
+        limit = min(deadline, time.monotonic() + first_byte)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, connect=t.connect)
+        post = asyncio.ensure_future(
+            self.session.post(
+                endpoint.url + call.path,
+                data=call.body,
+                headers=_upstream_headers(endpoint, call.request_id),
+                timeout=timeout,
+            )
+        )
+        check = max(0.05, t.stall_after / 2)
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= limit:
+                    raise TimeoutError
+                done, _ = await asyncio.wait((post,), timeout=min(check, limit - now))
+                if done:
+                    return post.result()
+                if endpoint.frozen(time.monotonic(), t.stall_after):
+                    raise _Lost
+        finally:
+            if not post.done():
+                post.cancel()
+                post.add_done_callback(_close_late)
+
     async def _whole(self, call: Call, resp: aiohttp.ClientResponse, send: Send, deadline: float) -> None:
         try:
-            body = await asyncio.wait_for(resp.read(), max(0.001, deadline - time.monotonic()))
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                body = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as e:
             if call.endpoint is not None:
                 call.endpoint.transport_failed(type(e).__name__)
             raise GatewayTimeoutError("the upstream answer did not complete in time") from None
         ctype = resp.headers.get("content-type", "application/json")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": resp.status,
-                "headers": _response_headers(ctype, call),
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-        usage = None
+        call.status = resp.status
         if resp.status == 200 and b'"usage"' in body:
             try:
                 usage = orjson.loads(body).get("usage")
             except (orjson.JSONDecodeError, AttributeError):
                 usage = None
-        self.observer.finished(call, resp.status, usage)
+            call.usage = usage if isinstance(usage, dict) else None
+        headers = _response_headers(ctype, call)
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _stream(
-        self, call: Call, resp: aiohttp.ClientResponse, send: Send, deadline: float, idle_gap: float
+        self,
+        call: Call,
+        endpoint: Endpoint,
+        resp: aiohttp.ClientResponse,
+        send: Send,
+        deadline: float,
+        t: Timeouts,
     ) -> None:
         headers = _response_headers("text/event-stream; charset=utf-8", call)
+        call.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        reader = resp.content
         buf = b""
-        last = time.monotonic()
         first = True
         usage_event = b""
-        reader = resp.content
-        try:
-            while True:
-                wait = min(idle_gap, deadline - time.monotonic())
-                if wait <= 0:
-                    raise TimeoutError
-                chunk = await asyncio.wait_for(reader.readany(), wait)
-                if not chunk:
-                    break
-                buf += chunk
-                cut = buf.rfind(b"\n\n")
-                if cut < 0:
-                    continue
-                out, buf = buf[: cut + 2], buf[cut + 2 :]
+        last = time.monotonic()
+        sending = False
+        # Silence is checked every `check` seconds: long enough not to cost anything per event.
+        check = min(t.idle_gap, max(0.05, t.stall_after / 2))
+        loop_deadline = _loop_time(deadline)
+        offset = asyncio.get_running_loop().time() - time.monotonic()
+        error: OpenAIError | None = None
+        while error is None:
+            try:
+                async with asyncio.timeout(None) as cm:
+                    while True:
+                        cm.reschedule(min(last + check + offset, loop_deadline))
+                        chunk = await reader.readany()
+                        if not chunk:
+                            break
+                        now = time.monotonic()
+                        endpoint.last_alive = now
+                        buf += chunk
+                        cut = buf.rfind(b"\n\n")
+                        if cut < 0:
+                            continue
+                        out, buf = buf[: cut + 2], buf[cut + 2 :]
+                        if first:
+                            self.observer.first_event(call, now - call.started)
+                            first = False
+                        else:
+                            self.observer.event_gap(call, now - last)
+                        last = now
+                        if b'"usage"' in out:
+                            usage_event = out
+                            if call.strip_usage:
+                                out = _without_usage_event(out)
+                                if not out:
+                                    continue
+                        # Writing waits while the client does not read: only the total deadline bounds it.
+                        cm.reschedule(loop_deadline)
+                        sending = True
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                        sending = False
+                break
+            except TimeoutError:
                 now = time.monotonic()
-                if first:
-                    self.observer.first_event(call, now - call.started)
-                    first = False
-                else:
-                    self.observer.event_gap(call, now - last)
-                last = now
-                if b'"usage"' in out:
-                    usage_event = out
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError) as e:
-            reason = "idle_timeout" if isinstance(e, TimeoutError) else "transport"
-            if call.endpoint is not None:
-                call.endpoint.transport_failed(f"stream broke: {type(e).__name__}")
-                self.observer.attempt_failed(call.endpoint, f"stream_{reason}")
-            error = BadGatewayError(f"upstream stream ended early ({reason})")
+                if sending:
+                    call.status = 499
+                    raise ClientStalled from None
+                if now >= deadline:
+                    error = GatewayTimeoutError("the request ran past timeouts.total")
+                elif now - last >= t.idle_gap:
+                    endpoint.transport_failed("stream stalled")
+                    self.observer.attempt_failed(endpoint, "stream_idle_timeout")
+                    error = BadGatewayError(f"upstream sent nothing for {t.idle_gap:g} s (timeouts.idle_gap)")
+                elif endpoint.frozen(now, t.stall_after):
+                    endpoint.transport_failed("stopped answering mid-stream")
+                    self.observer.attempt_failed(endpoint, "stream_frozen")
+                    error = BadGatewayError(f"upstream {endpoint.name} stopped answering mid-stream")
+                # else: quiet but alive (a long prefill, a slow token): keep reading
+            except aiohttp.ClientError:
+                endpoint.transport_failed("stream broke")
+                self.observer.attempt_failed(endpoint, "stream_transport")
+                error = BadGatewayError("upstream stream ended early (transport)")
+        if error is not None:
+            call.status = error.status
             await send({"type": "http.response.body", "body": error.to_sse() + SSE_DONE, "more_body": False})
-            self.observer.finished(call, 502, None)
             return
         if buf.strip():
             await send({"type": "http.response.body", "body": buf, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self.observer.finished(call, 200, _usage_of(usage_event))
+        call.usage = _usage_of(usage_event)
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A time.monotonic() deadline on the event loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def _close_late(task: asyncio.Future[aiohttp.ClientResponse]) -> None:
+    """A response head that arrived after its request was abandoned: close its connection."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
+def _without_usage_event(events: bytes) -> bytes:
+    """The events minus the usage-only one (`"choices":[]`) that was asked for on the client's behalf."""
+    kept = [e for e in events.split(b"\n\n") if e and not (b'"usage"' in e and b'"choices":[]' in e)]
+    return b"".join(e + b"\n\n" for e in kept)
 
 
 def _usage_of(events: bytes) -> dict[str, Any] | None:

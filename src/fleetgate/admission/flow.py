@@ -81,8 +81,9 @@ class FlowQueue:
     def has_room(self) -> bool:
         return self.capacity() - self._released >= 1
 
-    async def admit(self, priority: int) -> float:
-        """Return when the request may go upstream (after how many seconds of waiting), or raise."""
+    async def admit(self, priority: int, max_wait: float | None = None) -> float:
+        """Return when the request may go upstream (after how many seconds of waiting), or raise. A request
+        held for a cold start waits `max_wait` instead of the queue's own bound."""
         if not self._heap and self.has_room():
             return 0.0
         if priority < 0:
@@ -105,7 +106,8 @@ class FlowQueue:
         if not waiter.future.done():
             self.on_wait()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_wait)
+            async with asyncio.timeout(self.max_wait if max_wait is None else max_wait):
+                await asyncio.shield(waiter.future)
         except TimeoutError:
             self.timed_out += 1
             raise ServiceUnavailableError(

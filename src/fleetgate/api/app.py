@@ -2,25 +2,27 @@
 
 A plain ASGI application (a dict of routes, no framework on the hot path). `create_app(config)` builds the
 gateway and its two apps: this one (the OpenAI routes, `/health`, `/ready`, `/version`) and the admin app.
+Every answered request, whoever produced its answer, ends in exactly one access-log line and one count
+(`GatewayMetrics.answered`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from fleetgate import __version__
-from fleetgate.admission.auth import Tenant
-from fleetgate.admission.limits import apply_token_limits, priority
+from fleetgate.admission.limits import apply_token_limits, cap_choices, priority
 from fleetgate.api.admin import AdminApp
 from fleetgate.api.asgi import (
     ClientGone,
+    Exchange,
     Receive,
     Scope,
     Send,
@@ -28,12 +30,13 @@ from fleetgate.api.asgi import (
     error,
     read_body,
     reply,
-    request_id,
 )
 from fleetgate.api.downstream import Downstream
 from fleetgate.api.gateway import Gateway, Pool
+from fleetgate.api.stream_usage import wants_usage_upstream, with_usage_requested
 from fleetgate.config import FleetConfig
 from fleetgate.protocol import (
+    SSE_DONE,
     AuthenticationError,
     BadRequestError,
     MethodNotAllowedError,
@@ -41,13 +44,16 @@ from fleetgate.protocol import (
     OpenAIError,
     RateLimitError,
     ServiceUnavailableError,
+    lax_bool,
     model_not_found,
 )
-from fleetgate.relay import Call
+from fleetgate.relay import Call, ClientStalled
 from fleetgate.routing.prompt import PromptInfo
 from fleetgate.routing.request import RouteRequest
 
 __all__ = ["AdminApp", "PublicApp", "create_app"]
+
+log = logging.getLogger("fleetgate.gateway")
 
 FORWARDED = {
     "/v1/chat/completions": "chat",
@@ -59,19 +65,6 @@ FORWARDED = {
 }
 # Bodies larger than this are hashed for prefix routing in a worker thread, off the event loop.
 OFFLOAD_HASHING_BYTES = 64 * 1024
-
-
-@dataclass
-class Exchange:
-    """One request as the route handlers see it."""
-
-    scope: Scope
-    receive: Receive
-    send: Send
-    path: str
-    headers: Mapping[bytes, bytes]
-    request_id: str
-
 
 Handler = Callable[[Exchange], Awaitable[None]]
 
@@ -97,19 +90,20 @@ class PublicApp:
             return
         if kind != "http":
             return
-        path: str = scope["path"]
-        headers = dict(scope["headers"])
-        x = Exchange(scope, receive, send, path, headers, request_id(headers))
+        x = Exchange(scope, receive, send)
         try:
-            methods = self.routes.get(path)
+            methods = self.routes.get(x.path)
             if methods is None:
-                raise NotFoundError(f"no route {path}")
+                raise NotFoundError(f"no route {x.path[:200]}")
+            x.route = x.path
             handler = methods.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowedError(scope["method"], allowed=methods)
             await handler(x)
         except OpenAIError as e:
-            await error(send, e, x.request_id)
+            await error(x.send, e, x.request_id)
+        finally:
+            self.gw.metrics.answered(x)
 
     # ---- small routes ----------------------------------------------------------------------------------
     async def _health(self, x: Exchange) -> None:
@@ -123,7 +117,7 @@ class PublicApp:
         await reply(x.send, 200 if ready else 503, orjson.dumps({"ready": ready}), x.request_id)
 
     async def _models(self, x: Exchange) -> None:
-        self._auth(x.headers)
+        self._auth(x)
         seen: dict[str, dict[str, Any]] = {}
         now = int(time.time())
         for public, pool in self.gw.model_pool.items():
@@ -137,41 +131,70 @@ class PublicApp:
         body = {"object": "list", "data": list(seen.values())}
         await reply(x.send, 200, orjson.dumps(body), x.request_id)
 
-    def _auth(self, headers: Mapping[bytes, bytes]) -> Tenant:
-        tenant = self.gw.keyring.tenant(headers)
+    def _auth(self, x: Exchange) -> int:
+        """The tenant's name goes on the exchange; returns its priority."""
+        if sum(1 for name, _ in x.scope["headers"] if name == b"authorization") > 1:
+            raise BadRequestError("send one Authorization header, not several", param="authorization")
+        tenant = self.gw.keyring.tenant(x.headers)
         if tenant is None:
             self.gw.metrics.rejected.labels("auth").inc()
             raise AuthenticationError("missing or invalid API key: send `Authorization: Bearer <key>`")
-        return tenant
+        x.tenant = tenant.name
+        return tenant.priority
 
     # ---- forwarded requests ----------------------------------------------------------------------------
     async def _forward(self, x: Exchange) -> None:
         gw = self.gw
-        tenant = self._auth(x.headers)
-        if gw.draining:
-            raise ServiceUnavailableError("the gateway is shutting down")
+        rank = self._auth(x)
+        if gw.closing:
+            raise ServiceUnavailableError("the gateway is shutting down; retry on another replica")
         try:
             raw = await read_body(x.receive, gw.max_body_bytes)
         except ClientGone:
+            x.gone = True
             return
-        call, pool, body = self._prepare(x.path, raw, x.request_id)
-        rank = priority(tenant, x.headers, pool.config.priority_header)
-        if pool.wants_prompt:
-            await _fingerprint(call, pool, body, x.headers, len(raw))
+        call, pool = await self._prepare(x, raw)
+        del raw  # only the bytes going upstream stay for the request's life
+        rank = priority(rank, x.headers, pool.config.priority_header)
+        x.call = call
         serving = asyncio.ensure_future(self._serve(call, pool, rank, x.send))
         watcher = asyncio.ensure_future(disconnected(x.receive))
+        x.serving, x.handler = serving, asyncio.current_task()
+        gw.exchanges.add(x)
         try:
             done, _ = await asyncio.wait({serving, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if serving in done:
-                serving.result()
-            else:
+            if serving not in done:
                 # The client left: cancelling closes the upstream connection, so the engine aborts at once.
                 serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OpenAIError):
+                with contextlib.suppress(asyncio.CancelledError, OpenAIError, ClientStalled):
                     await serving
-                gw.metrics.requests.labels(call.model, call.pool, _ep(call), "499").inc()
+                x.gone = True
+                return
+            try:
+                serving.result()
+            except asyncio.CancelledError:
+                if x.ended_by is None:
+                    raise
+                await self._end(x, x.ended_by)  # the drain's deadline passed
+            except ClientStalled:
+                x.gone = True
+                x.abort()  # it stopped reading: free the socket, nothing can be said to it any more
+        except asyncio.CancelledError:
+            serving.cancel()
+            raise
         finally:
             watcher.cancel()
+            gw.exchanges.discard(x)
+
+    async def _end(self, x: Exchange, e: OpenAIError) -> None:
+        """Finish an exchange the gateway ends itself: an SSE error event and `[DONE]` on a started stream,
+        an error answer when nothing was sent yet."""
+        if x.call is not None:
+            x.call.status = e.status
+        if not x.started:
+            await error(x.send, e, x.request_id)
+        elif not x.finished:
+            await x.send({"type": "http.response.body", "body": e.to_sse() + SSE_DONE, "more_body": False})
 
     async def _serve(self, call: Call, pool: Pool, rank: int, send: Send) -> None:
         """Wait for room in the pool (keep-alives going out to a waiting stream), then relay."""
@@ -185,34 +208,13 @@ class PublicApp:
             adapter = call.route.adapter
             if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
                 await pool.loader.ensure(adapter)
-            wp = pool.workers
-            _raise_if_failed(pool)
-            held = wp is not None and wp.cold()  # no worker ready: held while one starts or wakes
-            if held:
-                gw.metrics.held.labels(pool.config.name).inc()
-            try:
-                waited = await pool.flow.admit(rank)
-            except OpenAIError as e:
-                gw.metrics.shed.labels(
-                    pool.config.name, "queue_timeout" if e.status == 503 else "saturated"
-                ).inc()
-                if held and isinstance(e, RateLimitError):
-                    # Nothing is wrong with the client's pace: the pool is starting and its queue is full.
-                    raise ServiceUnavailableError(
-                        f"pool '{pool.config.name}' is starting a worker and its queue is full",
-                        retry_after=e.retry_after,
-                    ) from None
-                raise
+            await self._admit(pool, rank)
             admitted = True
-            if waited:
-                gw.metrics.queue_wait.labels(pool.config.name).observe(waited)
-            if held:
-                gw.metrics.hold_seconds.labels(pool.config.name).observe(waited)
-            _raise_if_failed(pool)  # it may have failed while the request was held
             await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
         except OpenAIError as e:
             if downstream is None or not downstream.started:
                 raise
+            call.status = e.status
             await downstream.fail(e)
         finally:
             if downstream is not None:
@@ -222,8 +224,40 @@ class PublicApp:
                     pool.workers.last_active = time.monotonic()
                 pool.flow.done()
 
-    def _prepare(self, path: str, raw: bytes, request_id: str) -> tuple[Call, Pool, dict[str, Any]]:
-        """Validate before any byte goes upstream; rewrite the body only when something must change."""
+    async def _admit(self, pool: Pool, rank: int) -> None:
+        """Through the pool's flow queue; a request that finds no worker ready is held while one starts, as
+        long as a cold start may take."""
+        gw, name = self.gw, pool.config.name
+        wp = pool.workers
+        _raise_if_failed(pool)
+        held = wp is not None and wp.cold()
+        if held:
+            gw.metrics.held.labels(name).inc()
+        max_wait = wp.hold_timeout() if wp is not None and held else None
+        try:
+            waited = await pool.flow.admit(rank, max_wait)
+        except OpenAIError as e:
+            gw.metrics.shed.labels(name, "queue_timeout" if e.status == 503 else "saturated").inc()
+            if wp is not None and held:
+                _raise_if_failed(pool)
+                if isinstance(e, RateLimitError):
+                    # Nothing is wrong with the client's pace: the pool is starting and its queue is full.
+                    raise ServiceUnavailableError(
+                        f"pool '{name}' is starting a worker and its queue is full", retry_after=e.retry_after
+                    ) from None
+                if wp.cold():
+                    raise wp.cold_start_error() from None
+            raise
+        if waited:
+            gw.metrics.queue_wait.labels(name).observe(waited)
+        if held:
+            gw.metrics.hold_seconds.labels(name).observe(waited)
+        _raise_if_failed(pool)  # it may have failed while the request was held
+
+    async def _prepare(self, x: Exchange, raw: bytes) -> tuple[Call, Pool]:
+        """Validate before any byte goes upstream, as leniently as vLLM does; rewrite the body only when
+        something must change. The parsed tree lives only in this call: a 4 MiB body parses into tens of MB
+        of objects, which must not stay for the whole request."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -237,24 +271,33 @@ class PublicApp:
         if pool is None:
             self.gw.metrics.rejected.labels("unknown_model").inc()
             raise model_not_found(model)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise BadRequestError("`stream` must be a boolean", param="stream")
+        x.model, x.pool = model, pool.config.name
+        stream = lax_bool(body.get("stream"), "stream")
+        kind = FORWARDED[x.path]
         changed = False
         upstream = pool.upstream_model.get(model, model)
         if upstream != model:
             body["model"] = upstream
             changed = True
-        kind = FORWARDED[path]
         if kind in ("chat", "completions"):
-            changed |= apply_token_limits(body, pool.token_limits)
+            changed |= apply_token_limits(body, pool.limits)
+            cap_choices(body, pool.limits)
         elif kind == "responses":
-            changed |= apply_token_limits(body, pool.token_limits, key="max_output_tokens")
-        data = orjson.dumps(body) if changed else raw
+            changed |= apply_token_limits(body, pool.limits, key="max_output_tokens")
+        strip_usage = stream and kind in ("chat", "completions") and wants_usage_upstream(body)
+        if changed:
+            if strip_usage:
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            data = orjson.dumps(body)
+        else:
+            data = with_usage_requested(raw, body) if strip_usage else raw
         adapter = upstream if _is_adapter(pool, upstream) else None
-        call = Call(path=path, body=data, stream=stream, route=RouteRequest(model=upstream, adapter=adapter),
-                    request_id=request_id, pool=pool.config.name, model=model)  # fmt: skip
-        return call, pool, body
+        route = RouteRequest(model=upstream, adapter=adapter)
+        call = Call(path=x.path, body=data, stream=stream, route=route, request_id=x.request_id,
+                    pool=pool.config.name, model=model, strip_usage=strip_usage)  # fmt: skip
+        if pool.wants_prompt:
+            await _fingerprint(call, pool, body, x.headers, len(raw))
+        return call, pool
 
 
 def _raise_if_failed(pool: Pool) -> None:
@@ -285,10 +328,6 @@ async def _fingerprint(
     named = headers.get(pool.session_header)
     if named:
         route.session = named
-
-
-def _ep(call: Call) -> str:
-    return call.endpoint.name if call.endpoint else "none"
 
 
 async def _lifespan(gw: Gateway, receive: Receive, send: Send) -> None:

@@ -3,11 +3,16 @@ request id, and noticing a client that left."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetgate.protocol import OpenAIError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from fleetgate.relay import Call
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -15,6 +20,68 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Seconds a client is told to wait when nothing can take its request.
 RETRY_AFTER = 1
+
+
+# The public listener's protocol puts the connection's abort() here (api/http.py).
+ABORT_KEY = "fleetgate.abort"
+
+
+class Exchange:
+    """One request and its answer, as the route handlers and the access log see it. Wraps `send` to know
+    what the client got: the status, whether the response started and finished."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self._send = send
+        self.path: str = scope["path"]
+        self.method: str = scope["method"]
+        self.headers: Mapping[bytes, bytes] = dict(scope["headers"])
+        self.request_id = request_id(self.headers)
+        self.arrived = time.monotonic()
+        self.route = "unknown"  # a route of the table, never a client's path (a metric label)
+        self.tenant = "none"  # a configured key name, "anonymous" (open gateway) or "none"
+        self.model = ""  # a name the gateway serves, never an unknown one (a metric label)
+        self.pool = ""
+        self.status = 0  # of the answer's start
+        self.gone = False  # the client left, or stopped reading
+        self.started = False
+        self.finished = False
+        self.call: Call | None = None
+        self.serving: asyncio.Future[None] | None = None  # the relay's task
+        self.handler: asyncio.Task[Any] | None = None  # the task answering it
+        self.ended_by: OpenAIError | None = None  # set when the gateway itself ends the exchange
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            if not self.status:
+                self.status = int(message["status"])
+        elif not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+    @property
+    def outcome(self) -> int:
+        """The status the client got: 499 if it left first; a stream's own end (the error event that closed
+        it) over the 200 it started with."""
+        if self.gone:
+            return 499
+        if self.call is not None and self.call.status:
+            return self.call.status
+        return self.status
+
+    def end(self, error: OpenAIError) -> None:
+        """Stop serving it now (the drain's deadline): its stream gets `error` as a final event."""
+        if self.serving is not None and not self.serving.done():
+            self.ended_by = error
+            self.serving.cancel()
+
+    def abort(self) -> None:
+        """Drop the connection (a client that stopped reading); a no-op where the server offers no way."""
+        abort = self.scope.get(ABORT_KEY)
+        if callable(abort):
+            abort()
 
 
 class ClientGone(Exception):
@@ -46,6 +113,7 @@ async def reply(
 
 
 async def error(send: Send, e: OpenAIError, request_id: str) -> None:
+    """The error as an HTTP answer: its status, OpenAI's shape, and Retry-After on a 429 or 503."""
     extra = list(e.headers)
     if e.status in (429, 503):
         extra.append((b"retry-after", str(e.retry_after or RETRY_AFTER).encode()))

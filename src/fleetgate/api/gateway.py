@@ -4,6 +4,7 @@ from the fleet file, started and stopped by the lifespan."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ import aiohttp
 from fleetgate.admission.adapters import AdapterLoader
 from fleetgate.admission.auth import Keyring
 from fleetgate.admission.flow import FlowQueue
-from fleetgate.admission.limits import TokenLimits
+from fleetgate.admission.limits import RequestLimits
+from fleetgate.api.asgi import Exchange
 from fleetgate.api.metrics import GatewayMetrics
 from fleetgate.config import FleetConfig, PoolConfig
 from fleetgate.fleet.kv_events import KVEventSubscriber
@@ -29,6 +31,8 @@ from fleetgate.scaling.pools import WorkerFleet, WorkerPool
 from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
 
 __all__ = ["Gateway", "Pool", "pool_spec"]
+
+log = logging.getLogger("fleetgate.gateway")
 
 
 def pool_spec(pc: PoolConfig) -> PoolSpec:
@@ -62,6 +66,7 @@ def pool_spec(pc: PoolConfig) -> PoolSpec:
         backoff_cap=wc.backoff_cap,
         max_failures=wc.max_failures,
         startup_timeout=wc.startup_timeout,
+        max_hold=wc.startup_timeout if wc.max_hold is None else wc.max_hold,
         drain_deadline=wc.drain_deadline,
         stop_grace=wc.stop_grace,
         interval=wc.scaling.interval,
@@ -77,7 +82,7 @@ class Pool:
     state: PoolState
     hasher: PromptHasher
     flow: FlowQueue
-    token_limits: TokenLimits
+    limits: RequestLimits
     upstream_model: dict[str, str] = field(default_factory=dict)  # public name -> name sent upstream
     session_header: bytes = b"x-session-id"
     # Whether requests need their prompt hashed (prefix scorer) or their history signed (session scorer).
@@ -99,7 +104,7 @@ def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
         total = 0.0
         routable = False
         for e in endpoints:
-            if not e.routable():
+            if not e.routable() or e.frozen(now, sat.stall_after):
                 continue
             routable = True
             load = e.fresh_load(now, sat.stale_after)
@@ -131,7 +136,11 @@ class Gateway:
         self.model_pool: dict[str, Pool] = {}
         self.discover_pools: list[Pool] = []  # pools that serve whatever their upstreams list
         self.keyring = Keyring((k.name, k.secret.get_secret_value(), k.priority) for k in config.keys)
+        # SIGTERM came: /ready fails, requests are still served (the pre-stop delay).
         self.draining = False
+        # The pre-stop delay is over: new requests are refused while in-flight ones finish.
+        self.closing = False
+        self.exchanges: set[Exchange] = set()  # forwarded requests in flight, for the drain
         self.session: aiohttp.ClientSession | None = None
         self.relay: Relay | None = None
         self.monitors: list[tuple[Monitor, list[Endpoint]]] = []
@@ -160,13 +169,15 @@ class Gateway:
             pc.name, endpoints, approx=ApproxIndex(rc.index_blocks), sessions=SessionTable(rc.session.ttl)
         )
         self.fleet.pools[pc.name] = state
-        router = PoolRouter(state, rc, pc.scrape.stale_after, self.metrics.route_decided)
         t = pc.timeouts
+        router = PoolRouter(state, rc, pc.scrape.stale_after, pc.stall_after, self.metrics.route_decided)
         route = PoolRoute(
             name=pc.name,
             endpoints=endpoints,
             router=router,
-            timeouts=Timeouts(t.connect, t.first_byte_stream, t.first_byte_nonstream, t.idle_gap, t.total),
+            timeouts=Timeouts(
+                t.connect, t.first_byte_stream, t.first_byte_nonstream, t.idle_gap, t.total, pc.stall_after
+            ),
             retries=RetryPolicy(pc.retries.attempts, pc.retries.backoff_base, pc.retries.backoff_max),
             debug_headers=rc.debug_headers,
         )
@@ -180,7 +191,7 @@ class Gateway:
             state,
             PromptHasher(rc.tokenizer, rc.block_size),
             flow,
-            TokenLimits(pc.limits.max_tokens_default, pc.limits.max_tokens_cap),
+            RequestLimits(pc.limits.max_tokens_default, pc.limits.max_tokens_cap, pc.limits.max_n),
             session_header=rc.session.header.encode(),
             wants_prompt=rc.picker != "round_robin"
             and (rc.scorers.get("prefix", 0) > 0 or rc.scorers.get("session", 0) > 0),
@@ -257,7 +268,24 @@ class Gateway:
         for p in self.discover_pools:
             if any(model in e.models for e in p.route.endpoints):
                 return p
-        if any(not e.models for p in self.discover_pools for e in p.route.endpoints):
-            # Some upstream has not told us its models yet: the model may well be there.
+        if any(not e.models and e.routable() for p in self.discover_pools for e in p.route.endpoints):
+            # An upstream that answers has not listed its models yet: the model may well be there. One
+            # that is down does not hold up the answer.
             raise ServiceUnavailableError("the upstreams are not ready yet; retry shortly")
         return None
+
+    async def drain(self, deadline: float) -> None:
+        """Let in-flight requests finish until `deadline` (monotonic); then end what is left with an error
+        event (streams) or an error answer, never a silent cut."""
+        await self._settle(deadline - time.monotonic())
+        if self.exchanges:
+            log.warning("drain deadline: ending %d request(s) still in flight", len(self.exchanges))
+            error = ServiceUnavailableError("the gateway shut down before this request finished; retry")
+            for x in list(self.exchanges):
+                x.end(error)
+            await self._settle(5.0)  # each sends its error event and goes
+
+    async def _settle(self, seconds: float) -> None:
+        handlers = [x.handler for x in self.exchanges if x.handler is not None]
+        if handlers:
+            await asyncio.wait(handlers, timeout=max(0.0, seconds))

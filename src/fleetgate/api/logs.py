@@ -30,9 +30,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def _field(value: object) -> str:
+    """A value as one `key=value` field: quoted (JSON-style) when it holds a space, quote, `=` or control
+    character, so a client's x-request-id cannot forge fields of its own."""
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return orjson.dumps(text).decode()
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
+        extra = " ".join(f"{k}={_field(v)}" for k, v in record.__dict__.items() if k not in _STANDARD)
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         return f"{stamp} {record.levelname:<7} {record.getMessage()}" + (f" {extra}" if extra else "")
 

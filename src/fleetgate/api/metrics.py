@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fleetgate.api.asgi import Exchange
 from fleetgate.fleet.state import Endpoint, FleetState
 from fleetgate.relay import Call, RelayObserver
 
@@ -25,8 +25,10 @@ class GatewayMetrics(RelayObserver):
         self.fleet = fleet
         r = self.registry
         self.requests = Counter(
-            "fleetgate_requests", "Requests answered, by model, pool, endpoint and status.",
-            ["model", "pool", "endpoint", "status"], registry=r,
+            "fleetgate_requests",
+            "Requests answered (whoever answered: upstream or gateway), by route, model, pool, endpoint, "
+            "status (499: the client left) and tenant.",
+            ["route", "model", "pool", "endpoint", "status", "tenant"], registry=r,
         )  # fmt: skip
         self.rejected = Counter(
             "fleetgate_rejected",
@@ -51,8 +53,8 @@ class GatewayMetrics(RelayObserver):
         )  # fmt: skip
         self.tokens = Counter(
             "fleetgate_tokens",
-            "Tokens read from upstream usage, by direction.",
-            ["pool", "direction"],
+            "Tokens read from upstream usage, by direction (in, out) and tenant.",
+            ["pool", "direction", "tenant"],
             registry=r,
         )
         self.retries = Counter(
@@ -188,27 +190,36 @@ class GatewayMetrics(RelayObserver):
     def event_gap(self, call: Call, seconds: float) -> None:
         self.gaps.labels(call.pool).observe(seconds)
 
-    def finished(self, call: Call, status: int, usage: dict[str, Any] | None) -> None:
-        endpoint = call.endpoint.name if call.endpoint else "none"
-        seconds = time.monotonic() - call.started
-        self.requests.labels(call.model, call.pool, endpoint, str(status)).inc()
-        self.e2e.labels(call.pool).observe(seconds)
+    # ---- one per answered request -------------------------------------------------------------------
+    def answered(self, x: Exchange) -> None:
+        """Count and log an exchange once, whoever answered it."""
+        call = x.call
+        status = x.outcome
+        endpoint = call.endpoint.name if call is not None and call.endpoint is not None else "none"
+        seconds = time.monotonic() - x.arrived
+        usage = call.usage if call is not None else None
+        self.requests.labels(x.route, x.model, x.pool, endpoint, str(status), x.tenant).inc()
+        if call is not None:
+            self.e2e.labels(x.pool).observe(seconds)
+        if usage:
+            self.tokens.labels(x.pool, "in", x.tenant).inc(int(usage.get("prompt_tokens") or 0))
+            self.tokens.labels(x.pool, "out", x.tenant).inc(int(usage.get("completion_tokens") or 0))
         if access.isEnabledFor(logging.INFO):
             access.info(
                 "request",
                 extra={
-                    "request_id": call.request_id,
-                    "model": call.model,
-                    "pool": call.pool,
-                    "endpoint": endpoint,
+                    "request_id": x.request_id,
+                    "method": x.method,
+                    "path": x.route if x.route != "unknown" else x.path[:200],
                     "status": status,
-                    "stream": call.stream,
-                    "attempts": call.attempts,
+                    "tenant": x.tenant,
+                    "model": x.model,
+                    "pool": x.pool,
+                    "endpoint": endpoint,
+                    "stream": call.stream if call is not None else False,
+                    "attempts": call.attempts if call is not None else 0,
                     "seconds": round(seconds, 4),
                     "prompt_tokens": (usage or {}).get("prompt_tokens"),
                     "completion_tokens": (usage or {}).get("completion_tokens"),
                 },
             )
-        if usage:
-            self.tokens.labels(call.pool, "in").inc(int(usage.get("prompt_tokens") or 0))
-            self.tokens.labels(call.pool, "out").inc(int(usage.get("completion_tokens") or 0))

@@ -1,27 +1,39 @@
 """Running the gateway: public and admin servers in one event loop, and DESIGN's SIGTERM sequence.
 
-On SIGTERM `/ready` fails at once (load balancers stop sending), serving goes on for the pre-stop delay
-(requests already routed here still arrive), then the listeners close and in-flight streams drain up to the
-deadline. Ctrl-C skips the pre-stop delay; a second Ctrl-C stops at once.
+On SIGTERM `/ready` fails at once (load balancers stop sending) while requests are still served for the
+pre-stop delay (those already routed here keep arriving); then the public listener closes, requests still
+arriving on open connections get 503, and in-flight streams drain up to `drain_timeout`. What is still
+running then ends with an SSE error event and `[DONE]` (an error answer if nothing was sent yet). The admin
+port (/metrics, /admin/fleet) stays up until the end. Ctrl-C skips the pre-stop delay; a second Ctrl-C
+stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
-from collections.abc import Generator
+import socket
+import time
+from collections.abc import Callable, Generator
 from typing import Any, Literal
 
 import uvicorn
 
 from fleetgate.api.app import create_app
+from fleetgate.api.gateway import Gateway
+from fleetgate.api.http import ConnectionLimits, default_max_connections, guarded_protocol, raise_fd_limit
 from fleetgate.api.logs import configure as configure_logs
 from fleetgate.config import FleetConfig
 
 log = logging.getLogger("fleetgate.gateway")
+
+
+class PortInUseError(OSError):
+    """An address the gateway must listen on is taken; the message says which flag moves it."""
 
 
 class _Server(uvicorn.Server):
@@ -32,28 +44,66 @@ class _Server(uvicorn.Server):
         yield
 
 
+def bind(host: str, port: int, flag: str) -> socket.socket:
+    """A listening socket, or PortInUseError naming the flag that moves it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"{host}:{port} is already in use (another fleetgate, or a vLLM on its default port?): "
+                f"choose another with {flag}"
+            ) from None
+        raise PortInUseError(f"cannot listen on {host}:{port}: {e.strerror} ({flag})") from None
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _uvicorn_config(
-    app: Any, host: str, port: int, lifespan: Literal["on", "off"], drain: float
+    app: Any, lifespan: Literal["on", "off"], http: Any, idle_timeout: float
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        host=host,
-        port=port,
         lifespan=lifespan,
-        timeout_graceful_shutdown=int(drain),
-        http="httptools",
+        # The gateway drains its own requests first (Gateway.drain); this only bounds what is left after.
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=max(1, round(idle_timeout)),
+        http=http,
         loop="none",
         access_log=False,
         log_level="warning",
-        backlog=4096,
     )
 
 
-async def serve(config: FleetConfig, progress: bool = False) -> None:
-    """Serve until stopped; `progress` draws the workers' cold starts as bars (for a terminal)."""
+async def serve(
+    config: FleetConfig, progress: bool = False, announce: Callable[[], None] = lambda: None
+) -> None:
+    """Serve until stopped; `progress` draws the workers' cold starts as bars (for a terminal); `announce`
+    runs once both addresses are bound. Raises PortInUseError before starting anything when one is taken."""
+    public_sock = bind(config.listen.host, config.listen.port, "--port")
+    try:
+        admin_sock = bind(config.admin.host, config.admin.port, "--admin-port")
+    except PortInUseError:
+        public_sock.close()
+        raise
+    announce()
     configure_logs(config.log)
+    fd_limit = raise_fd_limit()
     public, admin = create_app(config)
     gw = public.gw
+    lc = config.listen
+    limits = ConnectionLimits(
+        max_connections=lc.max_connections or default_max_connections(fd_limit),
+        max_header_bytes=lc.max_header_bytes,
+        header_timeout=lc.header_timeout,
+        body_timeout=lc.body_timeout,
+        refused=lambda reason: gw.metrics.rejected.labels(reason).inc(),
+    )
     bars: asyncio.Task[None] | None = None
     if progress and gw.workers is not None:
         from rich.console import Console
@@ -61,40 +111,17 @@ async def serve(config: FleetConfig, progress: bool = False) -> None:
         from fleetgate.api.progress import show_startups
 
         bars = asyncio.create_task(show_startups(gw.workers, Console()))
-    drain = config.shutdown.drain_timeout
-    main = _Server(
-        _uvicorn_config(public, config.listen.host, config.listen.port, lifespan="on", drain=drain)
-    )
-    side = _Server(_uvicorn_config(admin, config.admin.host, config.admin.port, lifespan="off", drain=drain))
+    main = _Server(_uvicorn_config(public, "on", guarded_protocol(limits), lc.idle_timeout))
+    side = _Server(_uvicorn_config(admin, "off", "httptools", lc.idle_timeout))
+    shutdown = _Shutdown(gw, config, main, side)
     loop = asyncio.get_running_loop()
-    interrupts = 0
-
-    def stop_now() -> None:
-        main.should_exit = side.should_exit = True
-
-    def on_term() -> None:
-        if gw.draining:
-            return
-        gw.draining = True
-        log.info("SIGTERM: not ready; serving for %.1f s more, then draining up to %.1f s",
-                 config.shutdown.pre_stop_delay, drain)  # fmt: skip
-        loop.call_later(config.shutdown.pre_stop_delay, stop_now)
-
-    def on_int() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        gw.draining = True
-        if interrupts > 1:
-            main.force_exit = side.force_exit = True
-        stop_now()
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
-    loop.add_signal_handler(signal.SIGINT, on_int)
+    loop.add_signal_handler(signal.SIGTERM, shutdown.on_term)
+    loop.add_signal_handler(signal.SIGINT, shutdown.on_int)
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
     try:
-        await asyncio.gather(main.serve(), side.serve())
+        await asyncio.gather(main.serve(sockets=[public_sock]), side.serve(sockets=[admin_sock]))
     finally:
         if bars is not None:
             bars.cancel()
@@ -102,9 +129,56 @@ async def serve(config: FleetConfig, progress: bool = False) -> None:
                 await bars
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
+        await shutdown.cancel()
 
 
-def run(config: FleetConfig, progress: bool = False) -> None:
+class _Shutdown:
+    """The SIGTERM / Ctrl-C sequence: not ready, serve through the pre-stop delay, close, drain, exit."""
+
+    def __init__(self, gw: Gateway, config: FleetConfig, main: _Server, side: _Server) -> None:
+        self.gw = gw
+        self.pre_stop = config.shutdown.pre_stop_delay
+        self.drain = config.shutdown.drain_timeout
+        self.main = main
+        self.side = side
+        self.interrupts = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def on_term(self) -> None:
+        if self.task is None:
+            log.info("SIGTERM: not ready; serving for %.1f s more, then draining up to %.1f s",
+                     self.pre_stop, self.drain)  # fmt: skip
+            self.task = asyncio.create_task(self._run(self.pre_stop))
+
+    def on_int(self) -> None:
+        self.interrupts += 1
+        if self.interrupts > 1:
+            self.main.force_exit = self.side.force_exit = True
+            self.main.should_exit = self.side.should_exit = True
+        elif self.task is None:
+            self.task = asyncio.create_task(self._run(0.0))
+
+    async def _run(self, pre_stop: float) -> None:
+        gw = self.gw
+        gw.draining = True  # /ready fails; requests are still served
+        await asyncio.sleep(pre_stop)
+        gw.closing = True  # new requests are refused from here
+        for server in self.main.servers:
+            server.close()  # stop accepting; open connections stay for their requests
+        if gw.exchanges:
+            log.info("draining %d request(s), up to %.1f s", len(gw.exchanges), self.drain)
+        await gw.drain(time.monotonic() + self.drain)
+        # The admin port answered /metrics through the drain; both go now.
+        self.main.should_exit = self.side.should_exit = True
+
+    async def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+def run(config: FleetConfig, progress: bool = False, announce: Callable[[], None] = lambda: None) -> None:
     import uvloop
 
-    uvloop.run(serve(config, progress))
+    uvloop.run(serve(config, progress, announce))

@@ -22,6 +22,9 @@ class LimitsConfig(BaseModel):
     max_tokens_default: int = Field(default=1024, ge=1, description="max_tokens when a request sets none.")
     max_tokens_cap: int = Field(default=8192, ge=1, description="Largest max_tokens accepted (400 above).")
     max_body_bytes: int = Field(default=4_194_304, ge=1, description="Largest request body (413 above).")
+    max_n: int = Field(
+        default=16, ge=1, description="Most choices (`n`) one request may ask for (400 above)."
+    )
     max_queue: int = Field(
         default=1024, ge=1, description="Requests waiting in the pool's queue (429 above)."
     )
@@ -51,6 +54,15 @@ class TimeoutsConfig(BaseModel):
     first_byte_nonstream: float = seconds(300.0, "A non-streaming request's response.")
     idle_gap: float = seconds(60.0, "Longest silence between bytes of a stream.")
     total: float = seconds(900.0, "A whole request, first attempt to last byte.")
+    stall_after: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="An endpoint with no probe, scrape or response byte answered this long counts as frozen: "
+        "it gets no new requests, and requests still waiting there for a first byte are retried elsewhere "
+        "(default: 5 s, or more when health checks are slower). Raise it for upstreams that go quiet while "
+        "they cold-start (a RunPod or Cloud Run URL).",
+    )
 
 
 class RetriesConfig(BaseModel):
@@ -166,9 +178,24 @@ class PoolConfig(BaseModel):
             problems.append(
                 (("models", i), "an alias without target needs a named model in the pool to stand for")
             )
+        slowest_probe = self.health.interval + self.health.timeout
+        if self.timeouts.stall_after is not None and self.timeouts.stall_after <= slowest_probe:
+            problems.append(
+                (
+                    ("timeouts", "stall_after"),
+                    f"must exceed health.interval + health.timeout ({slowest_probe:g} s), or a healthy "
+                    "endpoint looks frozen between two probes",
+                )
+            )
         if problems:
             raise invalid(*problems)
         return self
+
+    @property
+    def stall_after(self) -> float:
+        """timeouts.stall_after, or a default that a healthy endpoint's probes always beat."""
+        given = self.timeouts.stall_after
+        return given if given is not None else max(5.0, self.health.interval + self.health.timeout + 1.0)
 
     def _first_name(self) -> str | None:
         named = next((m.name for m in self.models if m.name is not None), None)

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from fleetgate.config.fields import STRICT, absolute_path, check_name, context_of, env_var_name
+from fleetgate.config.fields import STRICT, absolute_path, check_name, context_of, env_var_name, seconds
 from fleetgate.config.problems import invalid
 from fleetgate.config.secrets import resolve_secret, reveal, secret_source_checks
 
@@ -28,6 +28,18 @@ class ListenConfig(BaseModel):
 
     host: str = Field(default="0.0.0.0", min_length=1, description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port; 0 = any free port.")
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Open client connections (503 and closed above); default: half the open-file limit "
+        "left after a reserve for the admin port and upstream connections.",
+    )
+    max_header_bytes: int = Field(
+        default=32768, ge=1024, description="Largest request line and headers together (431 above)."
+    )
+    header_timeout: float = seconds(10.0, "Seconds a request's headers may take to arrive (408 after).")
+    body_timeout: float = seconds(60.0, "Seconds a request's body may take after its headers (408 after).")
+    idle_timeout: float = seconds(5.0, "Seconds an idle kept-alive connection stays open.")
 
 
 class AdminConfig(BaseModel):

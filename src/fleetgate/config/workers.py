@@ -55,6 +55,13 @@ class WorkersConfig(BaseModel):
     backoff_cap: float = seconds(60.0, "Longest restart delay, s.")
     max_failures: int = Field(default=5, ge=1, description="Failures in a row that mark the pool failed.")
     startup_timeout: float = seconds(1800.0, "Seconds a worker may take to become ready (download included).")
+    max_hold: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a request waits for a worker to start when none is ready (default: "
+        "startup_timeout, as long as a cold start may take); limits.max_queue_wait bounds waits for room.",
+    )
     drain_deadline: float = Field(
         default=60.0, ge=0, allow_inf_nan=False, description="Seconds in-flight streams get before a stop."
     )

@@ -130,7 +130,7 @@ class Monitor:
                     body = await r.read()
                 if status == 200:
                     e.load = parse_vllm_metrics(body)
-                    e.load_at = time.monotonic()
+                    e.load_at = e.last_alive = time.monotonic()
                     e.in_flight_at_scrape = e.in_flight
                     misses = 0
                     self.on_change(e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -49,6 +50,8 @@ class Endpoint:
     # monotonic time of the first request sent here after its last event batch (0: none since); events
     # that stay away after work was sent mean the subscription is broken
     awaiting_events_since: float = 0.0
+    # monotonic time of its last sign of life: a health probe or scrape answered, a byte of a response
+    last_alive: float = 0.0
     # A started worker: off while it drains (it finishes its streams, takes no new ones)
     enabled: bool = True
     max_streams: int | None = None  # the `concurrency` rule's cap: at the cap it takes nothing more
@@ -58,11 +61,21 @@ class Endpoint:
         return load.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
 
     def saturated(self, now: float, stale_after: float, max_waiting: float, max_kv_usage: float) -> bool:
-        """Its queue or its KV cache says more work now only waits (or preempts)."""
+        """Its queue or its KV cache says more work now only waits (or preempts), or the figures it reports
+        stopped coming (a frozen process keeps its last ones: they must not make it look idle)."""
         load = self.fresh_load(now, stale_after)
         if load is None:
-            return False
+            return self.stale(now, stale_after)
         return self.queued(load) >= max_waiting or load.kv_usage >= max_kv_usage
+
+    def stale(self, now: float, stale_after: float) -> bool:
+        """It reports vLLM's metrics, but the last reading is too old to trust."""
+        return self.load is not None and now - self.load_at > stale_after
+
+    def frozen(self, now: float, stall_after: float) -> bool:
+        """No probe, scrape or response byte answered for `stall_after` s: a stopped process or a hung GPU
+        (a busy one still answers its probes)."""
+        return now - self.last_alive > stall_after
 
     def routable(self) -> bool:
         return (
@@ -96,6 +109,7 @@ class Endpoint:
     def probe_ok(self) -> None:
         self.breaker = Breaker.CLOSED
         self.failures = 0
+        self.last_alive = time.monotonic()
 
     def probe_failed(self, error: str) -> None:
         self.breaker = Breaker.OPEN

@@ -1,8 +1,9 @@
 """The picker: filters, then weighted scorers each giving [0, 1] per endpoint, then a choice. A scorer is one
 method that ranks endpoints; retries and failover belong to the relay, waiting to the flow queue.
 
-Filters, in order: routable (breaker closed, awake), not tried yet for this request, serves the model, and
-not saturated, unless every candidate is (then load ranks them). Strategies: `max` (highest weighted sum,
+Filters, in order: routable (breaker closed, awake), not tried yet for this request, serves the model, not
+frozen (no sign of life for `stall_after` s), and not saturated (or reporting stale figures), unless every
+candidate is (then those with current figures, ranked by load). Strategies: `max` (highest weighted sum,
 random among ties), `weighted_random` (chance proportional to the sum), `round_robin` (scorers ignored; the
 baseline benchmarks compare against).
 """
@@ -35,6 +36,7 @@ class Saturation:
     max_waiting: float = 5.0
     max_kv_usage: float = 0.8
     stale_after: float = 1.0
+    stall_after: float = 5.0
 
     def of(self, e: Endpoint, now: float) -> bool:
         return e.saturated(now, self.stale_after, self.max_waiting, self.max_kv_usage)
@@ -58,10 +60,15 @@ class Picker:
         self, request: RouteRequest, endpoints: Sequence[Endpoint], exclude: frozenset[str] = frozenset()
     ) -> list[Endpoint]:
         model = request.model
+        now = time.monotonic()
+        stall_after = self.saturation.stall_after
         return [
             e
             for e in endpoints
-            if e.routable() and e.name not in exclude and (not e.models or model in e.models)
+            if e.routable()
+            and e.name not in exclude
+            and (not e.models or model in e.models)
+            and not e.frozen(now, stall_after)
         ]
 
     def pick(
@@ -75,7 +82,8 @@ class Picker:
         if len(pool) > 1:
             now = time.monotonic()
             free = [e for e in pool if not self.saturation.of(e, now)]
-            pool = free or pool
+            # All full: those whose figures are current first (stale ones may be frozen).
+            pool = free or [e for e in pool if not e.stale(now, self.saturation.stale_after)] or pool
         if self.strategy == "round_robin":
             request.reason = "round_robin"
             return pool[next(self._turn) % len(pool)]

@@ -74,7 +74,15 @@ class PromptHasher:
         return self.block_size * BYTES_PER_TOKEN
 
     def info(self, kind: str, body: Mapping[str, Any], adapter: str | None) -> PromptInfo | None:
-        """Keys for a chat, completions or responses body; None for bodies with no prompt to cache."""
+        """Keys for a chat, completions or responses body; None for bodies with no prompt to cache, or whose
+        shape the engine will refuse (it answers those with its own 400: a routing hint never fails a
+        request)."""
+        try:
+            return self._info(kind, body, adapter)
+        except Exception:  # any shape a client can send: a malformed body only loses its routing hint
+            return None
+
+    def _info(self, kind: str, body: Mapping[str, Any], adapter: str | None) -> PromptInfo | None:
         seed = seed_for(adapter)
         if kind == "chat":
             messages = body.get("messages")

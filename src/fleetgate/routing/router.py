@@ -25,6 +25,7 @@ class PoolRouter:
         state: PoolState,
         config: RoutingConfig,
         stale_after: float,
+        stall_after: float,
         on_decision: Callable[[str, str], None] = lambda pool, reason: None,
     ) -> None:
         self.state = state
@@ -41,7 +42,7 @@ class PoolRouter:
         if not any(w > 0 for _, _, w in scorers):
             scorers = [("load", SCORERS["load"](state, settings), 1.0)]
         sat = config.saturation
-        self.saturation = Saturation(sat.max_waiting, sat.max_kv_usage, stale_after)
+        self.saturation = Saturation(sat.max_waiting, sat.max_kv_usage, stale_after, stall_after)
         self.picker = Picker(scorers, config.picker, self.saturation)
         self.on_decision = on_decision
 

@@ -23,11 +23,12 @@ from typing import Protocol
 from fleetgate.admission.flow import FlowQueue
 from fleetgate.fleet.monitor import Monitor
 from fleetgate.fleet.state import Endpoint, PoolState
+from fleetgate.protocol import ServiceUnavailableError
 from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad
 from fleetgate.scaling.gpus import GpuInventory, discover_gpus
 from fleetgate.scaling.local import LocalProvider
 from fleetgate.scaling.spec import PoolSpec, RuleKind
-from fleetgate.scaling.worker import Worker, WorkerState
+from fleetgate.scaling.worker import StartupTimeline, Worker, WorkerState
 
 __all__ = ["PoolsObserver", "WorkerFleet", "WorkerPool"]
 
@@ -66,6 +67,8 @@ class WorkerPool:
     last_active: float = -math.inf  # monotonic time a request last ended
     by_worker: dict[str, Endpoint] = field(default_factory=dict)
     seen: dict[str, _Seen] = field(default_factory=dict)
+    starting: dict[str, StartupTimeline] = field(default_factory=dict)  # cold starts under way, by worker
+    last_cold_start: float | None = None  # seconds the last completed cold start took
 
     @property
     def max_streams(self) -> int | None:
@@ -86,6 +89,26 @@ class WorkerPool:
             return 0.0
         cap = self.max_streams
         return base if cap is None else min(base, float(sum(cap - e.in_flight for e in live)))
+
+    def hold_timeout(self) -> float:
+        """How long a request waits for a worker to start when none is ready."""
+        return self.spec.max_hold
+
+    def cold_start_error(self) -> ServiceUnavailableError:
+        """What a request held past `hold_timeout` hears: how long the start has taken, when to retry."""
+        now = time.monotonic()
+        name = self.spec.name
+        oldest = min(self.starting.values(), key=lambda t: t.segments[0].start, default=None)
+        if oldest is None:
+            return ServiceUnavailableError(f"no worker of pool '{name}' is ready and none is starting")
+        elapsed = now - oldest.segments[0].start
+        expected = self.last_cold_start
+        retry = 30 if expected is None else max(1, min(300, math.ceil(expected - elapsed)))
+        return ServiceUnavailableError(
+            f"no worker of pool '{name}' ready: a cold start has taken {elapsed:.0f} s so far "
+            f"(now: {oldest.phase.value}); retry in about {retry} s",
+            retry_after=retry,
+        )
 
     def load(self) -> PoolLoad:
         return PoolLoad(
@@ -178,6 +201,10 @@ class WorkerFleet:
     def _changed(self, w: Worker) -> None:
         wp = self.pools[w.pool]
         self._count(wp, w)
+        if w.state is WorkerState.STARTING and w.timeline is not None and w.timeline.ready_at is None:
+            wp.starting[w.id] = w.timeline
+        else:
+            wp.starting.pop(w.id, None)
         if w.state is WorkerState.READY:
             self._add(wp, w)
             wp.flow.kick()
@@ -235,5 +262,6 @@ class WorkerFleet:
             log.info("%s: %s", w.id, seen.phase)
         if t is not None and t.total is not None and seen.timeline is not t:
             seen.timeline = t
+            wp.last_cold_start = t.total
             phases = {phase.value: seconds for phase, seconds in t.durations().items()}
             self.observer.cold_start(name, t.total, phases)

@@ -68,6 +68,7 @@ class PoolSpec:
     backoff_cap: float  # longest delay; a worker ready this long has recovered
     max_failures: int  # consecutive failures of one worker that mark the pool failed
     startup_timeout: float  # a worker not ready by then has failed (a stuck download, a hung compile)
+    max_hold: float  # how long a request waits for a worker to start when none is ready
     drain_deadline: float  # longest wait for in-flight streams before a stop or sleep goes ahead
     stop_grace: float  # SIGTERM to SIGKILL
     interval: float  # seconds between autoscaler ticks
