@@ -173,7 +173,7 @@ def test_a_pool_needing_more_gpus_than_the_machine_has_fails_at_once_with_the_re
     with pytest.raises(openai.APIStatusError) as e:
         chat(gw)
     assert e.value.status_code == 503
-    assert "need 1 GPU(s) each and this machine has 0" in e.value.response.json()["error"]["message"]
+    assert "needs 1 GPU(s) and this machine has 0" in e.value.response.json()["error"]["message"]
     assert httpx.get(f"{gw.url}/ready").status_code == 503
     assert admin_pool(gw)["workers"] == []  # nothing was started, nothing retried
 

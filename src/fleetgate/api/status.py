@@ -8,17 +8,38 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["fetch_fleet", "render_fleet"]
+__all__ = ["admin_url", "fetch_fleet", "render_fleet"]
+
+
+def admin_url(admin: str) -> str:
+    """The admin base URL: `127.0.0.1:8001` and `:8001` are taken as plain http on that address."""
+    admin = admin.strip().rstrip("/")
+    if "://" not in admin:
+        admin = f"http://{'127.0.0.1' if admin.startswith(':') else ''}{admin}"
+    return admin
 
 
 def fetch_fleet(admin: str) -> dict[str, Any]:
-    """GET /admin/fleet; OSError when the gateway cannot be reached or answers badly."""
+    """GET /admin/fleet; OSError with a message in the user's words when it cannot be read."""
+    base = admin_url(admin)
     try:
-        r = httpx.get(f"{admin.rstrip('/')}/admin/fleet", timeout=5.0)
+        r = httpx.get(f"{base}/admin/fleet", timeout=5.0)
+    except httpx.ConnectError:
+        raise OSError(
+            f"nothing answers at {base}: is fleetgate running (`fleetgate up`, `serve` or `make run`)? "
+            "Its admin port is 8001 unless --admin-port moved it; point --admin at it"
+        ) from None
+    except httpx.HTTPError as e:
+        raise OSError(f"cannot read {base}/admin/fleet: {e or type(e).__name__}") from None
+    if r.status_code == 404:
+        raise OSError(
+            f"{base} answers but has no /admin/fleet: is it fleetgate's admin port (not its API port)?"
+        )
+    try:
         r.raise_for_status()
         data: dict[str, Any] = r.json()
     except (httpx.HTTPError, ValueError) as e:
-        raise OSError(str(e) or type(e).__name__) from None
+        raise OSError(f"cannot read {base}/admin/fleet: {e or type(e).__name__}") from None
     return data
 
 
