@@ -23,7 +23,7 @@ def command(args: LaunchArgs) -> Launch:
 FATAL = (
     Diagnosis(
         re.compile(r"^(?:error|Error): (.+)"),
-        "the simulator rejected its command line: {0} (see fleetgate sim --help)",
+        "the simulator cannot start: {0} (see fleetgate sim --help)",
     ),
 )
 
