@@ -572,7 +572,11 @@ def _plain_metavars(command: Any) -> None:
         if param.metavar is not None or getattr(param, "is_flag", False):
             continue
         if param.param_type_name == "argument":
-            param.metavar = (param.name or "value").upper()
+            # Click's convention: MODEL in the usage line (typer writes {MODEL}), and no `<str>` after it.
+            name = (param.name or "value").upper() + ("..." if param.nargs != 1 else "")
+            param.metavar = name
+            param._usage_display_name = lambda name=name: name
+            param.display_type_rich = lambda ctx: None
             continue
         kind = param.type_descriptor
         if kind.is_choice:

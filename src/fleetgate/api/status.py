@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -47,9 +49,26 @@ def _seconds(value: object) -> str:
     return "" if value is None else f"{value:.1f} s" if isinstance(value, int | float) else str(value)
 
 
+def _cold_start(w: dict[str, Any]) -> str:
+    if w.get("cold_start_s") is not None:
+        return _seconds(w["cold_start_s"])
+    if w.get("starting_s") is not None:
+        return f"{w['starting_s']:.0f} s so far"
+    return ""
+
+
+def _table(*columns: str) -> Table:
+    """Short cells on one line each (ids and URLs are pasted back); free text goes below the table."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for name in columns:
+        table.add_column(name, no_wrap=True)
+    return table
+
+
 def render_fleet(fleet: dict[str, Any], console: Console) -> None:
     if fleet.get("draining"):
         console.print("[yellow]the gateway is shutting down[/yellow]")
+    logs: set[str] = set()
     for name, pool in fleet.get("pools", {}).items():
         queue = pool.get("queue", {})
         head = f"[bold]{name}[/bold]: {queue.get('waiting', 0)} waiting"
@@ -59,20 +78,35 @@ def render_fleet(fleet: dict[str, Any], console: Console) -> None:
         if pool.get("failure"):
             console.print(f"  [red]failed:[/red] {pool['failure']}")
         if "workers" in pool:
-            table = Table("worker", "state", "phase", "cold start", "restarts", "wakes", "url", "gpus")
-            for w in pool["workers"]:
+            workers = pool["workers"]
+            # GPUs and wakes only where some worker has them: the table stays within 80 columns.
+            gpus = any(w.get("gpus") for w in workers)
+            wakes = any(w.get("wakes") for w in workers)
+            # Their URLs are in the endpoints table below.
+            table = _table("worker", "state", "phase", "cold start", "restarts", *("wakes",) * wakes,
+                           *("gpus",) * gpus)  # fmt: skip
+            for w in workers:
                 phase = w.get("phase") or ""
                 if w.get("progress") is not None and w.get("state") == "starting":
                     phase += f" {w['progress']:.0%}"
-                table.add_row(
-                    w["id"], w["state"], phase, _seconds(w.get("cold_start_s")), str(w.get("restarts", 0)),
-                    str(w.get("wakes", 0)), w.get("url", ""), ",".join(w.get("gpus") or []) or "-",
-                )  # fmt: skip
+                row = [w["id"], w["state"], phase, _cold_start(w), str(w.get("restarts", 0))]
+                row += [str(w.get("wakes", 0))] * wakes
+                row += [",".join(w.get("gpus") or []) or "-"] * gpus
+                table.add_row(*row)
+                if w.get("log"):
+                    logs.add(str(Path(w["log"]).parent))
             console.print(table)
-        endpoints = Table("endpoint", "url", "routable", "in flight", "last error")
+            for w in workers:
+                if w.get("last_error") and w.get("state") in ("starting", "failed"):
+                    first = str(w["last_error"]).splitlines()[0]
+                    console.print(f"  {w['id']}: {first}", markup=False, highlight=False)
+        endpoints = _table("endpoint", "url", "routable", "in flight")
         for e in pool.get("endpoints", []):
-            endpoints.add_row(
-                e["name"], e["url"], "yes" if e.get("routable") else "no", str(e.get("in_flight", 0)),
-                e.get("last_error") or "",
-            )  # fmt: skip
+            routable = "yes" if e.get("routable") else "no"
+            endpoints.add_row(e["name"], e["url"], routable, str(e.get("in_flight", 0)))
         console.print(endpoints)
+        for e in pool.get("endpoints", []):
+            if e.get("last_error"):
+                console.print(f"  {e['name']}: {e['last_error']}", markup=False, highlight=False)
+    for folder in sorted(logs):
+        console.print(f"worker logs: {folder}/", markup=False, highlight=False)
