@@ -188,7 +188,7 @@ def sim(
         # A silent minute and a half looks like a hang: say what the wait is and how to skip it (once for
         # a fleet of replicas: the first one says it).
         typer.echo(
-            f"fleetgate sim: imitating vLLM's cold start ({startup / time_scale:.0f} s, profile {profile}) "
+            f"fleetgate sim: imitating vLLM's cold start ({startup / time_scale:.3g} s, profile {profile}) "
             f"before listening on http://{host}:{port}; --startup-time 0 skips it.",
             err=True,
         )
