@@ -306,8 +306,18 @@ def bench(
     priority_header: Annotated[
         bool, typer.Option(help="Send x-fleetgate-priority with each tenant's priority.")
     ] = False,
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="A vLLM-format /metrics read before and after for prefix-cache hits "
+            "(default: the target's own; behind a gateway, a worker's).",
+        ),
+    ] = None,
 ) -> None:
-    """Load-test an OpenAI-compatible endpoint (vLLM, fleetgate, anything speaking the API)."""
+    """Load-test an OpenAI-compatible endpoint (vLLM, fleetgate, anything speaking the API).
+
+    Exit status: 0, or 2 for bad arguments, 3 when --slo is not met, 4 when every request failed."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
@@ -332,7 +342,7 @@ def bench(
         raise typer.Exit(2) from None
     from fleetgate.bench.command import run
 
-    raise typer.Exit(run(cfg, slo_spec, out, console))
+    raise typer.Exit(run(cfg, slo_spec, out, console, metrics_url))
 
 
 @bench_app.command("compare")

@@ -24,12 +24,14 @@ from fleetgate.bench.report_format import (
     esc,
     fmt,
     fmt_seconds,
+    levels_of,
     lookup,
     number,
     swatch,
 )
 from fleetgate.bench.report_plots import CDF_POINTS, cdf_points, nice_ticks, plots
 from fleetgate.bench.report_tables import errors_section, groups_section, levels_section, summary_table
+from fleetgate.bench.stats import late_levels
 
 __all__ = [
     "BEHIND_TEXT",
@@ -112,11 +114,7 @@ def render_report(runs: Sequence[Run]) -> str:
         '<section id="config"><h2>Run configuration</h2>',
         _config_table(runs),
         "</section>",
-        '<section id="summary"><h2>Summary</h2>',
-        summary_table(
-            "summary", [(i, (), "summary", r.get("summary")) for i, (_, r) in enumerate(runs)], runs
-        ),
-        "</section>",
+        *_summary_section(runs),
         '<section id="plots"><h2>Plots</h2><div class="plots">',
         *plots(runs),
         "</div></section>",
@@ -142,9 +140,14 @@ def _banners(runs: Sequence[Run]) -> list[str]:
     out: list[str] = []
     for i, (label, r) in enumerate(runs):
         who = f"{label}: " if len(runs) > 1 else ""
-        if r.get("behind_schedule"):
-            lag = number(lookup(r.get("summary"), ("lag", "p99")))
-            detail = f" (schedule lag p99 {fmt(lag, 'ms')})" if lag is not None else ""
+        late = _late_levels(r)
+        if late:
+            detail = " at " + ", ".join(
+                f"{name} (schedule lag p99 {fmt(lag, 'ms')})"
+                if name
+                else f"schedule lag p99 {fmt(lag, 'ms')}"
+                for name, lag in late.items()
+            )
             out.append(
                 f'<div class="banner warn" role="alert" data-banner="behind-schedule" data-run="{i}">'
                 f"<strong>{esc(who)}Warning:</strong> {esc(BEHIND_TEXT)}{esc(detail)}.</div>"
@@ -170,6 +173,46 @@ def _banners(runs: Sequence[Run]) -> list[str]:
                 f"<strong>{esc(who)}SLOs not met:</strong> {esc(got_text + need_text)}.</div>"
             )
     return out
+
+
+# What a reader needs to know to read the latency columns.
+ITL_NOTE = (
+    "TPOT is the pace of one answer: (end-to-end − TTFT) / (output tokens − 1). ITL is the gap between "
+    "consecutive chunks that carry tokens, divided by the tokens a chunk carries. Chunks that arrive in the "
+    "same network read have a gap of 0 ms: a server that sends several tokens at once, or a busy client, "
+    "makes ITL's lower quantiles 0 while TPOT stays the real pace."
+)
+POOLED_NOTE = (
+    "This row pools every load level of the sweep: its rates are averages over levels, not a capacity "
+    "figure. Read capacity level by level in the Load levels table."
+)
+
+
+def _summary_section(runs: Sequence[Run]) -> list[str]:
+    sweep = any(len(levels_of(r)) > 1 for _, r in runs)
+    rows = [(i, (), "summary", r.get("summary")) for i, (_, r) in enumerate(runs)]
+    out = ['<section id="summary"><h2>' + ("All levels pooled" if sweep else "Summary") + "</h2>"]
+    if sweep:
+        out.append(f'<p class="note" data-note="pooled">{esc(POOLED_NOTE)}</p>')
+    out += [summary_table("summary", rows, runs), f'<p class="note" data-note="itl">{esc(ITL_NOTE)}</p>']
+    return [*out, "</section>"]
+
+
+def _late_levels(r: Mapping[str, Any]) -> dict[str, float]:
+    """Levels the generator fell behind at (label -> lag p99), judged from the requests when the file has
+    them (the same rule as `fleetgate bench`), else as the file says."""
+    requests = r.get("requests")
+    if isinstance(requests, list) and requests:
+        processes = number(lookup(r.get("config"), ("processes",)))
+        labels = [str(level.get("label", i)) for i, level in enumerate(levels_of(r))]
+        late = late_levels([q for q in requests if isinstance(q, Mapping)], int(processes or 1))
+        return {labels[i] if i < len(labels) else str(i): lag for i, lag in late.items()}
+    named = r.get("late_levels")
+    if isinstance(named, Mapping):
+        return {str(k): float(v) for k, v in named.items() if number(v) is not None}
+    if r.get("behind_schedule"):
+        return {"": number(lookup(r.get("summary"), ("lag", "p99"))) or 0.0}
+    return {}
 
 
 def _slo_text(slo: object) -> str:
@@ -207,6 +250,12 @@ def _config_table(runs: Sequence[Run]) -> str:
         ),
         ("slo", "SLO", lambda c: _slo_text(c.get("slo"))),
         ("started_at", "started at", text("started_at")),
+        (
+            "workload_settings",
+            "workload shape",
+            lambda c: _shape(c.get("workload"), c.get("workload_settings")),
+        ),
+        ("tokenize", "prompt sizes", text("tokenize")),
     ]
     head = "".join(
         f'<th scope="col" data-run="{i}">{swatch(i)}{esc(label)}</th>' for i, (label, _) in enumerate(runs)
@@ -216,11 +265,59 @@ def _config_table(runs: Sequence[Run]) -> str:
     for key, name, get in rows:
         cells = "".join(f'<td data-key="config.{key}">{esc(get(c))}</td>' for c in configs)
         out.append(f'<tr><th scope="row">{esc(name)}</th>{cells}</tr>')
+    measured = "".join(f'<td data-row="tokens-per-request">{esc(_per_request(r))}</td>' for _, r in runs)
+    out.append(f'<tr><th scope="row">tokens per request (measured)</th>{measured}</tr>')
+    prefix = "".join(f'<td data-row="prefix-cache">{esc(_prefix_text(r))}</td>' for _, r in runs)
+    out.append(f'<tr><th scope="row">prefix cache (target /metrics)</th>{prefix}</tr>')
     cells = "".join(
         f'<td data-key="config.command"><code>{esc(c.get("command", "—"))}</code></td>' for c in configs
     )
     out.append(f'<tr><th scope="row">command</th>{cells}</tr></tbody></table></div>')
     return "".join(out)
+
+
+# The settings that shape each workload's requests, in the words of its flags.
+_SHAPE: dict[str, tuple[tuple[str, str], ...]] = {
+    "shared-prefix": (("groups", "groups"), ("prompts_per_group", "prompts per group"),
+                      ("system_len", "system prompt tokens"), ("question_len", "question tokens"),
+                      ("output_len", "output tokens")),
+    "multi-turn": (("sessions", "sessions"), ("turns", "turns"), ("turn_input_len", "tokens per turn"),
+                   ("output_len", "output tokens")),
+}  # fmt: skip
+_DEFAULT_SHAPE = (("input_len", "input tokens"), ("output_len", "output tokens"))
+
+
+def _shape(kind: object, settings: object) -> str:
+    settings = as_map(settings)
+    if not settings:
+        return "—"
+    fields = _SHAPE.get(str(kind), _DEFAULT_SHAPE)
+    parts = [f"{name} {settings[key]}" for key, name in fields if settings.get(key) is not None]
+    if settings.get("language"):
+        parts.append(f"language {settings['language']}")
+    return ", ".join(parts) or "—"
+
+
+def _per_request(r: Mapping[str, Any]) -> str:
+    summary = as_map(r.get("summary"))
+    ok = number(summary.get("ok"))
+    prompt, completion = number(summary.get("prompt_tokens")), number(summary.get("completion_tokens"))
+    if not ok or prompt is None or completion is None:
+        return "—"
+    return f"prompt {prompt / ok:,.0f}, completion {completion / ok:,.0f} (means over {ok:,.0f} answered)"
+
+
+def _prefix_text(r: Mapping[str, Any]) -> str:
+    prefix = as_map(r.get("prefix_cache"))
+    if not prefix:
+        return "—"
+    if not prefix.get("available"):
+        return f"not read: {prefix.get('reason', 'unknown')}"
+    rate = number(prefix.get("hit_rate"))
+    queried, hits = number(prefix.get("queried_tokens")), number(prefix.get("hit_tokens"))
+    if rate is None or queried is None or hits is None:
+        return "no prompt tokens were looked up during the run"
+    return f"{fmt(rate, 'pct')} of prompt tokens were hits ({hits:,.0f} of {queried:,.0f}; all clients)"
 
 
 _CSS = """
@@ -262,5 +359,6 @@ svg.plot .legend line { stroke-width: 2.5; }
 svg.plot g.series:hover polyline { stroke-width: 3.5; }
 .errors { display: inline-block; vertical-align: top; margin-right: 32px; }
 p.none { color: #555; }
+p.note { color: #444; max-width: 70em; margin: 6px 0; }
 footer { margin-top: 32px; color: #777; font-size: 12px; }
 """
