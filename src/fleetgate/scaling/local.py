@@ -363,7 +363,7 @@ class LocalProvider:
             logfile.write(f"---- fleetgate: starting {w.id}: {launch.describe()}\n".encode())
             if run.stop_requested.is_set():  # stopped while the token was read
                 return
-            log.info("starting %s: %s", w.id, launch.describe())
+            log.info("starting %s (its output: %s): %s", w.id, w.log_path, launch.describe())
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *launch.argv,
