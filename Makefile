@@ -16,8 +16,12 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 .PHONY: run test lint typecheck unit fmt clean test-deps
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
-	  echo "make: '$(PY) -m venv' failed; on Debian/Ubuntu: $(SUDO) apt-get install -y python3-venv" >&2; exit 1; }
+	@# Debian's python3 comes without venv: its python3-venv package is installed when apt-get is there.
+	test -x $(BIN)/python || $(PY) -m venv $(VENV) || { rm -rf $(VENV); command -v apt-get >/dev/null 2>&1 \
+	  && echo "make: installing python3-venv (apt-get)" && $(SUDO) apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null \
+	  && $(PY) -m venv $(VENV); } || { \
+	  echo "make: '$(PY) -m venv' failed: install Python's venv module (Debian/Ubuntu: python3-venv)" >&2; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
 	@# torch alone first, at the version constraints.txt pins: a wheel pip already has (a local mirror or
 	@# cache) as is; otherwise the CPU build unless an NVIDIA driver is present.

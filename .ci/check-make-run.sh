@@ -10,6 +10,11 @@ ADMIN_PORT=${ADMIN_PORT:-8001}
 LOG=$(mktemp)
 fail() { echo "check-make-run: $*" >&2; tail -n 40 "$LOG" >&2; exit 1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# The quick start talks to the server with curl, as its users do.
+if ! command -v curl >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl >/dev/null
+fi
 
 port_open "$PORT" && fail "port $PORT is already in use"
 
