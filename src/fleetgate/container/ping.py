@@ -1,8 +1,9 @@
 """GET /ping on a port of its own, as RunPod's load-balancing endpoints probe their workers (PORT_HEALTH).
 
 RunPod reads 200 as ready, 204 as initializing (no traffic yet, the worker is not killed) and anything else
-as unhealthy. The answer is the gateway's own state (probe.gateway_state): 204 while vLLM loads, 200 once a
-worker is up, 503 while draining after SIGTERM, so RunPod stops sending before fleetgate stops serving.
+as unhealthy. The answer is the gateway's own state (probe.gateway_state): 204 while fleetgate starts and
+vLLM loads, 200 once a worker is up, 503 once the gateway stops answering or drains after SIGTERM, so RunPod
+stops sending before fleetgate stops serving.
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ class PingServer:
     """A daemon thread serving GET /ping (and /health, same answer) on `port`."""
 
     def __init__(self, port: int, public: int, admin: int, host: str = "0.0.0.0") -> None:
+        self.answered = threading.Event()  # the gateway has answered once: silence from now on is DOWN
+        owner = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] not in ("/ping", "/health"):
                     self._answer(404, b'{"error": "not found"}')
                     return
                 state = gateway_state(public, admin)
+                if state is not State.DOWN:
+                    owner.answered.set()
+                elif not owner.answered.is_set():
+                    state = State.STARTING  # fleetgate itself is still starting (imports, binding)
                 body = b"" if state is State.STARTING else f'{{"status": "{state.value}"}}'.encode()
                 self._answer(_STATUS[state], body)
 
