@@ -32,6 +32,7 @@ from pathlib import Path
 __all__ = [
     "ADDRESS_ENV",
     "COMMANDS",
+    "ENV_NAMES",
     "GATEWAY_FLAGS",
     "KEY_ENV",
     "MODEL_ENV",
@@ -153,6 +154,21 @@ SHUTDOWN_ENV = {
 }
 
 GATEWAY_FLAGS = tuple(e.flag for e in ADDRESS_ENV)
+# Every variable the entrypoint reads (docs/deploy.md's table; tests check recipes use no other).
+ENV_NAMES = frozenset(
+    {
+        *MODEL_ENV,
+        *SERVED_NAME_ENV,
+        KEY_ENV,
+        KEY_FILE_ENV,
+        VLLM_KEY_ENV,
+        CONFIG_ENV,
+        UPSTREAMS_ENV,
+        HEALTH_PORT_ENV,
+        "FLEETGATE_RUNTIME_DIR",
+        *(e.env for e in (*ADDRESS_ENV, *SERVE_ENV, *VLLM_ENV, *SHUTDOWN_ENV.values())),
+    }
+)
 SERVE_FLAGS = (*GATEWAY_FLAGS, *(e.flag for e in SERVE_ENV), "--served-model-name")
 _LIFTED = ("--model", "--api-key")  # taken out of the flags wherever they appear
 _VALUE_CHECKS = {e.flag: e.check for e in (*ADDRESS_ENV, *SERVE_ENV)}
