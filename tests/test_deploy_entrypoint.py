@@ -268,3 +268,30 @@ def test_ping_before_and_after_the_gateway_answered() -> None:
         assert httpx.get(f"http://127.0.0.1:{ping.port}/nope").status_code == 404
     finally:
         ping.stop()
+
+
+def test_embedded_engine_through_the_entrypoint(
+    container: Start, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The CPU image's path: a model directory, the embedded engine, MAX_MODEL_LEN enforced by it."""
+    from fleetgate.engines.embedded import demo
+
+    # The demo model where tests/test_embedded_engine.py makes it: made once per session (~25 s on 2 cores).
+    model = demo.ensure(tmp_path_factory.getbasetemp() / "embedded-demo-model")
+    env = {
+        "MODEL": str(model),
+        "FLEETGATE_ENGINE": "embedded",
+        "SERVED_MODEL_NAME": "demo",
+        "MAX_MODEL_LEN": "64",
+    }
+    c = container(env=env)
+    client = openai.OpenAI(base_url=f"{c.url}/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "word " * 200}], max_tokens=4
+        )
+    assert f"fleetgate serve {model} --port {c.port}" in c.log.read_text()

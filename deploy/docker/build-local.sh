@@ -65,13 +65,16 @@ for status in /proc/[0-9]*/status; do
         PID1=$pid
     fi
 done
+trap 'kill $SIM 2>/dev/null || true; kill -TERM "$PID1" 2>/dev/null || true; wait "$RUN" 2>/dev/null || true
+      buildah rm fleetgate-local >/dev/null 2>&1 || true' EXIT
 echo "entrypoint: host pid $PID1, $(grep -E '^(NSpid|Uid)' "/proc/$PID1/status" | tr '\n\t' '  ')"
 buildah run --runtime "$RUNTIME" --network host "${ENVS[@]}" "$CTR" -- \
     /opt/fleetgate/bin/python -m fleetgate.container.healthcheck
 curl -fsS "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: application/json' \
     -d '{"model": "demo-sim", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}'
 echo
-curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -m 3 '^fleetgate_'
+curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" -o "$WORK/metrics.txt"
+grep -m 3 '^fleetgate_' "$WORK/metrics.txt"
 
 step "SIGTERM to the container's PID 1 (the pre-stop delay, then the drain)"
 kill -TERM "$PID1"

@@ -30,7 +30,8 @@ COPY --from=wheel /wheels /tmp/wheels
 COPY deploy/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # fleetgate gets a venv of its own: vLLM's pins (pydantic, httpx, ...) stay vLLM's. `vllm` stays first on PATH.
-RUN python3 -m venv /opt/fleetgate \
+# (The vLLM image's Python has venv; `uv` is the fallback where a release ships it without ensurepip.)
+RUN { python3 -m venv /opt/fleetgate || uv venv --seed --python python3 /opt/fleetgate; } \
     && /opt/fleetgate/bin/pip install -c /tmp/requirements-gateway.txt /tmp/wheels/*.whl \
     && /opt/fleetgate/bin/pip uninstall -y pip \
     && rm -rf /tmp/wheels /tmp/requirements-gateway.txt \

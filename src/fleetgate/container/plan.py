@@ -137,8 +137,9 @@ SERVE_ENV = (
     EnvFlag("FLEETGATE_MAX_WORKERS", "--max-workers", _count),
     EnvFlag("FLEETGATE_IDLE_TIMEOUT", "--idle-timeout", _positive),
 )
-# vLLM's flags under the environment names RunPod's worker-vllm and vLLM guides use. Each is one that the
-# simulator and the embedded engine accept too, so every image behaves alike; anything else goes after `--`.
+# vLLM's flags under the environment names RunPod's worker-vllm and vLLM guides use; the simulator takes them
+# all, the embedded engine the first three (it has no CUDA graphs and no tool-call parser flags). Anything
+# else goes after `--`.
 VLLM_ENV = (
     EnvFlag("MAX_MODEL_LEN", "--max-model-len", _count),
     EnvFlag("GPU_MEMORY_UTILIZATION", "--gpu-memory-utilization", _fraction),
