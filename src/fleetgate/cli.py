@@ -503,6 +503,7 @@ def serve(
     ] = 300.0,
     host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port the gateway listens on.")] = 8000,
+    admin_host: AdminHostOpt = None,
     admin_port: AdminPortOpt = None,
 ) -> None:
     """Serve one model behind the gateway, with workers started, scaled and stopped for you.
@@ -534,7 +535,7 @@ def serve(
             idle_timeout=idle_timeout,
             api_key=api_key,
         )
-    _serve_config(_with_addresses(cfg, host, port, None, admin_port), exit_on_failure=True)
+    _serve_config(_with_addresses(cfg, host, port, admin_host, admin_port), exit_on_failure=True)
 
 
 @app.command("status")
