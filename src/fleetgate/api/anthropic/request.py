@@ -2,7 +2,8 @@
 
 Content blocks map one to one where chat completions has the same thing: text, images (base64 or URL),
 `tool_use` (an assistant's `tool_calls`) and `tool_result` (a `tool` message, placed before the rest of its
-user turn, since chat templates expect tool results right after the call). `thinking` blocks the client sends
+user turn, since chat templates expect tool results right after the call). Structured outputs (a JSON schema
+in `output_config.format`) become `response_format`. `thinking` blocks the client sends
 back are dropped: the engine's template makes its own. Server tools (web search, code execution: a `type`
 other than `custom`) run at Anthropic and cannot run here; they are left out (docs/gateway.md).
 """
@@ -46,10 +47,30 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     choice = body.get("tool_choice")
     if choice is not None:
         out.update(_tool_choice(expect(choice, dict, "tool_choice"), bool(tools)))
+    fmt = _output_format(body)
+    if fmt is not None:
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt}}
     if lax_bool(body.get("stream"), "stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
+
+
+def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Structured outputs: `output_config.format` (or the beta's top-level `output_format`) with a schema."""
+    config = body.get("output_config")
+    fmt = expect(config, dict, "output_config").get("format") if config is not None else None
+    if fmt is None:
+        fmt = body.get("output_format")
+    if fmt is None:
+        return None
+    expect(fmt, dict, "output_config.format")
+    if fmt.get("type") != "json_schema":
+        raise BadRequestError(
+            "output_config.format.type: only 'json_schema' is supported", param="output_config"
+        )
+    schema: dict[str, Any] = expect(fmt.get("schema"), dict, "output_config.format.schema")
+    return schema
 
 
 def chat_tools(tools: Any) -> list[dict[str, Any]]:
