@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
-from anthropic.types import MessageParam, ToolParam
+from anthropic.types import MessageParam, OutputConfigParam, ToolParam
 
 from tests.conftest import GatewayProcess, SimProcess, spawn_sim
 from tests.fleets import gateway
@@ -138,10 +138,11 @@ def test_forced_tool_streams_input_json(client: anthropic.Anthropic) -> None:
 
 
 def test_json_output_follows_the_schema(client: anthropic.Anthropic) -> None:
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    m = client.messages.create(
-        model=MODEL, max_tokens=200, messages=ASK, output_config={"format": {"type": "json_schema", "schema": schema}}
-    )  # fmt: skip
+    schema: dict[str, object] = {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]
+    }  # fmt: skip
+    config: OutputConfigParam = {"format": {"type": "json_schema", "schema": schema}}
+    m = client.messages.create(model=MODEL, max_tokens=200, messages=ASK, output_config=config)
     assert m.content[0].type == "text"
     jsonschema.validate(json.loads(m.content[0].text), schema)
 
@@ -170,9 +171,15 @@ def test_errors_in_anthropics_shape(client: anthropic.Anthropic, gw: GatewayProc
     assert bad.status_code == 400
     assert bad.json()["type"] == "error" and bad.json()["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in bad.json()["error"]["message"]
-    for body in (b"{not json", b"[]", b'{"model": 3}', b'{"model": "llama-8b", "max_tokens": 5, "messages": [{"role": "robot"}]}',
-                 b'{"model": "llama-8b", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "video"}]}]}',
-                 b'{"model": "llama-8b", "max_tokens": "many", "messages": []}'):  # fmt: skip
+    bad_bodies = [
+        b"{not json",
+        b"[]",
+        b'{"model": 3}',
+        b'{"model": "llama-8b", "max_tokens": 5, "messages": [{"role": "robot"}]}',
+        b'{"model": "llama-8b", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "x"}]}]}',
+        b'{"model": "llama-8b", "max_tokens": "many", "messages": []}',
+    ]
+    for body in bad_bodies:
         r = httpx.post(f"{gw.url}/v1/messages", headers={"x-api-key": KEY}, content=body)
         assert r.status_code == 400, body
         assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"

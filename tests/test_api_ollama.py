@@ -95,7 +95,7 @@ def test_generate_plain_streamed_and_load(client: ollama.Client) -> None:
     r = client.generate(model=MODEL, prompt="Tainan is", system="Be brief.", options={"num_predict": 5})
     assert r.response and r.done and r.eval_count == 5
     parts = list(client.generate(model=MODEL, prompt="Tainan is", options={"num_predict": 4}, stream=True))
-    assert parts[-1].done and parts[-1].eval_count == 4 and "".join(p.response for p in parts)
+    assert parts[-1].done and parts[-1].eval_count == 4 and "".join(p.response or "" for p in parts)
     raw = client.generate(model=MODEL, prompt="<|im_start|>user\nhi", raw=True, options={"num_predict": 3})
     assert raw.eval_count == 3
     # Nothing to generate: Ollama's "load the model" answer, without an upstream call.
@@ -109,7 +109,11 @@ def test_tool_call_round_trip(client: ollama.Client) -> None:
     assert len(calls) == 1 and calls[0].function.name == "get_weather"
     args = dict(calls[0].function.arguments)
     jsonschema.validate(args, WEATHER["function"]["parameters"])
-    history = [*ASK, r.message, {"role": "tool", "content": "Sunny, 31C", "tool_name": "get_weather"}]
+    history: list[Any] = [
+        *ASK,
+        r.message,
+        {"role": "tool", "content": "Sunny, 31C", "tool_name": "get_weather"},
+    ]
     answer = client.chat(model=MODEL, messages=history, tools=[WEATHER], options={"num_predict": 10})
     assert answer.message.content and not answer.message.tool_calls
     streamed = list(client.chat(model=MODEL, messages=ASK, tools=[WEATHER], stream=True))
@@ -151,20 +155,27 @@ def test_errors_in_ollamas_shape(client: ollama.Client, gw: GatewayProcess) -> N
         client.chat(model="nope", messages=ASK)
     assert nf.value.status_code == 404 and "nope" in nf.value.error
     bad_bodies = [
-        b"{not json", b"[1]", b"{}", b'{"model": "llama-8b", "messages": "hi"}',
+        b"{not json",
+        b"[1]",
+        b"{}",
+        b'{"model": "llama-8b", "messages": "hi"}',
         b'{"model": "llama-8b", "messages": [{"role": "user", "content": 3}]}',
         b'{"model": "llama-8b", "messages": [], "options": []}',
-        b'{"model": "llama-8b", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": "x"}}',
+        b'{"model": "llama-8b", "messages": [{"role": "user", "content": "x"}], "options": {"top_k": []}}',
         b'{"model": "llama-8b", "messages": [{"role": "user", "content": "x"}], "format": "yaml"}',
         b'{"model": "llama-8b", "messages": [{"role": "user", "content": "x"}], "tools": [{"function": 1}]}',
-    ]  # fmt: skip
+    ]
     for body in bad_bodies:
         r = httpx.post(f"{gw.url}/api/chat", content=body)
         assert r.status_code == 400, (body, r.text)
         assert isinstance(r.json()["error"], str)
-    for path, body in (("/api/generate", b'{"model": "llama-8b", "prompt": 5}'),
-                       ("/api/embed", b'{"model": "minilm"}'), ("/api/embeddings", b'{"model": "minilm", "prompt": [1]}'),
-                       ("/api/show", b"{}")):  # fmt: skip
+    others = [
+        ("/api/generate", b'{"model": "llama-8b", "prompt": 5}'),
+        ("/api/embed", b'{"model": "minilm"}'),
+        ("/api/embeddings", b'{"model": "minilm", "prompt": [1]}'),
+        ("/api/show", b"{}"),
+    ]
+    for path, body in others:
         r = httpx.post(f"{gw.url}{path}", content=body)
         assert r.status_code == 400 and isinstance(r.json()["error"], str), (path, r.text)
 

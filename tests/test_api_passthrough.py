@@ -101,7 +101,7 @@ def test_responses_function_call_round_trip(client: openai.OpenAI) -> None:
     r = client.responses.create(model=MODEL, input=ask, tools=[WEATHER])
     call = r.output[0]
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id
-    jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])
+    jsonschema.validate(json.loads(call.arguments), dict(WEATHER["parameters"] or {}))
     assert r.tools and r.tools[0].type == "function"
     history: ResponseInputParam = [
         *ask,

@@ -21,10 +21,10 @@ def message_id(chat_id: Any) -> str:
 def stop_reason(finish: Any, matched: Any, stops: Sequence[str], tool_used: bool) -> tuple[str, str | None]:
     """Anthropic's stop reason and sequence from OpenAI's finish reason and vLLM's `stop_reason` (the stop
     string that ended the text, when one did)."""
+    if finish == "length":  # a call cut short included: its input is incomplete
+        return "max_tokens", None
     if tool_used or finish == "tool_calls":
         return "tool_use", None
-    if finish == "length":
-        return "max_tokens", None
     if isinstance(matched, str) and matched in stops:
         return "stop_sequence", matched
     return "end_turn", None
