@@ -4,6 +4,7 @@ answering as vLLM does)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -141,3 +142,35 @@ def test_responses_function_call_streamed(client: openai.OpenAI) -> None:
     assert final.response.output[0].type == "function_call"
     assert final.response.output[0].arguments == deltas
     assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_openai_agents_sdk_runs_a_tool_loop(gw: GatewayProcess) -> None:
+    """openai-agents, whose default model is the Responses API: the model calls the tool, the SDK runs it and
+    sends its output back, and the next turn answers in text (plain and streamed runs)."""
+    import agents
+
+    agents.set_tracing_disabled(True)
+    asked: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        return f"Sunny in {city}"
+
+    async def run() -> tuple[object, object]:
+        client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        model = agents.OpenAIResponsesModel(model=MODEL, openai_client=client)
+        agent = agents.Agent(
+            name="travel", instructions="Help plan trips.", tools=[get_weather], model=model,
+            model_settings=agents.ModelSettings(max_tokens=300),
+        )  # fmt: skip
+        plain = await agents.Runner.run(agent, "Weather in Tainan?")
+        streamed = agents.Runner.run_streamed(agent, "Weather in Tainan?")
+        async for _ in streamed.stream_events():
+            pass
+        return plain.final_output, streamed.final_output
+
+    plain, streamed = asyncio.run(run())
+    assert len(asked) == 2
+    assert isinstance(plain, str) and plain and isinstance(streamed, str) and streamed
