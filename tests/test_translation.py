@@ -171,6 +171,16 @@ def test_error_event_mid_stream() -> None:
     assert body == b'{"error":"upstream stream ended early"}\n'
 
 
+def test_a_waiting_stream_pings() -> None:
+    """The gateway's keep-alive comment while a stream waits in the queue is Anthropic's `ping` event, and
+    nothing on an NDJSON stream (it has no comments)."""
+    keepalive = [b": keep-alive\n\n", b": keep-alive\n\n"]
+    events = sse_events(relay(anthropic.MessagesTranslator(), 200, SSE, keepalive)[:2])
+    assert events == [("ping", {"type": "ping"})]
+    got = relay(ollama.ChatTranslator(), 200, SSE, keepalive)
+    assert got[1] == []  # nothing sent for the comment, not even an empty body
+
+
 def test_count_tokens_from_recorded_tokenize() -> None:
     rec = CONTRACT["tokenize_chat"]
     t = anthropic.CountTokensTranslator()

@@ -1,7 +1,8 @@
 """The tenant-facing ASGI app: a route table, and the path of a forwarded request (validate, admit, relay).
 
 A plain ASGI application (a dict of routes, no framework on the hot path). `create_app(config)` builds the
-gateway and its two apps: this one (the OpenAI routes, `/health`, `/ready`, `/version`) and the admin app.
+gateway and its two apps: this one (the OpenAI routes, `/health`, `/ready`, `/version`, and the Anthropic and
+Ollama routes translated onto the OpenAI ones by api/translation.py) and the admin app.
 Every answered request, whoever produced its answer, ends in exactly one access-log line and one count
 (`GatewayMetrics.answered`).
 """
