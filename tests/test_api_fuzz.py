@@ -97,7 +97,7 @@ def check(path: str, r: httpx.Response) -> None:
         assert set(body) == {"error"} and isinstance(body["error"], str), body
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(ANTHROPIC + OLLAMA), body=BODIES)
 def test_json_bodies_never_5xx(gw: GatewayProcess, path: str, body: dict[str, Any]) -> None:
     with httpx.Client(timeout=20) as c, c.stream("POST", gw.url + path, content=orjson.dumps(body)) as r:
@@ -109,7 +109,7 @@ def test_json_bodies_never_5xx(gw: GatewayProcess, path: str, body: dict[str, An
             assert lines and (lines[-1].get("done") is True or "error" in lines[-1])
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(ANTHROPIC + OLLAMA), raw=st.binary(max_size=100))
 def test_raw_bytes_never_5xx(gw: GatewayProcess, path: str, raw: bytes) -> None:
     check(path, httpx.post(gw.url + path, content=raw, timeout=20))
