@@ -42,6 +42,7 @@ from fleetgate.protocol import (
     MethodNotAllowedError,
     NotFoundError,
     OpenAIError,
+    PermissionDeniedError,
     RateLimitError,
     ServiceUnavailableError,
     lax_bool,
@@ -104,6 +105,8 @@ class PublicApp:
             await error(x.send, e, x.request_id)
         finally:
             self.gw.metrics.answered(x)
+            if x.model:
+                await self.gw.finish(x)
 
     # ---- small routes ----------------------------------------------------------------------------------
     async def _health(self, x: Exchange) -> None:
@@ -140,6 +143,7 @@ class PublicApp:
             self.gw.metrics.rejected.labels("auth").inc()
             raise AuthenticationError("missing or invalid API key: send `Authorization: Bearer <key>`")
         x.tenant = tenant.name
+        x.identity = tenant
         return tenant.priority
 
     # ---- forwarded requests ----------------------------------------------------------------------------
@@ -156,6 +160,7 @@ class PublicApp:
         call, pool = await self._prepare(x, raw)
         del raw  # only the bytes going upstream stay for the request's life
         rank = priority(rank, x.headers, pool.config.priority_header)
+        await self._charge(x, call, pool)
         x.call = call
         serving = asyncio.ensure_future(self._serve(call, pool, rank, x.send))
         watcher = asyncio.ensure_future(disconnected(x.receive))
@@ -185,6 +190,18 @@ class PublicApp:
         finally:
             watcher.cancel()
             gw.exchanges.discard(x)
+
+    async def _charge(self, x: Exchange, call: Call, pool: Pool) -> None:
+        """The key's model and pool rules, then its and its tenant's limits and budgets (429 when spent)."""
+        identity = x.identity
+        if identity is None:
+            return
+        key = identity.key
+        if key is not None and not key.allows(x.model, pool.config.name):
+            raise PermissionDeniedError(f"this key may not use model '{x.model}'", param="model")
+        x.ticket = await self.gw.tenancy.admit(identity, x.model, x.prompt_bytes, x.max_output)
+        if x.ticket is not None:
+            call.extra_headers = x.ticket.headers
 
     async def _end(self, x: Exchange, e: OpenAIError) -> None:
         """Finish an exchange the gateway ends itself: an SSE error event and `[DONE]` on a started stream,
@@ -284,6 +301,8 @@ class PublicApp:
             cap_choices(body, pool.limits)
         elif kind == "responses":
             changed |= apply_token_limits(body, pool.limits, key="max_output_tokens")
+        x.prompt_bytes = len(raw)
+        x.max_output = _max_output(body, kind)
         strip_usage = stream and kind in ("chat", "completions") and wants_usage_upstream(body)
         if changed:
             if strip_usage:
@@ -298,6 +317,21 @@ class PublicApp:
         if pool.wants_prompt:
             await _fingerprint(call, pool, body, x.headers, len(raw))
         return call, pool
+
+
+def _max_output(body: dict[str, Any], kind: str) -> int:
+    """Output tokens the request may produce (after the pool's default was applied): max_tokens x n."""
+    if kind in ("chat", "completions"):
+        given = body.get("max_completion_tokens") or body.get("max_tokens")
+    elif kind == "responses":
+        given = body.get("max_output_tokens")
+    else:
+        return 0
+    n = body.get("n")
+    try:
+        return int(given or 0) * max(1, int(n) if n is not None else 1)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _raise_if_failed(pool: Pool) -> None:

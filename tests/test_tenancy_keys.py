@@ -1,0 +1,202 @@
+"""Issued keys: the store on SQLite and PostgreSQL (alembic migrations), the CLI and the admin API, the key
+cache in a running gateway (keys work at once, stop within a second of revocation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from fleetgate.tenancy.keys import Budget, LimitSpec, digest
+from fleetgate.tenancy.store import open_store
+from tests.conftest import GatewayFactory, SimProcess, spawn_sim, until
+from tests.services import postgres_url  # noqa: F401  (a fixture)
+
+MODEL = "llama-8b"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    proc = spawn_sim(tmp_path_factory.mktemp("sim"), "--served-model-name", MODEL, "--time-scale", "50")
+    yield proc
+    proc.stop()
+
+
+def client(url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def fleetgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetgate", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/keys.db"
+    url: str = request.getfixturevalue("postgres_url")
+    # A fresh database per test on the session's server.
+    name = f"t{time.monotonic_ns()}"
+
+    async def create() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        await conn.execute(f"CREATE DATABASE {name}")
+        await conn.close()
+
+    asyncio.run(create())
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def test_store_issues_rotates_and_revokes(database: str) -> None:
+    store = await open_store(database)
+    again = await open_store(database)  # migrations are idempotent: a second replica starts cleanly
+    try:
+        v0 = await store.version()
+        budget = Budget(1000, "tokens", "day")
+        record, secret = await store.create(
+            "acme", name="web", priority=5, models=["m1"], limits=LimitSpec(rpm=10, budget=budget),
+            expires_at=None, metadata={"team": "games"},
+        )  # fmt: skip
+        assert secret.startswith("fg-") and len(secret) > 40
+        version, keys = await again.snapshot()
+        assert version == v0 + 1
+        assert keys[digest(secret)] == record
+        assert keys[digest(secret)].limits.budget == budget and record.metadata == {"team": "games"}
+        rotated = await store.rotate(record.id)
+        assert rotated is not None
+        _, new_secret = rotated
+        _, keys = await again.snapshot()
+        assert digest(secret) not in keys and keys[digest(new_secret)].id == record.id
+        assert await store.revoke(record.id)
+        assert not await store.revoke(record.id)  # already revoked
+        assert await store.rotate(record.id) is None
+        version, keys = await again.snapshot()
+        assert keys == {} and version == v0 + 3
+        listed = await store.list_keys(include_revoked=True)
+        assert [k.id for k in listed] == [record.id] and listed[0].revoked_at is not None
+        assert await store.list_keys() == []
+    finally:
+        await store.close()
+        await again.close()
+
+
+def test_the_secret_is_never_stored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/keys.db"
+    out = fleetgate("keys", "create", "--tenant", "acme", "--database", url, "--json")
+    assert out.returncode == 0, out.stderr
+    secret = json.loads(out.stdout)["key"]
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("keys.db*"))
+    assert secret.encode() not in raw and secret[10:].encode() not in raw
+    with sqlite3.connect(tmp_path / "keys.db") as db:  # alembic owns the schema
+        assert db.execute("select version_num from alembic_version").fetchone() == ("0001",)
+
+
+def _config(sim: SimProcess, database: str, extra: str = "") -> str:
+    return f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+keys:
+  - {{name: static-web, key: sk-static-123, priority: 3}}
+tenancy:
+  database: {database}
+  refresh_interval: 0.1
+{extra}
+pools:
+  - name: main
+    models: [{MODEL}, other-model]
+    endpoints: [{sim.url}]
+"""
+
+
+def test_cli_keys_work_at_once_and_stop_within_a_second_of_revocation(
+    gateway_factory: GatewayFactory, sim: SimProcess, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/keys.db"
+    gw = gateway_factory(_config(sim, url))
+    out = fleetgate("keys", "create", "--tenant", "travel", "--name", "web", "--database", url, "--json")
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    secret, key_id = created["key"], created["id"]
+
+    def works(key: str) -> bool:
+        r = httpx.post(f"{gw.url}/v1/completions", headers={"authorization": f"Bearer {key}"},
+                       json={"model": MODEL, "prompt": "hi", "max_tokens": 1})  # fmt: skip
+        return r.status_code == 200
+
+    until(lambda: works(secret), "the new key to work", within=1.0)
+    assert client(gw.url, secret).completions.create(model=MODEL, prompt="x", max_tokens=2).usage
+    assert client(gw.url, "sk-static-123").completions.create(model=MODEL, prompt="x", max_tokens=1).choices
+    listed = fleetgate("keys", "list", "--database", url, "--json")
+    assert [k["id"] for k in json.loads(listed.stdout)] == [key_id] and secret not in listed.stdout
+
+    rotated = fleetgate("keys", "rotate", key_id, "--database", url)
+    assert rotated.returncode == 0, rotated.stderr
+    new_secret = next(w for w in rotated.stdout.split() if w.startswith("fg-"))
+    until(lambda: not works(secret) and works(new_secret), "rotation", within=1.0)
+
+    revoked = fleetgate("keys", "revoke", key_id, "--database", url)
+    assert revoked.returncode == 0, revoked.stderr
+    until(lambda: not works(new_secret), "revocation to reach the gateway", within=1.0)
+    with pytest.raises(openai.AuthenticationError):
+        client(gw.url, new_secret).completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert fleetgate("keys", "revoke", key_id, "--database", url).returncode == 1
+    assert works("sk-static-123")  # fleet-file keys keep working beside issued ones
+
+
+def test_admin_api_issues_keys_with_models_expiry_and_errors(
+    gateway_factory: GatewayFactory, sim: SimProcess, tmp_path: Path
+) -> None:
+    gw = gateway_factory(_config(sim, f"sqlite:///{tmp_path}/keys.db"))
+    r = httpx.post(f"{gw.admin}/admin/keys", json={"tenant": "bots", "models": [MODEL], "priority": -1,
+                                                   "metadata": {"owner": "ops"}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    body = r.json()
+    secret = body["key"]
+    assert body["models"] == [MODEL] and body["priority"] == -1 and body["metadata"] == {"owner": "ops"}
+    c = client(gw.url, secret)
+    until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {secret}"}).status_code
+          == 200, "the admin-issued key")  # fmt: skip
+    assert c.completions.create(model=MODEL, prompt="x", max_tokens=1).choices
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        c.completions.create(model="other-model", prompt="x", max_tokens=1)
+    assert denied.value.status_code == 403
+
+    listed = httpx.get(f"{gw.admin}/admin/keys").json()["keys"]
+    assert [k["tenant"] for k in listed] == ["bots"] and "key" not in listed[0]
+    assert secret not in httpx.get(f"{gw.admin}/admin/keys").text
+
+    short = httpx.post(f"{gw.admin}/admin/keys", json={"tenant": "temp", "expires_in": 1.5}).json()
+    until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {short['key']}"})
+          .status_code == 200, "the short key")  # fmt: skip
+    until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {short['key']}"})
+          .status_code == 401, "the key to expire", within=5)  # fmt: skip
+
+    bad = httpx.post(f"{gw.admin}/admin/keys", json={"tenant": "x", "rpm": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rpm"
+    assert httpx.post(f"{gw.admin}/admin/keys", content=b"{").status_code == 400
+    assert httpx.delete(f"{gw.admin}/admin/keys/nope").status_code == 404
+    assert httpx.put(f"{gw.admin}/admin/keys").status_code == 405
+    gone = httpx.delete(f"{gw.admin}/admin/keys/{body['id']}")
+    assert gone.status_code == 200
+    until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {secret}"})
+          .status_code == 401, "revocation", within=1.0)  # fmt: skip
+    # The tenant-facing port knows nothing of the admin routes.
+    assert httpx.get(f"{gw.url}/admin/keys").status_code == 404
+
+
+def test_cli_without_a_database_says_how_to_give_one(tmp_path: Path) -> None:
+    out = fleetgate("keys", "list")
+    assert out.returncode == 2 and "--database" in out.stderr and "Traceback" not in out.stderr
