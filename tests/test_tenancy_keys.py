@@ -176,6 +176,7 @@ def test_admin_api_issues_keys_with_models_expiry_and_errors(
 
     listed = httpx.get(f"{gw.admin}/admin/keys").json()["keys"]
     assert [k["tenant"] for k in listed] == ["bots"] and "key" not in listed[0]
+    assert httpx.get(f"{gw.admin}/admin/keys/{body['id']}").json()["tenant"] == "bots"
     assert secret not in httpx.get(f"{gw.admin}/admin/keys").text
 
     short = httpx.post(f"{gw.admin}/admin/keys", json={"tenant": "temp", "expires_in": 1.5}).json()
@@ -183,6 +184,17 @@ def test_admin_api_issues_keys_with_models_expiry_and_errors(
           .status_code == 200, "the short key")  # fmt: skip
     until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {short['key']}"})
           .status_code == 401, "the key to expire", within=5)  # fmt: skip
+
+    limited = httpx.post(f"{gw.admin}/admin/keys", json={"tenant": "bots", "rpm": 2}).json()["key"]
+    lc = client(gw.url, limited)
+    until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {limited}"})
+          .status_code == 200, "the limited key")  # fmt: skip
+    for _ in range(2):
+        lc.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as refused:
+        lc.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert refused.value.response.headers["x-ratelimit-limit-requests"] == "2"
+    assert c.completions.create(model=MODEL, prompt="x", max_tokens=1).choices  # the tenant's other key
 
     bad = httpx.post(f"{gw.admin}/admin/keys", json={"tenant": "x", "rpm": 0})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "rpm"
