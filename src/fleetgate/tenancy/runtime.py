@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fleetgate.admission.auth import Tenant
@@ -51,7 +51,7 @@ class Usage:
     output: int
 
     @classmethod
-    def of(cls, usage: dict[str, object] | None) -> Usage | None:
+    def of(cls, usage: Mapping[str, object] | None) -> Usage | None:
         if not usage:
             return None
         details = usage.get("prompt_tokens_details")
