@@ -162,7 +162,8 @@ class PublicApp:
         rank = priority(rank, x.headers, pool.config.priority_header)
         await self._charge(x, call, pool)
         x.call = call
-        serving = asyncio.ensure_future(self._serve(call, pool, rank, x.send))
+        turn = (x.tenant, x.prompt_bytes / 4 + x.max_output)  # its place among its priority's tenants
+        serving = asyncio.ensure_future(self._serve(call, pool, rank, x.send, turn))
         watcher = asyncio.ensure_future(disconnected(x.receive))
         x.serving, x.handler = serving, asyncio.current_task()
         gw.exchanges.add(x)
@@ -213,7 +214,9 @@ class PublicApp:
         elif not x.finished:
             await x.send({"type": "http.response.body", "body": e.to_sse() + SSE_DONE, "more_body": False})
 
-    async def _serve(self, call: Call, pool: Pool, rank: int, send: Send) -> None:
+    async def _serve(
+        self, call: Call, pool: Pool, rank: int, send: Send, turn: tuple[str, float] = ("", 1.0)
+    ) -> None:
         """Wait for room in the pool (keep-alives going out to a waiting stream), then relay."""
         gw = self.gw
         assert gw.relay is not None
@@ -225,7 +228,7 @@ class PublicApp:
             adapter = call.route.adapter
             if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
                 await pool.loader.ensure(adapter)
-            await self._admit(pool, rank)
+            await self._admit(pool, rank, turn)
             admitted = True
             await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
         except OpenAIError as e:
@@ -241,7 +244,7 @@ class PublicApp:
                     pool.workers.last_active = time.monotonic()
                 pool.flow.done()
 
-    async def _admit(self, pool: Pool, rank: int) -> None:
+    async def _admit(self, pool: Pool, rank: int, turn: tuple[str, float]) -> None:
         """Through the pool's flow queue; a request that finds no worker ready is held while one starts, as
         long as a cold start may take."""
         gw, name = self.gw, pool.config.name
@@ -252,7 +255,7 @@ class PublicApp:
             gw.metrics.held.labels(name).inc()
         max_wait = wp.hold_timeout() if wp is not None and held else None
         try:
-            waited = await pool.flow.admit(rank, max_wait)
+            waited = await pool.flow.admit(rank, max_wait, *turn)
         except OpenAIError as e:
             gw.metrics.shed.labels(name, "queue_timeout" if e.status == 503 else "saturated").inc()
             if wp is not None and held:

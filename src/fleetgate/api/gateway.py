@@ -193,7 +193,12 @@ class Gateway:
         )
         room = _room(router, endpoints)
         flow = FlowQueue(
-            pc.name, room, pc.limits.max_queue, pc.limits.max_queue_wait, on_wait=lambda: self._held()
+            pc.name,
+            room,
+            pc.limits.max_queue,
+            pc.limits.max_queue_wait,
+            on_wait=lambda: self._held(),
+            fair=self.config.tenancy.fair_share,
         )
         pool = Pool(
             pc,
