@@ -51,6 +51,7 @@ from fleetgate.protocol import (
 from fleetgate.relay import Call, ClientStalled
 from fleetgate.routing.prompt import PromptInfo
 from fleetgate.routing.request import RouteRequest
+from fleetgate.tenancy.cache import CACHE_HEADER, Recorder, replay
 
 __all__ = ["AdminApp", "PublicApp", "create_app"]
 
@@ -160,10 +161,24 @@ class PublicApp:
         call, pool = await self._prepare(x, raw)
         del raw  # only the bytes going upstream stay for the request's life
         rank = priority(rank, x.headers, pool.config.priority_header)
+        cache = gw.tenancy.responses
+        if x.cache_key is not None and cache is not None:
+            entry = await cache.get(x.cache_key)
+            if entry is not None:
+                x.cache = "HIT"  # no limits charged, no engine: the ledger records it as a hit
+                await replay(x.send, entry, x.request_id)
+                return
+            x.cache = "MISS"
+            call.extra_headers.append((CACHE_HEADER, b"MISS"))
         await self._charge(x, call, pool)
         x.call = call
+        recorder = None
+        send = x.send
+        if x.cache == "MISS":
+            recorder = Recorder(x.send, gw.config.tenancy.cache.max_entry_bytes)
+            send = recorder.send
         turn = (x.tenant, x.prompt_bytes / 4 + x.max_output)  # its place among its priority's tenants
-        serving = asyncio.ensure_future(self._serve(call, pool, rank, x.send, turn))
+        serving = asyncio.ensure_future(self._serve(call, pool, rank, send, turn))
         watcher = asyncio.ensure_future(disconnected(x.receive))
         x.serving, x.handler = serving, asyncio.current_task()
         gw.exchanges.add(x)
@@ -178,6 +193,9 @@ class PublicApp:
                 return
             try:
                 serving.result()
+                if recorder is not None and recorder.entry is not None and call.status == 200:
+                    assert cache is not None and x.cache_key is not None
+                    await cache.put(x.cache_key, recorder.entry)
             except asyncio.CancelledError:
                 if x.ended_by is None:
                     raise
@@ -202,7 +220,7 @@ class PublicApp:
             raise PermissionDeniedError(f"this key may not use model '{x.model}'", param="model")
         x.ticket = await self.gw.tenancy.admit(identity, x.model, x.prompt_bytes, x.max_output)
         if x.ticket is not None:
-            call.extra_headers = x.ticket.headers
+            call.extra_headers += x.ticket.headers
 
     async def _end(self, x: Exchange, e: OpenAIError) -> None:
         """Finish an exchange the gateway ends itself: an SSE error event and `[DONE]` on a started stream,
@@ -306,6 +324,8 @@ class PublicApp:
             changed |= apply_token_limits(body, pool.limits, key="max_output_tokens")
         x.prompt_bytes = len(raw)
         x.max_output = _max_output(body, kind)
+        if kind in ("chat", "completions"):
+            x.cache_key = self.gw.tenancy.cache_key(x.path, body, x.tenant, x.headers.get(CACHE_HEADER))
         strip_usage = stream and kind in ("chat", "completions") and wants_usage_upstream(body)
         if changed:
             if strip_usage:

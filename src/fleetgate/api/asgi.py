@@ -58,6 +58,7 @@ class Exchange:
         self.prompt_bytes = 0  # the prompt's size, for token estimates
         self.max_output = 0  # output tokens the request may produce (max_tokens x n)
         self.cache = ""  # the response cache's verdict: HIT, MISS, or "" when not asked
+        self.cache_key: str | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":

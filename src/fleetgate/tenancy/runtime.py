@@ -13,10 +13,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fleetgate.admission.auth import Tenant
 from fleetgate.config import FleetConfig, PriceConfig, ScopeLimitsConfig
 from fleetgate.protocol import RateLimitError, ServiceUnavailableError
+from fleetgate.tenancy.cache import MemoryCache, RedisCache, ResponseCache, cache_key
 from fleetgate.tenancy.keycache import KeyCache
 from fleetgate.tenancy.keys import Budget, LimitSpec
 from fleetgate.tenancy.ledger import Ledger
@@ -81,6 +83,10 @@ class Tenancy:
         self.limiter: Limiter = (
             RedisLimiter(tc.redis, tc.reservation_ttl) if tc.redis else MemoryLimiter(tc.reservation_ttl)
         )
+        cc = tc.cache
+        self.responses: ResponseCache | None = None
+        if cc.enabled:
+            self.responses = RedisCache(tc.redis, cc.ttl) if tc.redis else MemoryCache(cc.ttl, cc.max_entries)
         self.tenant_limits = {name: limit_spec(c) for name, c in tc.tenants.items()}
         self.prices = tc.prices
         # Tenants that get their own metric label; anyone else counts as "other" (names are unbounded).
@@ -117,8 +123,21 @@ class Tenancy:
         if self.store is not None:
             await self.store.close()
         await self.limiter.close()
+        if self.responses is not None:
+            await self.responses.close()
 
     # ---- per request -----------------------------------------------------------------------------------
+    def cache_key(self, path: str, body: dict[str, Any], tenant: str, asked: bytes | None) -> str | None:
+        """The request's cache key when its answer may come from (and go to) the cache: it asks
+        (`x-fleetgate-cache: on`), or `deterministic` is set and it samples at temperature 0; never when it
+        says `off`."""
+        cc = self.config.cache
+        if self.responses is None or asked == b"off":
+            return None
+        if asked != b"on" and not (cc.deterministic and body.get("temperature") in (0, 0.0)):
+            return None
+        return cache_key(path, body, None if cc.shared_across_tenants else tenant)
+
     def scopes(self, tenant: Tenant) -> list[Scope]:
         now = time.time()
         out: list[Scope] = []
