@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from fleetgate.protocol import RateLimitError, ServiceUnavailableError
 from fleetgate.tenancy.keys import Budget, LimitSpec
 from fleetgate.tenancy.limiter import Limiter, MemoryLimiter, RedisLimiter, Scope, Ticket, rate_headers
 from fleetgate.tenancy.runtime import Tenancy
+from fleetgate.tenancy.store import UsageRow, open_store
 from tests.conftest import GatewayFactory, SimProcess, free_port, spawn_sim
 from tests.services import redis_url  # noqa: F401  (a fixture)
 
@@ -232,3 +234,30 @@ def test_budget_bypass_by_concurrent_requests_is_impossible_across_gateways(
     assert spent <= 1000
     refused = next(r for r in responses if r.status_code == 429)
     assert "budget" in refused.json()["error"]["message"]
+
+
+async def test_a_restart_keeps_what_the_budget_window_already_spent(tmp_path: Path) -> None:
+    """Budgets are seeded from the ledger at start: a restart does not hand out the month again."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = await open_store(url)
+    now = time.time()
+    row = UsageRow(at=now, request_id="r", tenant="acme", key_id=None, model="m", pool="p",
+                   endpoint="e", status=200, prompt_tokens=600, cached_tokens=0, output_tokens=300,
+                   latency_ms=1.0)  # fmt: skip
+    old = UsageRow(**{**row.__dict__, "at": now - 40 * 86_400})  # last window's: not counted
+    await store.write_usage([row, old])
+    await store.close()
+    cfg = parse_config(
+        f"""
+tenancy: {{database: "{url}", tenants: {{acme: {{budget: {{amount: 1000, window: month}}}}}}}}
+pools: [{{name: p, models: [m], endpoints: ["http://127.0.0.1:9"]}}]
+"""
+    )
+    t = Tenancy(cfg)
+    await t.start()
+    try:
+        assert await t.admit(Tenant("acme", 0), "m", 50, 40) is not None  # 900 + 90 <= 1000
+        with pytest.raises(RateLimitError):
+            await t.admit(Tenant("acme", 0), "m", 50, 40)  # 990 + 90 > 1000
+    finally:
+        await t.stop()

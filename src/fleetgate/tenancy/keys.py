@@ -46,6 +46,18 @@ class Budget:
             return time.strftime("%Y-%m", t)
         return "total"
 
+    def start(self, now: float) -> float:
+        """When the window that `now` falls in began (Unix seconds, UTC)."""
+        t = time.gmtime(now)
+        midnight = now - (t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec) - (now % 1)
+        if self.window == "day":
+            return midnight
+        if self.window == "week":
+            return midnight - t.tm_wday * 86_400
+        if self.window == "month":
+            return midnight - (t.tm_mday - 1) * 86_400
+        return 0.0
+
 
 @dataclass(frozen=True)
 class LimitSpec:

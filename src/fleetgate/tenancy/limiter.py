@@ -109,6 +109,11 @@ class Limiter(Protocol):
 
     async def settle(self, ticket: Ticket, tokens: int, spend: Sequence[int]) -> None: ...
 
+    async def seed(self, scope: Scope, spent: int) -> None:
+        """What the scope spent in its window before this process counted (from the ledger), unless the
+        counter already knows."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -206,6 +211,9 @@ class MemoryLimiter:
             if lim.budget is not None:
                 s.reservations.pop(ticket.rid, None)
                 s.spent[scope.period] = s.spent.get(scope.period, 0) + spent
+
+    async def seed(self, scope: Scope, spent: int) -> None:
+        self._state(scope.name).spent.setdefault(scope.period, spent)
 
     async def close(self) -> None:
         return None
@@ -398,6 +406,9 @@ class RedisLimiter:
             keys += _keys(self.prefix, scope)
             args += [scope.limits.tpm or 0, ticket.tokens, tokens, spent]
         await self._settle(keys=keys, args=args)
+
+    async def seed(self, scope: Scope, spent: int) -> None:
+        await self.redis.hsetnx(_keys(self.prefix, scope)[2], "spent", spent)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -23,6 +23,7 @@ from fleetgate.tenancy.keycache import KeyCache
 from fleetgate.tenancy.keys import Budget, LimitSpec
 from fleetgate.tenancy.ledger import Ledger
 from fleetgate.tenancy.limiter import (
+    MICRO,
     Limiter,
     MemoryLimiter,
     RedisLimiter,
@@ -108,11 +109,33 @@ class Tenancy:
         assert self.cache is not None
         self.cache.store = self.store
         await self.cache.start()
+        await self._seed_budgets()
         lc = tc.ledger
         self.ledger = Ledger(
             self.store, lc.batch_size, lc.interval, lc.buffer, on_write=self.on_write, on_drop=self.on_drop
         )
         self.ledger.start()
+
+    async def _seed_budgets(self) -> None:
+        """Budgets count from the ledger's spend in their window, so a restart does not reset them (one
+        query per budget, at start only; with Redis, counters that exist already win)."""
+        assert self.store is not None and self.cache is not None
+        now = time.time()
+        scopes: list[tuple[str, str, LimitSpec]] = [
+            ("tenant", name, spec) for name, spec in self.tenant_limits.items() if spec.budget is not None
+        ]
+        keys = self.cache.keys.values()
+        scopes += [("key_id", k.id, k.limits) for k in keys if k.limits.budget is not None]
+        for column, value, spec in scopes:
+            b = spec.budget
+            assert b is not None
+            spent = await self.store.spent(column, value, b.start(now), b.unit)
+            name = f"tenant:{value}" if column == "tenant" else f"key:{value}"
+            units = int(spent) if b.unit == "tokens" else math.ceil(spent * MICRO)
+            try:
+                await self.limiter.seed(Scope(name, spec, b.period(now)), units)
+            except Exception as e:
+                log.warning("could not seed the budget of %s: %s", name, e)
 
     async def stop(self) -> None:
         """After the drain: every ledger row written, then the connections closed."""
