@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgate.tenancy.keys import Budget, LimitSpec, digest
 from fleetgate.tenancy.store import open_store
@@ -207,6 +208,25 @@ def test_admin_api_issues_keys_with_models_expiry_and_errors(
           .status_code == 401, "revocation", within=1.0)  # fmt: skip
     # The tenant-facing port knows nothing of the admin routes.
     assert httpx.get(f"{gw.url}/admin/keys").status_code == 404
+
+    # Issued keys' tenants are unbounded: only names the fleet file gives get a metric label of their own.
+    assert client(gw.url, "sk-static-123").completions.create(model=MODEL, prompt="x", max_tokens=1).choices
+    families = list(text_string_to_metric_families(httpx.get(f"{gw.admin}/metrics").text))
+    samples = [s for f in families for s in f.samples]
+    tenants = {s.labels["tenant"] for s in samples if s.name == "fleetgate_requests_total"}
+    assert "static-web" in tenants and "other" in tenants and "bots" not in tenants
+    limited_total = [s.value for s in samples if s.name == "fleetgate_rate_limited_total"]
+    assert limited_total == [1.0]
+
+    def usage() -> dict[str, int]:
+        by: dict[str, int] = {}
+        for r in httpx.get(f"{gw.admin}/admin/usage").json()["usage"]:
+            by[r["tenant"]] = by.get(r["tenant"], 0) + r["requests"]
+        return by
+
+    until(lambda: usage().get("static-web") == 1, "the ledger's rows on the admin API")
+    # bots: 1 + 2 + the refused one + 1 + the 403 on another model; every answered request is a row.
+    assert usage()["bots"] == 6
 
 
 def test_cli_without_a_database_says_how_to_give_one(tmp_path: Path) -> None:
