@@ -33,8 +33,8 @@ from tests.services import redis_server
 from fleetgate.admission.auth import Tenant
 from fleetgate.config import parse_config
 from fleetgate.tenancy.keys import KeyRecord, LimitSpec
+from fleetgate.tenancy.rows import UsageRow
 from fleetgate.tenancy.runtime import Tenancy, Usage
-from fleetgate.tenancy.store import UsageRow
 from procs import cpu_seconds, free_port, start_sim, wait_http
 
 LIMITS = "{rpm: 100000000, tpm: 1000000000, concurrency: 100000, budget: {amount: 1.0e15, window: month}}"

@@ -232,3 +232,31 @@ def test_admin_api_issues_keys_with_models_expiry_and_errors(
 def test_cli_without_a_database_says_how_to_give_one(tmp_path: Path) -> None:
     out = fleetgate("keys", "list")
     assert out.returncode == 2 and "--database" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_gateway_runs_without_the_tenancy_extra() -> None:
+    """sqlalchemy, alembic and redis are the `tenancy` extra: the gateway imports without them and says what
+    to install when the fleet file asks for them."""
+    code = """
+import asyncio, sys
+for m in ("sqlalchemy", "alembic", "redis", "aiosqlite", "asyncpg"):
+    sys.modules[m] = None
+from fleetgate.api.app import create_app
+from fleetgate.config import parse_config
+from fleetgate.tenancy.runtime import MissingExtraError
+pools = 'pools: [{name: p, models: [m], endpoints: ["http://127.0.0.1:9"]}]'
+create_app(parse_config(pools))
+try:
+    create_app(parse_config('tenancy: {redis: "redis://127.0.0.1:1/0"}\\n' + pools))
+except MissingExtraError as e:
+    print(e)
+public, _ = create_app(parse_config('tenancy: {database: "sqlite:///x.db"}\\n' + pools))
+try:
+    asyncio.run(public.gw.tenancy.start())
+except MissingExtraError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all("pip install 'fleetgate[tenancy]'" in line for line in lines)

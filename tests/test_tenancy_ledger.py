@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgate.config import PriceConfig
 from fleetgate.tenancy.ledger import Ledger
+from fleetgate.tenancy.rows import UsageRow
 from fleetgate.tenancy.runtime import Usage, cost
-from fleetgate.tenancy.store import KeyStore, UsageRow, open_store
+from fleetgate.tenancy.store import KeyStore, open_store
 from tests.conftest import GatewayFactory, SimFactory, until
 
 

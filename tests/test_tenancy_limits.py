@@ -17,8 +17,9 @@ from fleetgate.config import parse_config
 from fleetgate.protocol import RateLimitError, ServiceUnavailableError
 from fleetgate.tenancy.keys import Budget, LimitSpec
 from fleetgate.tenancy.limiter import Limiter, MemoryLimiter, RedisLimiter, Scope, Ticket, rate_headers
+from fleetgate.tenancy.rows import UsageRow
 from fleetgate.tenancy.runtime import Tenancy
-from fleetgate.tenancy.store import UsageRow, open_store
+from fleetgate.tenancy.store import open_store
 from tests.conftest import GatewayFactory, SimProcess, free_port, spawn_sim
 from tests.services import redis_url  # noqa: F401  (a fixture)
 

@@ -338,6 +338,7 @@ def bench_compare(
 def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
     from fleetgate.api.serve import PortInUseError, run
     from fleetgate.routing.prompt import TokenizerError
+    from fleetgate.tenancy.runtime import MissingExtraError
 
     def announce() -> None:
         typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
@@ -346,7 +347,7 @@ def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
     # Bars redraw in place: only where someone watches a terminal; plain log lines anywhere else.
     try:
         run(cfg, progress=progress and sys.stdout.isatty(), announce=announce)
-    except (TokenizerError, PortInUseError) as e:
+    except (TokenizerError, PortInUseError, MissingExtraError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 

@@ -11,6 +11,7 @@ Each change bumps the store's version row, so every replica's key cache sees it 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
@@ -25,7 +26,9 @@ from fleetgate.protocol import (
     ServiceUnavailableError,
 )
 from fleetgate.tenancy.requests import KeyRequest
-from fleetgate.tenancy.store import KeyStore
+
+if TYPE_CHECKING:
+    from fleetgate.tenancy.store import KeyStore
 
 __all__ = ["handles", "serve_tenancy"]
 

@@ -30,8 +30,8 @@ from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.router import PoolRouter
 from fleetgate.scaling.pools import WorkerFleet, WorkerPool
 from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
+from fleetgate.tenancy.rows import UsageRow
 from fleetgate.tenancy.runtime import Tenancy, Usage, cost
-from fleetgate.tenancy.store import UsageRow
 
 __all__ = ["Gateway", "Pool", "pool_spec"]
 

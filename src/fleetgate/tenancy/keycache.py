@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from fleetgate.tenancy.keys import KeyRecord, digest
-from fleetgate.tenancy.store import KeyStore
+
+if TYPE_CHECKING:
+    from fleetgate.tenancy.store import KeyStore
 
 __all__ = ["KeyCache"]
 

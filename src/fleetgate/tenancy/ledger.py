@@ -13,8 +13,12 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fleetgate.tenancy.store import KeyStore, UsageRow
+from fleetgate.tenancy.rows import UsageRow
+
+if TYPE_CHECKING:
+    from fleetgate.tenancy.store import KeyStore
 
 __all__ = ["Ledger"]
 

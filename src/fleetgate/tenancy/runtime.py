@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetgate.admission.auth import Tenant
 from fleetgate.config import FleetConfig, PriceConfig, ScopeLimitsConfig
@@ -32,11 +32,21 @@ from fleetgate.tenancy.limiter import (
     amount,
     rate_headers,
 )
-from fleetgate.tenancy.store import KeyStore, UsageRow, open_store
+from fleetgate.tenancy.rows import UsageRow
 
-__all__ = ["Tenancy", "Usage", "limit_spec"]
+if TYPE_CHECKING:
+    from fleetgate.tenancy.store import KeyStore
+
+__all__ = ["MissingExtraError", "Tenancy", "Usage", "limit_spec"]
 
 log = logging.getLogger("fleetgate.tenancy")
+
+
+class MissingExtraError(RuntimeError):
+    """The fleet file asks for tenancy parts whose packages are not installed."""
+
+
+_NEEDS_EXTRA = "tenancy.{} needs the tenancy extra: pip install 'fleetgate[tenancy]' ({})"
 
 
 def limit_spec(c: ScopeLimitsConfig) -> LimitSpec:
@@ -81,9 +91,12 @@ class Tenancy:
         self.cache = KeyCache(tc.refresh_interval) if tc.database is not None else None
         self.store: KeyStore | None = None
         self.ledger: Ledger | None = None
-        self.limiter: Limiter = (
-            RedisLimiter(tc.redis, tc.reservation_ttl) if tc.redis else MemoryLimiter(tc.reservation_ttl)
-        )
+        try:
+            self.limiter: Limiter = (
+                RedisLimiter(tc.redis, tc.reservation_ttl) if tc.redis else MemoryLimiter(tc.reservation_ttl)
+            )
+        except ImportError as e:
+            raise MissingExtraError(_NEEDS_EXTRA.format("redis", e)) from None
         cc = tc.cache
         self.responses: ResponseCache | None = None
         if cc.enabled:
@@ -105,6 +118,10 @@ class Tenancy:
         tc = self.config
         if tc.database is None:
             return
+        try:
+            from fleetgate.tenancy.store import open_store
+        except ImportError as e:
+            raise MissingExtraError(_NEEDS_EXTRA.format("database", e)) from None
         self.store = await open_store(tc.database)
         assert self.cache is not None
         self.cache.store = self.store

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from fleetgate.tenancy import schema
 from fleetgate.tenancy.keys import Budget, KeyRecord, LimitSpec, digest, new_secret
+from fleetgate.tenancy.rows import UsageRow
 
 __all__ = ["KeyStore", "UsageRow", "async_url", "open_store"]
 
@@ -35,43 +35,6 @@ def async_url(url: str) -> str:
         if url.startswith(plain):
             return "postgresql+asyncpg:" + url[len(plain) :]
     return url
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    at: float
-    request_id: str
-    tenant: str
-    key_id: str | None
-    model: str
-    pool: str
-    endpoint: str
-    status: int
-    prompt_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    latency_ms: float
-    cache_hit: bool = False
-    cost: float = 0.0
-
-    def values(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "day": time.strftime("%Y-%m-%d", time.gmtime(self.at)),
-            "request_id": self.request_id,
-            "tenant": self.tenant,
-            "key_id": self.key_id,
-            "model": self.model,
-            "pool": self.pool,
-            "endpoint": self.endpoint,
-            "status": self.status,
-            "prompt_tokens": self.prompt_tokens,
-            "cached_tokens": self.cached_tokens,
-            "output_tokens": self.output_tokens,
-            "latency_ms": self.latency_ms,
-            "cache_hit": self.cache_hit,
-            "cost": self.cost,
-        }
 
 
 def _migrate(conn: sa.Connection) -> None:
