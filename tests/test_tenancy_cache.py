@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetgate.tenancy.cache import Entry, MemoryCache
+from fleetgate.tenancy.cache import Entry, MemoryCache, Recorder
 from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, spawn_sim, until
 from tests.services import redis_url  # noqa: F401  (a fixture)
 
@@ -142,9 +142,17 @@ async def test_memory_cache_keeps_the_most_recently_used_within_its_bounds() -> 
     assert Entry.unpack(packed.pack()) == packed
 
 
-def test_answers_too_big_or_failed_are_not_stored(gateway_factory: GatewayFactory, sim: SimProcess) -> None:
-    gw = _gateway(gateway_factory, sim, "{enabled: true, max_entry_bytes: 100}")
-    assert post(gw, BODY).headers["x-fleetgate-cache"] == "MISS"
-    assert post(gw, BODY).headers["x-fleetgate-cache"] == "MISS"  # the answer is over 100 bytes
-    bad = post(gw, {**BODY, "max_tokens": 0})
-    assert bad.status_code == 400 and json.loads(bad.content)["error"]["param"] == "max_tokens"
+async def test_answers_too_big_are_passed_on_but_not_kept() -> None:
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    small, big = Recorder(send, limit=100), Recorder(send, limit=10)
+    for r in (small, big):
+        await r.send({"type": "http.response.start", "status": 200,
+                      "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        for chunk in (b": keep-alive\n\n", b"data: 0123456789\n\n", b"data: [DONE]\n\n"):
+            await r.send({"type": "http.response.body", "body": chunk, "more_body": True})
+    assert small.entry == Entry(200, b"text/event-stream", [b"data: 0123456789\n\n", b"data: [DONE]\n\n"])
+    assert big.entry is None and len(sent) == 8  # the client got everything either way
