@@ -568,7 +568,11 @@ def keys_create(
             "metadata": dict(m.split("=", 1) for m in meta or [] if "=" in m),
         })  # fmt: skip
     except ValidationError as e:
-        typer.echo(f"error: {e}", err=True)
+        singular = {"models": "model", "pools": "pool", "metadata": "meta"}
+        for err in e.errors(include_url=False):
+            names = [singular.get(str(p), str(p)) for p in err["loc"]]
+            flag = "--" + "-".join(names).replace("_", "-")  # the flag that set it
+            typer.echo(f"error: {flag}: {err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
     record, secret = create_key(url, request)
     if json_out:
