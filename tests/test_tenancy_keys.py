@@ -174,6 +174,7 @@ def test_admin_api_issues_keys_with_models_expiry_and_errors(
     until(lambda: httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {secret}"}).status_code
           == 200, "the admin-issued key")  # fmt: skip
     assert c.completions.create(model=MODEL, prompt="x", max_tokens=1).choices
+    assert [m.id for m in c.models.list()] == [MODEL]  # it sees only what it may use
     with pytest.raises(openai.PermissionDeniedError) as denied:
         c.completions.create(model="other-model", prompt="x", max_tokens=1)
     assert denied.value.status_code == 403

@@ -132,7 +132,9 @@ class PublicApp:
                 for m in sorted(e.models):
                     seen.setdefault(m, {"id": m, "object": "model", "created": now, "owned_by": "fleetgate",
                                         "root": m, "parent": None})  # fmt: skip
-        body = {"object": "list", "data": list(seen.values())}
+        key = x.identity.key if x.identity is not None else None
+        listed = [m for m in seen.values() if key is None or not key.models or m["id"] in key.models]
+        body = {"object": "list", "data": listed}
         await reply(x.send, 200, orjson.dumps(body), x.request_id)
 
     def _auth(self, x: Exchange) -> int:
