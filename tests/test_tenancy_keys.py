@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgate.tenancy.keys import Budget, LimitSpec, digest
 from fleetgate.tenancy.store import open_store
-from tests.conftest import GatewayFactory, SimProcess, spawn_sim, until
+from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, spawn_sim, until
 from tests.services import postgres_url  # noqa: F401  (a fixture)
 
 MODEL = "llama-8b"
@@ -46,8 +46,11 @@ def fleetgate(*args: str) -> subprocess.CompletedProcess[str]:
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/keys.db"
-    url: str = request.getfixturevalue("postgres_url")
-    # A fresh database per test on the session's server.
+    return fresh_database(request.getfixturevalue("postgres_url"))
+
+
+def fresh_database(url: str) -> str:
+    """A new database on the session's PostgreSQL server."""
     name = f"t{time.monotonic_ns()}"
 
     async def create() -> None:
@@ -264,3 +267,21 @@ except MissingExtraError as e:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and all("pip install 'fleetgate[tenancy]'" in line for line in lines)
+
+
+def test_replicas_sharing_postgresql_see_each_others_keys_and_revocations(
+    gateway_factory: GatewayFactory,
+    sim: SimProcess,
+    postgres_url: str,  # noqa: F811
+) -> None:
+    database = fresh_database(postgres_url)
+    one, two = (gateway_factory(_config(sim, database)) for _ in range(2))
+    issued = httpx.post(f"{one.admin}/admin/keys", json={"tenant": "shared"}).json()
+
+    def status(gw: GatewayProcess) -> int:
+        headers = {"authorization": f"Bearer {issued['key']}"}
+        return httpx.get(f"{gw.url}/v1/models", headers=headers).status_code
+
+    until(lambda: status(two) == 200, "the other replica to learn the key", within=1.0)
+    assert httpx.delete(f"{one.admin}/admin/keys/{issued['id']}").status_code == 200
+    until(lambda: status(two) == 401 and status(one) == 401, "revocation on both replicas", within=1.0)
