@@ -193,7 +193,8 @@ def _db(url: str, n: int) -> str:
 
 async def _burst(urls: list[str], n: int, max_tokens: int = 1, key: str = "sk-game") -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as c:
-        body = {"model": MODEL, "prompt": "hi", "max_tokens": max_tokens}
+        # ignore_eos: every answer spends its max_tokens, so what settles first never makes room for more.
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": max_tokens, "ignore_eos": True}
         headers = {"authorization": f"Bearer {key}"}
         return await asyncio.gather(
             *(c.post(f"{urls[i % len(urls)]}/v1/completions", json=body, headers=headers) for i in range(n))
@@ -221,7 +222,7 @@ def test_two_gateways_sharing_redis_hold_limits_and_budgets_exactly(
     ok = next(r for r in responses if r.status_code == 200)
     assert ok.headers["x-ratelimit-limit-requests"] == "7" and "x-ratelimit-reset-requests" in ok.headers
 
-    # Worst case = body bytes (~60) + max_tokens 240 = ~300 tokens per request.
+    # Worst case = body bytes (~80) + max_tokens 240 = ~320 tokens per request; each spends >= 241.
     responses = asyncio.run(_burst(urls, 20, max_tokens=240, key="sk-wallet"))
     admitted = [r for r in responses if r.status_code == 200]
     assert len(admitted) == 3, [r.status_code for r in responses]
