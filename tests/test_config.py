@@ -292,7 +292,7 @@ def test_unknown_key_points_at_the_key_and_suggests(tmp_path: Path) -> None:
         "fleet.yaml:4:16: pools[0].timeouts.conect: unknown key; did you mean 'connect'? (expected one of: "
         "connect, first_byte_stream, first_byte_nonstream, idle_gap, total, stall_after)",
         "fleet.yaml:5:1: auth: unknown key; did you mean 'keys'? (expected one of: listen, admin, keys, "
-        "pools, shutdown, keepalive_after, log)",
+        "pools, shutdown, keepalive_after, log, tenancy)",
     ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from prometheus_client import generate_latest
 
+from fleetgate.api.admin_keys import handles, serve_tenancy
 from fleetgate.api.asgi import Receive, Scope, Send, error, reply
 from fleetgate.api.gateway import Gateway, Pool
 from fleetgate.protocol import NotFoundError
@@ -37,6 +38,8 @@ class AdminApp:
             now = time.monotonic()
             pools = {name: _pool_view(self.gw, p, now) for name, p in self.gw.pools.items()}
             await reply(send, 200, orjson.dumps({"draining": self.gw.draining, "pools": pools}), "admin")
+        elif handles(path):
+            await serve_tenancy(self.gw.tenancy.store, scope, receive, send)
         elif path == "/health":
             await reply(send, 200, b"", "admin")
         else:

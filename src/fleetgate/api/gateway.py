@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.router import PoolRouter
 from fleetgate.scaling.pools import WorkerFleet, WorkerPool
 from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
+from fleetgate.tenancy.rows import UsageRow
+from fleetgate.tenancy.runtime import Tenancy, Usage, cost
 
 __all__ = ["Gateway", "Pool", "pool_spec"]
 
@@ -135,7 +138,14 @@ class Gateway:
         self.pools: dict[str, Pool] = {}
         self.model_pool: dict[str, Pool] = {}
         self.discover_pools: list[Pool] = []  # pools that serve whatever their upstreams list
-        self.keyring = Keyring((k.name, k.secret.get_secret_value(), k.priority) for k in config.keys)
+        self.tenancy = Tenancy(config)
+        self.keyring = Keyring(
+            ((k.name, k.secret.get_secret_value(), k.priority) for k in config.keys), self.tenancy.cache
+        )
+        self.metrics.tenant_label = self.tenancy.label
+        self.tenancy.on_write = self.metrics.usage_rows.labels("written").inc
+        self.tenancy.on_drop = self.metrics.usage_rows.labels("dropped").inc
+        self.tenancy.on_limited = lambda tenant, reason: self.metrics.limited.labels(tenant, reason).inc()
         # SIGTERM came: /ready fails, requests are still served (the pre-stop delay).
         self.draining = False
         # The pre-stop delay is over: new requests are refused while in-flight ones finish.
@@ -183,7 +193,12 @@ class Gateway:
         )
         room = _room(router, endpoints)
         flow = FlowQueue(
-            pc.name, room, pc.limits.max_queue, pc.limits.max_queue_wait, on_wait=lambda: self._held()
+            pc.name,
+            room,
+            pc.limits.max_queue,
+            pc.limits.max_queue_wait,
+            on_wait=lambda: self._held(),
+            fair=self.config.tenancy.fair_share,
         )
         pool = Pool(
             pc,
@@ -215,6 +230,8 @@ class Gateway:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
+        # Keys are loaded before the first request is served.
+        await self.tenancy.start()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.relay = Relay(self.session, self.metrics)
@@ -259,6 +276,7 @@ class Gateway:
             await sub.stop()
         if self.session is not None:
             await self.session.close()
+        await self.tenancy.stop()  # after the drain: the ledger's last rows are written here
 
     # ---- lookups ---------------------------------------------------------------------------------------
     def pool_for(self, model: str) -> Pool | None:
@@ -273,6 +291,45 @@ class Gateway:
             # that is down does not hold up the answer.
             raise ServiceUnavailableError("the upstreams are not ready yet; retry shortly")
         return None
+
+    async def finish(self, x: Exchange) -> None:
+        """Settle what admission charged with the real usage, and queue the request's ledger row (no I/O
+        unless the limits live in Redis)."""
+        t = self.tenancy
+        call = x.call
+        used = Usage.of(call.usage if call is not None else None)
+        if used is None:
+            if x.gone and call is not None and call.endpoint is not None:
+                # The client left mid-answer: the engine read the prompt and made what was relayed.
+                used = Usage(math.ceil(x.prompt_bytes / 4), 0, call.events)
+            else:
+                used = Usage(0, 0, 0)
+        if x.cache == "HIT":
+            used = Usage(0, 0, 0)  # no engine worked for it
+        try:
+            if x.ticket is not None:
+                await t.settle(x.ticket, x.model, used)
+        finally:
+            if t.ledger is not None and x.identity is not None:
+                key = x.identity.key
+                t.record(
+                    UsageRow(
+                        at=time.time(),
+                        request_id=x.request_id,
+                        tenant=x.tenant,
+                        key_id=key.id if key is not None else None,
+                        model=x.model,
+                        pool=x.pool,
+                        endpoint=x.route,
+                        status=x.outcome,
+                        prompt_tokens=used.prompt,
+                        cached_tokens=used.cached,
+                        output_tokens=used.output,
+                        latency_ms=(time.monotonic() - x.arrived) * 1000,
+                        cache_hit=x.cache == "HIT",
+                        cost=cost(t.prices.get(x.model), used),
+                    )
+                )
 
     async def drain(self, deadline: float) -> None:
         """Let in-flight requests finish until `deadline` (monotonic); then end what is left with an error

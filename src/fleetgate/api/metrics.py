@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -56,10 +56,22 @@ class GatewayMetrics(RelayObserver):
         )  # fmt: skip
         self.tokens = Counter(
             "fleetgate_tokens",
-            "Tokens read from upstream usage, by direction (in, out) and tenant.",
+            "Tokens read from upstream usage, by direction (in, out, cached: prompt tokens served from the "
+            "prefix cache) and tenant.",
             ["pool", "direction", "tenant"],
             registry=r,
         )
+        # Tenants named in the fleet file keep their name as a label; issued keys' tenants (unbounded) do
+        # only when `tenancy.tenants` names them, else they count as "other".
+        self.tenant_label: Callable[[str], str] = lambda tenant: tenant
+        self.limited = Counter(
+            "fleetgate_rate_limited", "Requests refused by a key's or tenant's limits, by reason.",
+            ["tenant", "reason"], registry=r,
+        )  # fmt: skip
+        self.usage_rows = Counter(
+            "fleetgate_usage_rows", "Usage ledger rows by fate (written, dropped: the buffer was full).",
+            ["state"], registry=r,
+        )  # fmt: skip
         self.retries = Counter(
             "fleetgate_retries", "Attempts retried on another endpoint.", ["pool"], registry=r
         )
@@ -201,12 +213,16 @@ class GatewayMetrics(RelayObserver):
         endpoint = call.endpoint.name if call is not None and call.endpoint is not None else "none"
         seconds = time.monotonic() - x.arrived
         usage = call.usage if call is not None else None
-        self.requests.labels(x.route, x.model, x.pool, endpoint, str(status), x.tenant).inc()
+        tenant = self.tenant_label(x.tenant)
+        self.requests.labels(x.route, x.model, x.pool, endpoint, str(status), tenant).inc()
         if call is not None:
             self.e2e.labels(x.pool).observe(seconds)
         if usage:
-            self.tokens.labels(x.pool, "in", x.tenant).inc(int(usage.get("prompt_tokens") or 0))
-            self.tokens.labels(x.pool, "out", x.tenant).inc(int(usage.get("completion_tokens") or 0))
+            self.tokens.labels(x.pool, "in", tenant).inc(int(usage.get("prompt_tokens") or 0))
+            self.tokens.labels(x.pool, "out", tenant).inc(int(usage.get("completion_tokens") or 0))
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and details.get("cached_tokens"):
+                self.tokens.labels(x.pool, "cached", tenant).inc(int(details["cached_tokens"]))
         # Probes that pass arrive every few seconds from every kubelet and load balancer: debug, not info.
         level = logging.DEBUG if x.route in _PROBES and status == 200 else logging.INFO
         if access.isEnabledFor(level):

@@ -39,6 +39,14 @@ from fleetgate.config.problems import ConfigError, ConfigWarning, Problem
 from fleetgate.config.routing import SCORERS, RoutingConfig, SaturationConfig, SessionConfig
 from fleetgate.config.secrets import resolve_secret
 from fleetgate.config.server import AdminConfig, KeyConfig, ListenConfig, LogConfig, ShutdownConfig
+from fleetgate.config.tenancy import (
+    BudgetConfig,
+    LedgerConfig,
+    PriceConfig,
+    ResponseCacheConfig,
+    ScopeLimitsConfig,
+    TenancyConfig,
+)
 from fleetgate.config.workers import ScalingConfig, WorkersConfig
 
 __all__ = [
@@ -47,25 +55,31 @@ __all__ = [
     "SCORERS",
     "AdapterConfig",
     "AdminConfig",
+    "BudgetConfig",
     "ConfigError",
     "ConfigWarning",
     "EndpointConfig",
     "FleetConfig",
     "HealthConfig",
     "KeyConfig",
+    "LedgerConfig",
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
     "ModelEntry",
     "PoolConfig",
+    "PriceConfig",
     "Problem",
+    "ResponseCacheConfig",
     "RetriesConfig",
     "RoutingConfig",
     "SaturationConfig",
     "ScalingConfig",
+    "ScopeLimitsConfig",
     "ScrapeConfig",
     "SessionConfig",
     "ShutdownConfig",
+    "TenancyConfig",
     "TimeoutsConfig",
     "WorkersConfig",
     "config_for_model",
