@@ -138,6 +138,38 @@ class GatewayMetrics(RelayObserver):
             "fleetgate_worker_restarts", "Workers restarted after a crash.", ["pool"], registry=r
         )
 
+        self.discovery_connected = Gauge(
+            "fleetgate_discovery_connected",
+            "1 while the pool's Kubernetes watch is connected; 0: the API server is unreachable and the "
+            "last known endpoints keep serving.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.discovery_down_seconds = Gauge(
+            "fleetgate_discovery_down_seconds", "Seconds the pool's Kubernetes watch has been disconnected.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.discovery_relists = Gauge(
+            "fleetgate_discovery_relists", "Relists after 410 Gone (an expired resourceVersion).", ["pool"],
+            registry=r,
+        )  # fmt: skip
+        self.discovery_events = Gauge(
+            "fleetgate_discovery_events",
+            "Watch events applied to the pool's endpoints.",
+            ["pool"],
+            registry=r,
+        )
+        self.scaling_leader = Gauge(
+            "fleetgate_scaling_leader", "1 on the gateway replica that holds the scaling Lease.", registry=r
+        )
+
+    def discovery_status(
+        self, pool: str, connected: bool, down_for: float | None, relists: int, events: int
+    ) -> None:
+        self.discovery_connected.labels(pool).set(1 if connected else 0)
+        self.discovery_down_seconds.labels(pool).set(down_for or 0.0)
+        self.discovery_relists.labels(pool).set(relists)
+        self.discovery_events.labels(pool).set(events)
+
     def route_decided(self, pool: str, reason: str) -> None:
         self.route_decisions.labels(pool, reason).inc()
 

@@ -17,6 +17,12 @@ Modules: `problems` (errors at key paths), `secrets`, `fields` (shared field rul
 
 from fleetgate.config.endpoints import EndpointConfig, ModelEntry, normalize_url
 from fleetgate.config.fleet import FleetConfig
+from fleetgate.config.kubernetes import (
+    DiscoveryConfig,
+    KubernetesConfig,
+    KubernetesDiscovery,
+    LeaderElectionConfig,
+)
 from fleetgate.config.load import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_FILE,
@@ -49,10 +55,14 @@ __all__ = [
     "AdminConfig",
     "ConfigError",
     "ConfigWarning",
+    "DiscoveryConfig",
     "EndpointConfig",
     "FleetConfig",
     "HealthConfig",
     "KeyConfig",
+    "KubernetesConfig",
+    "KubernetesDiscovery",
+    "LeaderElectionConfig",
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
