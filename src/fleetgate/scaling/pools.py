@@ -131,7 +131,10 @@ class WorkerPool:
         return PoolLoad(
             queued=len(self.flow),
             oldest_wait=self.flow.oldest_wait(),
-            in_flight={wid: e.in_flight for wid, e in self.by_worker.items()},
+            # A pod's endpoint is named after the pod, its worker id.
+            in_flight={e.name: e.in_flight for e in self.endpoints}
+            if self.kubernetes
+            else {wid: e.in_flight for wid, e in self.by_worker.items()},
             last_active=self.last_active,
         )
 
