@@ -42,7 +42,7 @@ from fleetgate.config.pool import (
 )
 from fleetgate.config.presets import config_for_model, config_from_upstreams
 from fleetgate.config.problems import ConfigError, ConfigWarning, Problem
-from fleetgate.config.routing import SCORERS, RoutingConfig, SaturationConfig, SessionConfig
+from fleetgate.config.routing import SCORERS, RingConfig, RoutingConfig, SaturationConfig, SessionConfig
 from fleetgate.config.secrets import resolve_secret
 from fleetgate.config.server import AdminConfig, KeyConfig, ListenConfig, LogConfig, ShutdownConfig
 from fleetgate.config.workers import ScalingConfig, WorkersConfig
@@ -70,6 +70,7 @@ __all__ = [
     "PoolConfig",
     "Problem",
     "RetriesConfig",
+    "RingConfig",
     "RoutingConfig",
     "SaturationConfig",
     "ScalingConfig",

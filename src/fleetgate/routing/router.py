@@ -37,6 +37,8 @@ class PoolRouter:
             stale_after=stale_after,
             precise=precise or any(e.kv_events for e in state.endpoints),
             prefill_tokens_per_request=config.prefill_tokens_per_request,
+            ring_prefix_blocks=config.ring.prefix_blocks,
+            ring_load_bound=config.ring.load_bound,
         )
         scorers: list[tuple[str, Scorer, float]] = [
             (name, SCORERS[name](state, settings), weight) for name, weight in config.scorers.items()
