@@ -63,8 +63,14 @@ def _merge(target: Obj, patch: Obj) -> Obj:
 
 
 def _status(code: int, reason: str, message: str) -> Obj:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message,
-            "code": code}  # fmt: skip
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }
 
 
 @dataclass(eq=False)
@@ -141,13 +147,15 @@ class FakeKube:
         return [o for (p, n, _), o in self.store.items() if p == plural and n == ns and _matches(o, selector)]
 
     def put(self, plural: str, obj: Obj, *, expect_rv: str | None = None) -> Obj:
-        """Create or update; `expect_rv` is the optimistic-concurrency check of an update (409 on mismatch)."""
+        """Create or update; `expect_rv` is the optimistic-concurrency check of an update."""
         meta = obj.setdefault("metadata", {})
         ns, name = meta.setdefault("namespace", "default"), meta["name"]
         old = self.store.get((plural, ns, name))
         if expect_rv is not None and (old is None or old["metadata"]["resourceVersion"] != expect_rv):
-            raise web.HTTPConflict(text=json.dumps(_status(409, "Conflict", f"{plural} {name} was modified")),
-                                   content_type="application/json")  # fmt: skip
+            raise web.HTTPConflict(
+                text=json.dumps(_status(409, "Conflict", f"{plural} {name} was modified")),
+                content_type="application/json",
+            )
         base, kind = KINDS[plural]
         obj["apiVersion"] = base.removeprefix("/apis/").removeprefix("/api/") or "v1"
         obj["kind"] = kind
@@ -182,36 +190,65 @@ class FakeKube:
 
     def event(self, ns: str, involved: Obj, reason: str, message: str, kind: str = "Warning") -> None:
         meta = involved["metadata"]
-        self.put("events", {
-            "metadata": {"name": f"{meta['name']}.{next(self._names)}", "namespace": ns},
-            "involvedObject": {"kind": involved.get("kind"), "name": meta["name"], "namespace": ns},
-            "reason": reason, "message": message, "type": kind, "lastTimestamp": _now(),
-        })  # fmt: skip
+        self.put(
+            "events",
+            {
+                "metadata": {"name": f"{meta['name']}.{next(self._names)}", "namespace": ns},
+                "involvedObject": {"kind": involved.get("kind"), "name": meta["name"], "namespace": ns},
+                "reason": reason,
+                "message": message,
+                "type": kind,
+                "lastTimestamp": _now(),
+            },
+        )
 
-    # ---- objects tests create --------------------------------------------------------------------------------
+    # ---- objects tests create ---------------------------------------------------------------------------
     def add_deployment(self, name: str, labels: dict[str, str], replicas: int = 0, port: int = 8000) -> None:
-        self.put("deployments", {
-            "metadata": {"name": name, "namespace": "default", "labels": dict(labels)},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": dict(labels)},
-                     "template": {"metadata": {"labels": dict(labels)},
-                                  "spec": {"containers": [{"name": "vllm", "ports": [
-                                      {"name": "http", "containerPort": port}]}]}}},
-            "status": {"replicas": 0, "readyReplicas": 0},
-        })  # fmt: skip
+        self.put(
+            "deployments",
+            {
+                "metadata": {"name": name, "namespace": "default", "labels": dict(labels)},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": dict(labels)},
+                    "template": {
+                        "metadata": {"labels": dict(labels)},
+                        "spec": {
+                            "containers": [
+                                {"name": "vllm", "ports": [{"name": "http", "containerPort": port}]}
+                            ]
+                        },
+                    },
+                },
+                "status": {"replicas": 0, "readyReplicas": 0},
+            },
+        )
+
+    def set_replicas(self, name: str, replicas: int) -> None:
+        dep = copy.deepcopy(self.get("deployments", "default", name))
+        assert dep is not None
+        dep["spec"]["replicas"] = replicas
+        self.put("deployments", dep)
 
     def add_service(self, name: str, selector: dict[str, str], port: int) -> None:
-        self.put("services", {
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"selector": dict(selector), "ports": [{"name": "http", "port": 80, "targetPort": port}]},
-        })  # fmt: skip
+        self.put(
+            "services",
+            {
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "selector": dict(selector),
+                    "ports": [{"name": "http", "port": 80, "targetPort": port}],
+                },
+            },
+        )
 
-    # ---- controllers -----------------------------------------------------------------------------------------
+    # ---- controllers -----------------------------------------------------------------------------------
     def _react(self, plural: str, obj: Obj) -> None:
         if plural == "deployments":
             self._reconcile_replicas(obj["metadata"]["name"], obj["metadata"]["namespace"])
         elif plural == "pods":
             self._reconcile_slices(obj["metadata"]["namespace"])
-            owner = ((obj["metadata"].get("labels") or {}).get("fake/deployment"))
+            owner = (obj["metadata"].get("labels") or {}).get("fake/deployment")
             if owner and (obj["metadata"]["namespace"], owner):
                 self._reconcile_replicas(owner, obj["metadata"]["namespace"])
             self._schedule(obj["metadata"]["namespace"])
@@ -224,31 +261,56 @@ class FakeKube:
         if dep is None:
             return
         want = int(dep["spec"].get("replicas") or 0)
-        pods = [p for p in self.list("pods", ns) if (p["metadata"].get("labels") or {}).get("fake/deployment") == name
-                and p["metadata"].get("deletionTimestamp") is None]  # fmt: skip
+        pods = [
+            p
+            for p in self.list("pods", ns)
+            if (p["metadata"].get("labels") or {}).get("fake/deployment") == name
+            and p["metadata"].get("deletionTimestamp") is None
+        ]
         while len(pods) < want:
             labels = {**dep["spec"]["selector"]["matchLabels"], "fake/deployment": name}
-            pod = self.put("pods", {
-                "metadata": {"name": f"{name}-{next(self._names):05x}", "namespace": ns, "labels": labels},
-                "spec": copy.deepcopy(dep["spec"]["template"]["spec"]),
-                "status": {"phase": "Pending", "conditions": []},
-            })  # fmt: skip
+            pod = self.put(
+                "pods",
+                {
+                    "metadata": {
+                        "name": f"{name}-{next(self._names):05x}",
+                        "namespace": ns,
+                        "labels": labels,
+                    },
+                    "spec": copy.deepcopy(dep["spec"]["template"]["spec"]),
+                    "status": {"phase": "Pending", "conditions": []},
+                },
+            )
             pods.append(pod)
         if len(pods) > want:
 
             def rank(p: Obj) -> tuple[int, int, int, int]:
                 st = p.get("status") or {}
-                scheduled = any(c.get("type") == "PodScheduled" and c.get("status") == "True"
-                                for c in st.get("conditions") or [])  # fmt: skip
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
-                cost = int((p["metadata"].get("annotations") or {}).get("controller.kubernetes.io/pod-deletion-cost", 0))
+                scheduled = any(
+                    c.get("type") == "PodScheduled" and c.get("status") == "True"
+                    for c in st.get("conditions") or []
+                )
+                ready = any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []
+                )
+                cost = int(
+                    (p["metadata"].get("annotations") or {}).get(
+                        "controller.kubernetes.io/pod-deletion-cost", 0
+                    )
+                )
                 return (int(scheduled), int(ready), cost, -int(p["metadata"]["resourceVersion"]))
 
             for pod in sorted(pods, key=rank)[: len(pods) - want]:
                 self.deleted_pods.append(copy.deepcopy(pod))
                 self.delete_pod(ns, pod["metadata"]["name"])
-        ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
-                                          for c in (p.get("status") or {}).get("conditions") or []))  # fmt: skip
+        ready = sum(
+            1
+            for p in pods
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
+            )
+        )
         status = dep.setdefault("status", {})
         if status.get("readyReplicas") != ready or status.get("replicas") != len(pods):
             status.update({"readyReplicas": ready, "replicas": len(pods)})
@@ -265,13 +327,20 @@ class FakeKube:
     def _schedule(self, ns: str) -> None:
         """Bind Pending pods while GPUs last; the rest are Unschedulable (with a FailedScheduling event)."""
         pods = self.list("pods", ns)
-        bound = [p for p in pods if any(c.get("type") == "PodScheduled" and c.get("status") == "True"
-                                        for c in p["status"].get("conditions") or [])]  # fmt: skip
+        bound = [
+            p
+            for p in pods
+            if any(
+                c.get("type") == "PodScheduled" and c.get("status") == "True"
+                for c in p["status"].get("conditions") or []
+            )
+        ]
         used = sum(1 for p in bound if not p["metadata"].get("deletionTimestamp"))
         for p in pods:
             if p in bound or p["metadata"].get("deletionTimestamp"):
                 continue
             conds = [c for c in p["status"].get("conditions") or [] if c.get("type") != "PodScheduled"]
+            status: tuple[str, str | None, str | None]
             if self.gpus is None or used < self.gpus:
                 used += 1
                 status = "True", None, None
@@ -294,32 +363,46 @@ class FakeKube:
         for svc in self.list("services", ns):
             sel = svc["spec"]["selector"]
             port = svc["spec"]["ports"][0]["targetPort"]
-            endpoints = []
+            endpoints: list[Obj] = []
             for p in self.list("pods", ns):
                 labels = p["metadata"].get("labels") or {}
                 ip = (p.get("status") or {}).get("podIP")
                 if not ip or any(labels.get(k) != v for k, v in sel.items()):
                     continue
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in p["status"].get("conditions") or [])  # fmt: skip
+                ready = any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in p["status"].get("conditions") or []
+                )
                 terminating = p["metadata"].get("deletionTimestamp") is not None
-                endpoints.append({
-                    "addresses": [ip],
-                    "conditions": {"ready": ready and not terminating, "serving": ready, "terminating": terminating},
-                    "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns},
-                })  # fmt: skip
+                endpoints.append(
+                    {
+                        "addresses": [ip],
+                        "conditions": {
+                            "ready": ready and not terminating,
+                            "serving": ready,
+                            "terminating": terminating,
+                        },
+                        "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns},
+                    }
+                )
             endpoints.sort(key=lambda e: e["targetRef"]["name"])
             name = f"{svc['metadata']['name']}-x1"
             old = self.get("endpointslices", ns, name)
             if old is not None and old["endpoints"] == endpoints:
                 continue
-            self.put("endpointslices", {
-                "metadata": {"name": name, "namespace": ns,
-                             "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-                "endpoints": endpoints,
-            })  # fmt: skip
+            self.put(
+                "endpointslices",
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": ns,
+                        "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]},
+                    },
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                    "endpoints": endpoints,
+                },
+            )
 
     # ---- HTTP ----------------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -345,7 +428,9 @@ class FakeKube:
                 if request.method == "POST":
                     body = await request.json()
                     if self.get(plural, ns, body["metadata"]["name"]) is not None:
-                        return self._error(409, "AlreadyExists", f"{plural} {body['metadata']['name']} exists")
+                        return self._error(
+                            409, "AlreadyExists", f"{plural} {body['metadata']['name']} exists"
+                        )
                     body["metadata"]["namespace"] = ns
                     return web.json_response(self.put(plural, body), status=201)
             elif sub == "scale" and plural == "deployments":
@@ -376,8 +461,14 @@ class FakeKube:
     def _list(self, request: web.Request, plural: str, ns: str) -> web.Response:
         items = self.list(plural, ns, request.query.get("labelSelector"))
         _, kind = KINDS[plural]
-        return web.json_response({"kind": f"{kind}List", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": str(self.rv)}, "items": items})  # fmt: skip
+        return web.json_response(
+            {
+                "kind": f"{kind}List",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": items,
+            }
+        )
 
     async def _scale(self, request: web.Request, ns: str, name: str) -> web.Response:
         dep = self.get("deployments", ns, name)
@@ -394,13 +485,24 @@ class FakeKube:
             dep = self.put("deployments", dep)
         elif request.method != "GET":
             return self._error(405, "MethodNotAllowed", request.method)
-        return web.json_response({
-            "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {"name": name, "namespace": ns, "resourceVersion": dep["metadata"]["resourceVersion"]},
-            "spec": {"replicas": dep["spec"]["replicas"]},
-            "status": {"replicas": dep.get("status", {}).get("replicas", 0),
-                       "selector": ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())},
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "kind": "Scale",
+                "apiVersion": "autoscaling/v1",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "resourceVersion": dep["metadata"]["resourceVersion"],
+                },
+                "spec": {"replicas": dep["spec"]["replicas"]},
+                "status": {
+                    "replicas": dep.get("status", {}).get("replicas", 0),
+                    "selector": ",".join(
+                        f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items()
+                    ),
+                },
+            }
+        )
 
     async def _watch(self, request: web.Request, plural: str, ns: str) -> web.StreamResponse:
         q = request.query
@@ -415,15 +517,20 @@ class FakeKube:
             await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
         w = _Watcher(plural, ns, selector)
-        # What came before and what comes after are split in one synchronous step: nothing lost, nothing twice.
+        # What came before and what comes after are split in one synchronous step: none lost or doubled.
         if since in (None, "", "0"):
             backlog = [("ADDED", copy.deepcopy(o)) for o in self.list(plural, ns, selector)]
         elif int(since) < self.compacted:
-            await send("ERROR", _status(410, "Expired", f"too old resource version: {since} ({self.compacted})"))
+            await send(
+                "ERROR", _status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
+            )
             return resp
         else:
-            backlog = [(kind, o) for rv, p, n, kind, o in self.history
-                       if rv > int(since) and p == plural and n == ns and _matches(o, selector)]  # fmt: skip
+            backlog = [
+                (kind, o)
+                for rv, p, n, kind, o in self.history
+                if rv > int(since) and p == plural and n == ns and _matches(o, selector)
+            ]
         self.watchers.add(w)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
@@ -439,8 +546,10 @@ class FakeKube:
                 except TimeoutError:
                     if bookmarks:
                         _, kind = KINDS[plural]
-                        await send("BOOKMARK", {"kind": kind, "apiVersion": "v1",
-                                                "metadata": {"resourceVersion": str(self.rv)}})  # fmt: skip
+                        await send(
+                            "BOOKMARK",
+                            {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(self.rv)}},
+                        )
                     continue
                 if item is None:
                     break

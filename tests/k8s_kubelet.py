@@ -29,7 +29,9 @@ T = TypeVar("T")
 
 
 def _ready(pod: Obj) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod["status"].get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in pod["status"].get("conditions") or []
+    )
 
 
 class Kubelet:
@@ -59,8 +61,10 @@ class Kubelet:
         if plural != "pods" or kind == "DELETED":
             return
         name = pod["metadata"]["name"]
-        scheduled = any(c.get("type") == "PodScheduled" and c.get("status") == "True"
-                        for c in pod["status"].get("conditions") or [])  # fmt: skip
+        scheduled = any(
+            c.get("type") == "PodScheduled" and c.get("status") == "True"
+            for c in pod["status"].get("conditions") or []
+        )
         if pod["metadata"].get("deletionTimestamp"):
             if name not in self._terminating:
                 self._terminating.add(name)
@@ -80,20 +84,47 @@ class Kubelet:
     async def _run(self, name: str) -> None:
         ip = self.ips[name] = f"127.0.0.{next(self._hosts)}"
         if self.crash:
+
             def crashed(p: Obj) -> None:
-                p["status"].update(phase="Running", podIP=ip, containerStatuses=[{
-                    "name": "vllm", "ready": False, "restartCount": 3,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff",
-                                          "message": "back-off 40s restarting failed container=vllm"}},
-                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
-                }])  # fmt: skip
+                p["status"].update(
+                    phase="Running",
+                    podIP=ip,
+                    containerStatuses=[
+                        {
+                            "name": "vllm",
+                            "ready": False,
+                            "restartCount": 3,
+                            "state": {
+                                "waiting": {
+                                    "reason": "CrashLoopBackOff",
+                                    "message": "back-off 40s restarting failed container=vllm",
+                                }
+                            },
+                            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                        }
+                    ],
+                )
+
             self._update(name, crashed)
             return
         log = (self.log_dir / f"pod-{name}.log").open("wb")
-        cmd = [sys.executable, "-m", "fleetgate", "sim", "--host", ip, "--port", str(self.port),
-               "--startup-time", "0", *self.sim_flags]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "fleetgate",
+            "sim",
+            "--host",
+            ip,
+            "--port",
+            str(self.port),
+            "--startup-time",
+            "0",
+            *self.sim_flags,
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
+        )
         log.close()
         self.procs[name] = proc
         if name in self._terminating:  # deleted while it was being started
@@ -101,8 +132,14 @@ class Kubelet:
             return
 
         def running(p: Obj) -> None:
-            p["status"].update(phase="Running", podIP=ip, containerStatuses=[
-                {"name": "vllm", "ready": False, "restartCount": 0, "state": {"running": {}}}])  # fmt: skip
+            p["status"].update(
+                phase="Running",
+                podIP=ip,
+                containerStatuses=[
+                    {"name": "vllm", "ready": False, "restartCount": 0, "state": {"running": {}}}
+                ],
+            )
+
         self._update(name, running)
         async with aiohttp.ClientSession() as http:
             while proc.returncode is None:
@@ -116,6 +153,7 @@ class Kubelet:
             conds = [c for c in p["status"]["conditions"] if c.get("type") != "Ready"]
             p["status"]["conditions"] = [*conds, {"type": "Ready", "status": "True"}]
             p["status"]["containerStatuses"][0]["ready"] = True
+
         if proc.returncode is None and self.kube.get("pods", self.ns, name) is not None:
             self._update(name, ready)
 

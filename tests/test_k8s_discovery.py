@@ -29,9 +29,12 @@ def pod(name: str, ip: str, ready: bool = True, labels: dict[str, str] | None = 
     return {
         "metadata": {"name": name, "namespace": "default", "labels": labels or {"app": "vllm"}},
         "spec": {"containers": [{"name": "vllm", "ports": [{"name": "http", "containerPort": 8000}]}]},
-        "status": {"phase": "Running", "podIP": ip,
-                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
-    }  # fmt: skip
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 @pytest.fixture
@@ -60,7 +63,9 @@ class Recorder:
         def kick() -> None:
             self.kicks += 1
 
-        return DiscoveryHooks(lambda e: self.added.append(e.name), lambda e: self.removed.append(e.name), kick)
+        return DiscoveryHooks(
+            lambda e: self.added.append(e.name), lambda e: self.removed.append(e.name), kick
+        )
 
 
 def source(cfg: KubernetesDiscovery, rec: Recorder) -> tuple[EndpointSource, list[Endpoint], PoolState]:
@@ -77,8 +82,12 @@ async def test_slices_become_endpoints_and_conditions_gate_routing(kube: FakeKub
     try:
         await until(lambda: len(endpoints) == 1, "the first endpoint")
         a = endpoints[0]
-        assert (a.name, a.url, a.kv_events, a.models) == ("a", "http://10.0.0.1:8000", "tcp://10.0.0.1:5557",
-                                                         frozenset({"m"}))  # fmt: skip
+        assert (a.name, a.url, a.kv_events, a.models) == (
+            "a",
+            "http://10.0.0.1:8000",
+            "tcp://10.0.0.1:5557",
+            frozenset({"m"}),
+        )
         assert a.routable(), "a ready endpoint is routable at once"
         # A pod that is not ready yet is not added; once ready it is.
         kube.put("pods", pod("b", "10.0.0.2", ready=False))
@@ -101,13 +110,15 @@ async def test_slices_become_endpoints_and_conditions_gate_routing(kube: FakeKub
         assert rec.added == ["a", "b"] and rec.removed == ["a"] and rec.kicks > 0
         # Cordoned (the provider drains it): no new requests whatever the slice says.
         src.cordon("b")
-        kube.put("pods", copy.deepcopy(kube.get("pods", "default", "b")) or {})
+        kube.put("pods", copy.deepcopy(kube.get("pods", "default", "b") or {}))
         await until(lambda: src.changes > 0 and not endpoints[0].enabled, "b cordoned")
     finally:
         await src.stop()
 
 
-async def test_bookmarks_move_the_version_and_410_relists_what_changed_meanwhile(kube: FakeKube, api: Api) -> None:
+async def test_bookmarks_move_the_version_and_410_relists_what_changed_meanwhile(
+    kube: FakeKube, api: Api
+) -> None:
     kube.put("pods", pod("a", "10.0.0.1"))
     kube.put("pods", pod("b", "10.0.0.2"))
     rec = Recorder()
@@ -117,7 +128,9 @@ async def test_bookmarks_move_the_version_and_410_relists_what_changed_meanwhile
         await until(lambda: len(endpoints) == 2, "both endpoints")
         # Changes the watch does not select still move the server's version; bookmarks carry it over.
         for i in range(3):
-            kube.event("default", kube.get("pods", "default", "a") or {}, "Pulled", f"image {i}", kind="Normal")
+            kube.event(
+                "default", kube.get("pods", "default", "a") or {}, "Pulled", f"image {i}", kind="Normal"
+            )
         await until(lambda: src.health.resource_version == str(kube.rv), "a bookmark with the latest version")
         assert src.health.events == 0 or src.health.events < 5
         # The API server goes away: the last known endpoints keep serving, and the watch says it is down.
@@ -154,15 +167,22 @@ async def test_selector_discovery_reads_pods_and_named_ports(kube: FakeKube, api
 
 
 def test_slice_conditions_follow_the_api_rules() -> None:
-    slices = [{
-        "addressType": "IPv4", "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
-        "endpoints": [
-            {"addresses": ["10.0.0.1"], "targetRef": {"name": "a"}},  # conditions absent: ready
-            {"addresses": ["10.0.0.2"], "targetRef": {"name": "b"},
-             "conditions": {"ready": False, "serving": True, "terminating": True}},
-            {"addresses": [], "targetRef": {"name": "c"}},
-        ],
-    }, {"addressType": "FQDN", "ports": [{"port": 1}], "endpoints": [{"addresses": ["x.example"]}]}]  # fmt: skip
+    slices = [
+        {
+            "addressType": "IPv4",
+            "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "targetRef": {"name": "a"}},  # conditions absent: ready
+                {
+                    "addresses": ["10.0.0.2"],
+                    "targetRef": {"name": "b"},
+                    "conditions": {"ready": False, "serving": True, "terminating": True},
+                },
+                {"addresses": [], "targetRef": {"name": "c"}},
+            ],
+        },
+        {"addressType": "FQDN", "ports": [{"port": 1}], "endpoints": [{"addresses": ["x.example"]}]},
+    ]
     got = addresses_from_slices(slices, "http")
     assert sorted(got) == ["a", "b"]
     assert got["a"].ready and got["a"].port == 8000

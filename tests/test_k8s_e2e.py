@@ -63,9 +63,12 @@ def stream(gw: GatewayProcess, max_tokens: int, prompt: str = "hello") -> tuple[
     """Chunks with content and the finish reason; raises if the stream ends in an error."""
     chunks, finish = 0, None
     s = client(gw).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, stream=True,
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        stream=True,
         extra_body={"ignore_eos": True},
-    )  # fmt: skip
+    )
     for c in s:
         if c.choices and c.choices[0].delta.content:
             chunks += 1
@@ -97,17 +100,25 @@ def test_scale_from_zero_up_under_load_and_drain_down_without_dropping_streams(
     with concurrent.futures.ThreadPoolExecutor(9) as pool:
         load = [pool.submit(stream, gw, 1000) for _ in range(6)]
         until(lambda: len(cluster.pods(ready=True)) == 3, "three pods ready", 30)
-        until(lambda: sum(e["routable"] or e["in_flight"] > 0 for e in admin(gw)["endpoints"]) == 3,
-              "three endpoints", 10)  # fmt: skip
+        until(
+            lambda: sum(e["routable"] or e["in_flight"] > 0 for e in admin(gw)["endpoints"]) == 3,
+            "three endpoints",
+            10,
+        )
         long = [pool.submit(stream, gw, 1500, f"long {i}") for i in range(3)]
         assert [f.result(120) for f in load] == [(1000, "length")] * 6
         until(lambda: any(w["state"] == "draining" for w in admin(gw)["workers"]), "a pod draining", 30)
         drained = next(w["id"] for w in admin(gw)["workers"] if w["state"] == "draining")
         assert [f.result(120) for f in long] == [(1500, "length")] * 3
     assert max(r for _, _, r in cluster.call(lambda: list(cluster.kube.scale_patches))) == 3
-    until(lambda: drained in [p["metadata"]["name"] for p in cluster.call(lambda: cluster.kube.deleted_pods)],
-          "the drained pod deleted by the ReplicaSet", 30)  # fmt: skip
-    deleted = next(p for p in cluster.call(lambda: cluster.kube.deleted_pods) if p["metadata"]["name"] == drained)
+    until(
+        lambda: drained in [p["metadata"]["name"] for p in cluster.call(lambda: cluster.kube.deleted_pods)],
+        "the drained pod deleted by the ReplicaSet",
+        30,
+    )
+    deleted = next(
+        p for p in cluster.call(lambda: cluster.kube.deleted_pods) if p["metadata"]["name"] == drained
+    )
     notes = deleted["metadata"]["annotations"]
     assert notes["controller.kubernetes.io/pod-deletion-cost"] == "-2147483647"
     assert notes["fleetgate.io/draining"] == "true"
@@ -118,8 +129,7 @@ def test_scale_from_zero_up_under_load_and_drain_down_without_dropping_streams(
 def test_pod_killed_mid_stream_and_api_server_restarted_mid_watch(
     cluster: Cluster, gateway_factory: GatewayFactory
 ) -> None:
-    cluster.call(lambda: cluster.kube.put("deployments", {**cluster.kube.get("deployments", "default", "vllm"),  # type: ignore[dict-item]
-                                                           "spec": {**cluster.kube.get("deployments", "default", "vllm")["spec"], "replicas": 2}}))  # type: ignore[index]  # fmt: skip
+    cluster.call(lambda: cluster.kube.set_replicas("vllm", 2))
     until(lambda: len(cluster.pods(ready=True)) == 2, "two pods ready", 30)
     gw = gateway_factory(fleet(cluster.kube.url, min_workers=2))
     until(lambda: sum(e["routable"] for e in admin(gw)["endpoints"]) == 2, "two endpoints", 10)

@@ -49,16 +49,41 @@ def test_ring_owners_agree_spread_move_little_and_respect_the_bound() -> None:
 
 
 def test_pod_problems_name_the_reason() -> None:
-    pending = {"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
-               "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}  # fmt: skip
+    pending = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        }
+    }
     assert pod_problem(pending) == (
         "Pending: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
     )
-    crash = {"status": {"phase": "Running", "containerStatuses": [{"restartCount": 4, "state": {"waiting": {
-        "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 137}}}]}}  # fmt: skip
+    crash = {
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 137}},
+                }
+            ],
+        }
+    }
     assert pod_problem(crash) == "CrashLoopBackOff (4 restarts): last exit code 137"
-    starting = {"status": {"phase": "Running", "containerStatuses": [{"state": {"waiting": {
-        "reason": "ContainerCreating"}}}]}}  # fmt: skip
+    starting = {
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}],
+        }
+    }
     assert pod_problem(starting) is None
 
 
@@ -97,10 +122,18 @@ async def test_one_lease_holder_and_a_takeover_after_a_silent_death(api: tuple[F
 
 
 def test_config_rules_for_kubernetes_pools() -> None:
-    ok = PoolConfig.model_validate({
-        "name": "q", "discovery": {"kubernetes": {"service": "vllm", "kv_events_port": 5557}},
-        "workers": {"provider": "kubernetes", "deployment": "vllm", "served_model_name": "m", "max_workers": 4},
-    })  # fmt: skip
+    ok = PoolConfig.model_validate(
+        {
+            "name": "q",
+            "discovery": {"kubernetes": {"service": "vllm", "kv_events_port": 5557}},
+            "workers": {
+                "provider": "kubernetes",
+                "deployment": "vllm",
+                "served_model_name": "m",
+                "max_workers": 4,
+            },
+        }
+    )
     assert ok.model_map() == {"m": "m"} and ok.workers_namespace == "default"
     bad = [
         {"name": "q", "workers": {"provider": "kubernetes", "deployment": "vllm", "served_model_name": "m"}},

@@ -305,12 +305,14 @@ class Gateway:
                 asyncio.gather(*(s.watch.synced.wait() for s in sources if s.watch is not None)),
                 kc.request_timeout,
             )
-        targets = {
-            name: (p.workers.spec, PodTarget(p.config.workers.deployment, p.config.workers_namespace, p.source))
-            for name, p in self.pools.items()
-            if p.workers is not None and p.workers.kubernetes and p.source is not None
-            and p.config.workers is not None and p.config.workers.deployment is not None
-        }  # fmt: skip
+        targets: dict[str, tuple[PoolSpec, PodTarget]] = {}
+        for name, p in self.pools.items():
+            wc = p.config.workers
+            if p.workers is not None and p.source is not None and wc is not None and wc.deployment:
+                targets[name] = (
+                    p.workers.spec,
+                    PodTarget(wc.deployment, p.config.workers_namespace, p.source),
+                )
         if not targets or self.workers is None:
             return
         le = kc.leader_election

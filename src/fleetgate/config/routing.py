@@ -23,9 +23,11 @@ class RingConfig(BaseModel):
 
     prefix_blocks: int = Field(default=4, ge=1, description="Blocks deep the prefix key that is hashed.")
     load_bound: float = Field(
-        default=1.25, ge=1.0, allow_inf_nan=False,
-        description="An owner takes at most this times the mean in-flight count; beyond, the next on the ring.",
-    )  # fmt: skip
+        default=1.25,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="An owner takes at most this times the mean in-flight count; beyond, the next one.",
+    )
 
 
 class SaturationConfig(BaseModel):

@@ -149,14 +149,14 @@ class EndpointSource:
 
     def start(self, api: Api, watch_timeout: int, retry_max: float) -> None:
         cfg = self.cfg
-        if cfg.service is not None:
-            list_fn = api.discovery.list_namespaced_endpoint_slice
-            build: Callable[[Mapping[str, Obj]], dict[str, PodAddress]] = lambda objs: addresses_from_slices(
-                objs.values(), cfg.target_port
-            )
-        else:
-            list_fn = api.core.list_namespaced_pod
-            build = lambda objs: addresses_from_pods(objs.values(), cfg.target_port)  # noqa: E731
+        service = cfg.service is not None
+        list_fn = api.discovery.list_namespaced_endpoint_slice if service else api.core.list_namespaced_pod
+
+        def build(objs: Mapping[str, Obj]) -> dict[str, PodAddress]:
+            if service:
+                return addresses_from_slices(objs.values(), cfg.target_port)
+            return addresses_from_pods(objs.values(), cfg.target_port)
+
         self.watch = ListWatch(
             f"{self.pool}: {'endpointslices' if cfg.service else 'pods'} {cfg.label_selector()}",
             list_fn,
@@ -241,7 +241,7 @@ class EndpointSource:
                     "cordoned": n in self.cordoned,
                 }
                 for n, a in sorted(self.addresses.items())
-            },  # fmt: skip
+            },
         }
 
 

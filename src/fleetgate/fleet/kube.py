@@ -96,7 +96,7 @@ async def connect(cfg: KubernetesConfig) -> Api:
             await config.load_kube_config(client_configuration=conf)
         except (ConfigException, OSError) as e:
             raise KubeUnavailable(
-                f"no Kubernetes configuration: not in a cluster and no kubeconfig ({e}); set kubernetes.api_url"
+                f"no Kubernetes configuration: not in a cluster, no kubeconfig ({e}); set kubernetes.api_url"
             ) from None
     api = client.ApiClient(configuration=conf)
     return Api(
@@ -198,8 +198,12 @@ class ListWatch:
     def _down(self, error: str) -> None:
         h = self.health
         if h.connected or h.down_since is None:
-            log.warning("%s: API server unreachable (%s); keeping %d known object(s)", self.what, error,
-                        len(self.objects))  # fmt: skip
+            log.warning(
+                "%s: API server unreachable (%s); keeping %d known object(s)",
+                self.what,
+                error,
+                len(self.objects),
+            )
         h.connected = False
         h.last_error = error
         if h.down_since is None:

@@ -36,9 +36,13 @@ class KubeScaling:
         retry_max: float,
     ) -> None:
         self.provider = KubernetesProvider(
-            api, pools, on_change=on_change, on_blocked=on_blocked, watch_timeout=watch_timeout,
+            api,
+            pools,
+            on_change=on_change,
+            on_blocked=on_blocked,
+            watch_timeout=watch_timeout,
             retry_max=retry_max,
-        )  # fmt: skip
+        )
         specs = [spec for spec, _ in pools.values()]
         self.interval = min(s.interval for s in specs)
         self.autoscaler = Autoscaler(self.provider, specs, observe, self.interval)
@@ -75,10 +79,10 @@ class KubeScaling:
             await self.autoscaler.tick()
             return
         for name in self.autoscaler.pools:
-            if self.observe(name).queued and not self.provider.replicas(name):
-                # Held here, unseen by the leader: wake the pool from zero (the leader takes it on from there).
-                if await self.provider.read_replicas(name) == 0:
-                    await self.provider.scale(name, 1)
+            # Held here, unseen by the leader: wake the pool from zero (the leader takes it on from there).
+            held = self.observe(name).queued and not self.provider.replicas(name)
+            if held and await self.provider.read_replicas(name) == 0:
+                await self.provider.scale(name, 1)
 
     async def close(self) -> None:
         if self._task is not None:

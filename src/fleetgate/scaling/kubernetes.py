@@ -123,8 +123,11 @@ class KubernetesProvider:
         t = p.target
         while True:
             try:
-                dep = await self._raw(self.api.apps.read_namespaced_deployment(t.deployment, t.namespace,
-                                                                               _preload_content=False))  # fmt: skip
+                dep = await self._raw(
+                    self.api.apps.read_namespaced_deployment(
+                        t.deployment, t.namespace, _preload_content=False
+                    )
+                )
                 break
             except Exception as e:  # down, or not there yet: the gateway serves meanwhile
                 log.warning("pool %s: cannot read deployment %s yet: %s", p.spec.name, t.deployment, e)
@@ -168,9 +171,15 @@ class KubernetesProvider:
         p = self._pools[pool]
         t = p.target
         body = {"spec": {"replicas": replicas}}
-        await self._raw(self.api.apps.patch_namespaced_deployment_scale(
-            t.deployment, t.namespace, body, _preload_content=False, _request_timeout=self.api.request_timeout
-        ))  # fmt: skip
+        await self._raw(
+            self.api.apps.patch_namespaced_deployment_scale(
+                t.deployment,
+                t.namespace,
+                body,
+                _preload_content=False,
+                _request_timeout=self.api.request_timeout,
+            )
+        )
         p.replicas = replicas
         self.patches += 1
         self.last_patch_at = time.monotonic()
@@ -180,9 +189,11 @@ class KubernetesProvider:
         """The Deployment's replicas now (another gateway replica may have changed them)."""
         p = self._pools[pool]
         t = p.target
-        body = await self._raw(self.api.apps.read_namespaced_deployment_scale(
-            t.deployment, t.namespace, _preload_content=False, _request_timeout=self.api.request_timeout
-        ))  # fmt: skip
+        body = await self._raw(
+            self.api.apps.read_namespaced_deployment_scale(
+                t.deployment, t.namespace, _preload_content=False, _request_timeout=self.api.request_timeout
+            )
+        )
         p.replicas = int((body.get("spec") or {}).get("replicas") or 0)
         self._refresh(p)
         return p.replicas
@@ -291,9 +302,15 @@ class KubernetesProvider:
 
     async def _annotate(self, p: _Pool, pod: str, annotations: Mapping[str, str | None]) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}
-        await self._raw(self.api.core.patch_namespaced_pod(
-            pod, p.target.namespace, body, _preload_content=False, _request_timeout=self.api.request_timeout
-        ))  # fmt: skip
+        await self._raw(
+            self.api.core.patch_namespaced_pod(
+                pod,
+                p.target.namespace,
+                body,
+                _preload_content=False,
+                _request_timeout=self.api.request_timeout,
+            )
+        )
 
     @staticmethod
     async def _raw(call: Any) -> dict[str, Any]:
@@ -353,8 +370,12 @@ class KubernetesProvider:
         while len(p.placeholders) > missing:
             self._set(p.placeholders.pop(), WorkerState.STOPPED)
         while len(p.placeholders) < missing:
-            w = Worker(id=f"{p.spec.name}-pending-{len(p.placeholders) + 1}", spec=p.spec,
-                       log_path=Path("pod/pending"), gpus=())  # fmt: skip
+            w = Worker(
+                id=f"{p.spec.name}-pending-{len(p.placeholders) + 1}",
+                spec=p.spec,
+                log_path=Path("pod/pending"),
+                gpus=(),
+            )
             w.timeline = StartupTimeline(now)
             w.last_error = None
             p.placeholders.append(w)

@@ -92,9 +92,11 @@ class LeaseElector:
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": self._spec(acquire=True, transitions=0),
             }
-            await self._call(self.api.coordination.create_namespaced_lease(
-                self.namespace, body, _preload_content=False, _request_timeout=self.api.request_timeout
-            ))  # fmt: skip
+            await self._call(
+                self.api.coordination.create_namespaced_lease(
+                    self.namespace, body, _preload_content=False, _request_timeout=self.api.request_timeout
+                )
+            )
             return self._won(now)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or None
@@ -152,18 +154,29 @@ class LeaseElector:
         from kubernetes_asyncio.client.exceptions import ApiException
 
         try:
-            return await self._call(self.api.coordination.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False, _request_timeout=self.api.request_timeout
-            ))  # fmt: skip
+            return await self._call(
+                self.api.coordination.read_namespaced_lease(
+                    self.name,
+                    self.namespace,
+                    _preload_content=False,
+                    _request_timeout=self.api.request_timeout,
+                )
+            )
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
 
     async def _replace(self, lease: dict[str, Any]) -> None:
-        await self._call(self.api.coordination.replace_namespaced_lease(
-            self.name, self.namespace, lease, _preload_content=False, _request_timeout=self.api.request_timeout
-        ))  # fmt: skip
+        await self._call(
+            self.api.coordination.replace_namespaced_lease(
+                self.name,
+                self.namespace,
+                lease,
+                _preload_content=False,
+                _request_timeout=self.api.request_timeout,
+            )
+        )
 
     @staticmethod
     async def _call(call: Any) -> dict[str, Any]:
