@@ -95,6 +95,7 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []  # method, path
         self.scale_patches: list[tuple[float, str, int]] = []  # loop time, deployment, replicas
         self.deleted_pods: list[Obj] = []  # pods as they were when the ReplicaSet chose them
+        self.ready_at: dict[str, float] = {}  # pod -> loop time its endpoint first turned ready in a slice
         self.listeners: list[Callable[[str, str, Obj], None]] = []  # (plural, type, object), e.g. the kubelet
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -374,6 +375,8 @@ class FakeKube:
                     for c in p["status"].get("conditions") or []
                 )
                 terminating = p["metadata"].get("deletionTimestamp") is not None
+                if ready and not terminating:
+                    self.ready_at.setdefault(p["metadata"]["name"], asyncio.get_running_loop().time())
                 endpoints.append(
                     {
                         "addresses": [ip],
