@@ -158,7 +158,10 @@ def main() -> None:
             busy, idle, n = slice_cpu(c, tmp, args.events)
         finally:
             c.close()
-    ms = lambda xs: ", ".join(f"{x * 1000:.1f}" for x in xs)  # noqa: E731
+
+    def ms(xs: list[float]) -> str:
+        return ", ".join(f"{x * 1000:.1f}" for x in xs)
+
     print(
         f"request at zero pods -> /scale patch: median {statistics.median(to_patch) * 1000:.1f} ms "
         f"(runs: {ms(to_patch)}; target < 100 ms)"
