@@ -144,6 +144,7 @@ def test_pod_killed_mid_stream_and_api_server_restarted_mid_watch(
         with pytest.raises(openai.APIError):
             f.result(60)
     until(lambda: victim not in [e["name"] for e in admin(gw)["endpoints"]], "the dead pod forgotten", 10)
+    assert f'endpoint="{victim}"' not in httpx.get(f"{gw.admin}/metrics").text  # its series go too
     until(lambda: len(cluster.pods(ready=True)) == 2, "a replacement pod", 30)
     assert stream(gw, 5) == (5, "length")
 

@@ -145,3 +145,20 @@ def test_config_rules_for_kubernetes_pools() -> None:
     for data in bad:
         with pytest.raises((ConfigError, ValueError)):
             PoolConfig.model_validate(data)
+
+
+def test_forgotten_endpoints_free_their_bits_for_new_ones() -> None:
+    from fleetgate.fleet.prefix_index import ApproxIndex, PreciseIndex
+
+    approx, precise = ApproxIndex(100), PreciseIndex()
+    approx.record("keep", [1, 2])
+    for i in range(1000):  # a thousand pods come and go
+        name = f"pod-{i}"
+        approx.record(name, [1, 2, 3])
+        assert approx.match([1, 2, 3], ["keep", name]) == [2, 3]
+        approx.forget(name)
+        precise.forget(name)
+        precise.clear(name)  # the KV-event subscriber clears after discovery forgot: no bit comes back
+        assert approx.match([1, 2, 3], ["keep"]) == [2]
+    assert max(approx.holders.values()).bit_length() <= 2
+    assert approx.holders == {1: 1, 2: 1} and not precise._bits

@@ -136,7 +136,7 @@ def _on_change(pool: Pool) -> Callable[[Endpoint], None]:
     return changed
 
 
-def _discovery_hooks(pool: Pool) -> DiscoveryHooks:
+def _discovery_hooks(pool: Pool, metrics: GatewayMetrics) -> DiscoveryHooks:
     """What happens when discovery adds or drops one of the pool's endpoints (the monitor and subscriber
     exist once the gateway has started)."""
 
@@ -151,6 +151,7 @@ def _discovery_hooks(pool: Pool) -> DiscoveryHooks:
             pool.monitor.unwatch(e)
         if pool.subscriber is not None:
             pool.subscriber.unwatch(e)
+        metrics.forget_endpoint(e.pool, e.name)
 
     return DiscoveryHooks(added, removed, pool.flow.kick)
 
@@ -238,7 +239,7 @@ class Gateway:
             flow.capacity = lambda: wp.room(room())
         if kd is not None:
             pool.source = EndpointSource(
-                pc.name, kd, endpoints, state, _discovery_hooks(pool),
+                pc.name, kd, endpoints, state, _discovery_hooks(pool, self.metrics),
                 models=frozenset(pc.model_map()),
                 max_streams=pool.workers.max_streams if pool.workers is not None else None,
             )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -169,6 +170,20 @@ class GatewayMetrics(RelayObserver):
         self.discovery_down_seconds.labels(pool).set(down_for or 0.0)
         self.discovery_relists.labels(pool).set(relists)
         self.discovery_events.labels(pool).set(events)
+
+    def forget_endpoint(self, pool: str, endpoint: str) -> None:
+        """A discovered endpoint left for good (a deleted pod): drop its series, so pod churn does not grow
+        the scrape without end. Counters keep their history."""
+        series: list[tuple[Gauge, tuple[str, ...]]] = [
+            (self.healthy, (pool, endpoint)),
+            (self.in_flight, (pool, endpoint)),
+            (self.pending_prefill, (pool, endpoint)),
+            (self.kv_events_live, (pool, endpoint)),
+            *((self.load, (pool, endpoint, kind)) for kind in ("running", "waiting", "kv_usage")),
+        ]
+        for gauge, labels in series:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def route_decided(self, pool: str, reason: str) -> None:
         self.route_decisions.labels(pool, reason).inc()

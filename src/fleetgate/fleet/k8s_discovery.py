@@ -221,8 +221,8 @@ class EndpointSource:
         e = self.by_pod.pop(name)
         with contextlib.suppress(ValueError):
             self.endpoints.remove(e)
-        self.state.approx.clear(e.name)
-        self.state.precise.clear(e.name)
+        self.state.approx.forget(e.name)
+        self.state.precise.forget(e.name)
         log.info("pool %s: endpoint %s gone", self.pool, name)
         self.hooks.removed(e)
 
