@@ -140,11 +140,13 @@ def test_pod_killed_mid_stream_and_api_server_restarted_mid_watch(
         f = pool.submit(stream, gw, 3000)
         until(lambda: any(e["in_flight"] for e in admin(gw)["endpoints"]), "the stream under way", 20)
         victim = next(e["name"] for e in admin(gw)["endpoints"] if e["in_flight"])
+        series = f'fleetgate_endpoint_routable{{endpoint="{victim}"'
+        assert series in httpx.get(f"{gw.admin}/metrics").text
         cluster.run(cluster.kubelet.kill(victim))
         with pytest.raises(openai.APIError):
             f.result(60)
     until(lambda: victim not in [e["name"] for e in admin(gw)["endpoints"]], "the dead pod forgotten", 10)
-    assert f'endpoint="{victim}"' not in httpx.get(f"{gw.admin}/metrics").text  # its series go too
+    assert series not in httpx.get(f"{gw.admin}/metrics").text  # its series go with it
     until(lambda: len(cluster.pods(ready=True)) == 2, "a replacement pod", 30)
     assert stream(gw, 5) == (5, "length")
 
