@@ -20,7 +20,7 @@ from tests.k8s_kubelet import Cluster
 MODEL = "sim-model"
 
 
-def fleet(api: str, *, min_workers: int = 0, max_workers: int = 3, extra: str = "") -> str:
+def fleet(api: str, *, min_workers: int = 0, max_workers: int = 3, idle_timeout: float = 300) -> str:
     return f"""
 listen: {{host: 127.0.0.1, port: {{port}}}}
 admin: {{host: 127.0.0.1, port: {{admin_port}}}}
@@ -38,11 +38,11 @@ pools:
       served_model_name: {MODEL}
       min_workers: {min_workers}
       max_workers: {max_workers}
+      idle_timeout: {idle_timeout}
       scaling: {{rule: concurrency, target: 2, interval: 0.2}}
       stabilization_window: 1.5
       drain_deadline: 60
       max_hold: 60
-{extra}
 """
 
 
@@ -194,13 +194,17 @@ def test_unschedulable_pods_answer_held_requests_with_the_reason(
 def test_two_gateway_replicas_one_scales_and_the_other_takes_over(
     cluster: Cluster, gateway_factory: GatewayFactory
 ) -> None:
-    a = gateway_factory(fleet(cluster.kube.url))
-    b = gateway_factory(fleet(cluster.kube.url))
+    # Replicas idle for 1 s scale to zero: only what the follower publishes keeps the leader from it.
+    a = gateway_factory(fleet(cluster.kube.url, idle_timeout=1))
+    b = gateway_factory(fleet(cluster.kube.url, idle_timeout=1))
     until(lambda: sum(admin(g)["scaling"]["leader"] for g in (a, b)) == 1, "one leader", 15)
     leader, follower = (a, b) if admin(a)["scaling"]["leader"] else (b, a)
-    # A request held by the follower wakes the pool from zero (the leader does not see it).
-    assert stream(follower, 5) == (5, "length")
-    assert cluster.replicas("vllm") >= 1
+    # A request held by the follower wakes the pool from zero, and its long stream (about 5 s) is not cut
+    # by the leader scaling back to zero: the leader counts the follower's streams.
+    assert stream(follower, 1000) == (1000, "length")
+    patches = cluster.call(lambda: [r for _, _, r in cluster.kube.scale_patches])
+    assert patches[0] == 1 and 0 not in patches
+    until(lambda: cluster.replicas("vllm") == 0, "idle again: back to zero", 20)
     # The leader dies without handing the Lease back; the follower takes over within the lease duration.
     holder = cluster.call(lambda: cluster.kube.get("leases", "default", "fleetgate-leader"))["spec"]  # type: ignore[index]
     leader.stop(signal.SIGKILL)

@@ -35,6 +35,7 @@ from fleetgate.routing.router import PoolRouter
 from fleetgate.scaling.k8s_scaling import KubeScaling
 from fleetgate.scaling.kubernetes import PodTarget
 from fleetgate.scaling.leader import LeaseElector
+from fleetgate.scaling.load_board import LoadBoard
 from fleetgate.scaling.pools import WorkerFleet, WorkerPool
 from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
 
@@ -318,17 +319,13 @@ class Gateway:
             return
         le = kc.leader_election
         first = next(iter(targets.values()))[1]
-        elector = LeaseElector(
-            api,
-            le.lease_name,
-            le.namespace or os.environ.get("POD_NAMESPACE") or first.namespace,
-            le.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
-            le.lease_duration,
-            le.renew_interval,
-        )
+        namespace = le.namespace or os.environ.get("POD_NAMESPACE") or first.namespace
+        identity = le.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaseElector(api, le.lease_name, namespace, identity, le.lease_duration, le.renew_interval)
+        board = LoadBoard(api, le.lease_name, namespace, identity, le.lease_duration)
         fleet = self.workers
         self.workers.kube = KubeScaling(
-            api, targets, elector, observe=fleet.observe, on_change=fleet.worker_changed,
+            api, targets, elector, board, observe=fleet.observe, on_change=fleet.worker_changed,
             on_blocked=fleet.blocked_changed, watch_timeout=kc.watch_timeout, retry_max=kc.retry_max,
         )  # fmt: skip
         for name in targets:

@@ -1,19 +1,22 @@
 """Scaling Kubernetes pools from several gateway replicas: the Lease holder runs the autoscaler (the same
-policy and actions as for local workers); every other replica only wakes a pool at zero replicas for the
-requests it holds (it may scale up from zero, never down), so a cold pool wakes whichever replica the
-request hit. Every replica watches the pods, so each can report them and take over at once."""
+policy and actions as for local workers) on the load of every replica (each publishes its own on the load
+board); every other replica also wakes a pool at zero replicas for the requests it holds at once (it may
+scale up from zero, never down), so a cold pool wakes whichever replica the request hit without waiting for
+the leader's next read. Every replica watches the pods, so each can report them and take over at once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from fleetgate.fleet.kube import Api
 from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad
 from fleetgate.scaling.kubernetes import KubernetesProvider, PodTarget
 from fleetgate.scaling.leader import LeaseElector
+from fleetgate.scaling.load_board import LoadBoard, merge
 from fleetgate.scaling.spec import PoolSpec
 from fleetgate.scaling.worker import Worker
 
@@ -28,6 +31,7 @@ class KubeScaling:
         api: Api,
         pools: Mapping[str, tuple[PoolSpec, PodTarget]],
         elector: LeaseElector,
+        board: LoadBoard | None = None,
         *,
         observe: Callable[[str], PoolLoad],
         on_change: Callable[[Worker], None],
@@ -45,9 +49,11 @@ class KubeScaling:
         )
         specs = [spec for spec, _ in pools.values()]
         self.interval = min(s.interval for s in specs)
-        self.autoscaler = Autoscaler(self.provider, specs, observe, self.interval)
+        self.autoscaler = Autoscaler(self.provider, specs, self._observe_all, self.interval)
         self.elector = elector
+        self.board = board
         self.observe = observe
+        self._published = -float("inf")
         self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._was_leader = False
@@ -70,8 +76,27 @@ class KubeScaling:
                 await asyncio.wait_for(self._nudged.wait(), self.interval)
             self._nudged.clear()
 
+    def _observe_all(self, pool: str) -> PoolLoad:
+        """This replica's load of the pool, plus what the others last published."""
+        local = self.observe(pool)
+        others = self.board.others.get(pool, []) if self.board is not None else []
+        return merge(local, others) if others else local
+
+    async def _share(self, leader: bool) -> None:
+        board = self.board
+        if board is None or time.monotonic() - self._published < self.elector.renew_interval:
+            return
+        self._published = time.monotonic()
+        try:
+            await board.publish({name: self.observe(name) for name in self.autoscaler.pools})
+            if leader:
+                await board.read()
+        except Exception as e:  # the API server is down: decide on what we know
+            log.debug("load board: %s", e)
+
     async def tick(self) -> None:
         leader = self.elector.is_leader
+        await self._share(leader)
         if leader and not self._was_leader:
             await self.provider.uncordon_stale()
         self._was_leader = leader
