@@ -4,7 +4,10 @@ the fake kubelet runs, the Deployment scaled through /scale, pods found through 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +190,14 @@ def test_unschedulable_pods_answer_held_requests_with_the_reason(
         view = admin(gw)
         assert "Unschedulable" in (view["blocked"] or "")
         assert any("Unschedulable" in (w["last_error"] or "") for w in view["workers"])
+        out = subprocess.run(
+            [sys.executable, "-m", "fleetgate", "status", "--admin", gw.admin],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        ).stdout
+        assert "cannot start a worker" in out and "Unschedulable" in out
     finally:
         c.close()
 

@@ -37,12 +37,26 @@ def render_fleet(fleet: dict[str, Any], console: Console) -> None:
         console.print(head)
         if pool.get("failure"):
             console.print(f"  [red]failed:[/red] {pool['failure']}")
+        if pool.get("blocked"):
+            console.print(f"  [red]cannot start a worker:[/red] {pool['blocked']}")
+        api = (pool.get("discovery") or {}).get("api")
+        if api is not None and not api.get("connected"):
+            console.print(
+                f"  [yellow]Kubernetes API unreachable for {_seconds(api.get('down_for_s'))}:[/yellow] "
+                f"{api.get('last_error')}; serving the last known endpoints"
+            )
+        scaling = pool.get("scaling")
+        if scaling is not None:
+            role = "this replica" if scaling.get("leader") else scaling.get("holder") or "nobody yet"
+            console.print(f"  scaling leader: {role}")
         if "workers" in pool:
             table = Table("worker", "state", "phase", "cold start", "restarts", "wakes", "url", "gpus")
             for w in pool["workers"]:
                 phase = w.get("phase") or ""
                 if w.get("progress") is not None and w.get("state") == "starting":
                     phase += f" {w['progress']:.0%}"
+                if w.get("state") == "starting" and w.get("last_error"):
+                    phase = w["last_error"]  # a pod stuck Pending or crash-looping says why
                 table.add_row(
                     w["id"], w["state"], phase, _seconds(w.get("cold_start_s")), str(w.get("restarts", 0)),
                     str(w.get("wakes", 0)), w.get("url", ""), ",".join(w.get("gpus") or []) or "-",
