@@ -101,13 +101,23 @@ class KubeScaling:
             await self.provider.uncordon_stale()
         self._was_leader = leader
         if leader:
+            # Another replica may have woken a pool from zero (or a person scaled it): act on the count now.
+            try:
+                for name in self.autoscaler.pools:
+                    await self.provider.read_replicas(name)
+            except Exception as e:  # the API server is down: nothing could be patched either
+                log.debug("cannot read replicas: %s", e)
+                return
             await self.autoscaler.tick()
             return
         for name in self.autoscaler.pools:
             # Held here, unseen by the leader: wake the pool from zero (the leader takes it on from there).
             held = self.observe(name).queued and not self.provider.replicas(name)
-            if held and await self.provider.read_replicas(name) == 0:
-                await self.provider.scale(name, 1)
+            try:
+                if held and await self.provider.read_replicas(name) == 0:
+                    await self.provider.scale(name, 1)
+            except Exception as e:  # the API server is down: the next tick tries again
+                log.debug("cannot wake pool %s: %s", name, e)
 
     async def close(self) -> None:
         if self._task is not None:
