@@ -173,7 +173,7 @@ def test_pod_killed_mid_stream_and_api_server_restarted_mid_watch(
     assert stream(gw, 5) == (5, "length")
 
 
-def test_unschedulable_pods_answer_held_requests_with_the_reason(
+def test_unschedulable_and_crash_looping_pods_answer_requests_with_the_reason(
     tmp_path: Path, gateway_factory: GatewayFactory
 ) -> None:
     c = Cluster(tmp_path, gpus=0)
@@ -198,6 +198,14 @@ def test_unschedulable_pods_answer_held_requests_with_the_reason(
             env={**os.environ, "COLUMNS": "200"},
         ).stdout
         assert "cannot start a worker" in out and "Unschedulable" in out
+        # A GPU frees up, but the container crash-loops: the next request hears that instead.
+        c.kubelet.crash = True
+        c.call(lambda: setattr(c.kube, "gpus", None))
+        c.call(lambda: c.kube._schedule("default"))
+        until(lambda: "CrashLoopBackOff" in (admin(gw)["blocked"] or ""), "crash-looping reported", 10)
+        with pytest.raises(openai.APIStatusError) as err:
+            client(gw).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert err.value.status_code == 503 and "CrashLoopBackOff (3 restarts)" in err.value.message
     finally:
         c.close()
 
