@@ -30,6 +30,7 @@ class AdminApp:
             self.gw.metrics.refresh({name: len(p.flow) for name, p in self.gw.pools.items()})
             if self.gw.workers is not None:
                 self.gw.workers.report()
+            self._kubernetes_metrics()
             body = generate_latest(self.gw.metrics.registry)
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -44,6 +45,18 @@ class AdminApp:
             await reply(send, 200, b"", "admin")
         else:
             await error(send, NotFoundError(f"no route {path}"), "admin")
+
+    def _kubernetes_metrics(self) -> None:
+        now = time.monotonic()
+        m = self.gw.metrics
+        for name, p in self.gw.pools.items():
+            if p.source is not None:
+                h = p.source.health
+                down = None if h.down_since is None else now - h.down_since
+                m.discovery_status(name, h.connected, down, h.relists, h.events)
+        kube = self.gw.workers.kube if self.gw.workers is not None else None
+        if kube is not None:
+            m.scaling_leader.set(1 if kube.elector.is_leader else 0)
 
 
 def _pool_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
@@ -64,6 +77,7 @@ def _pool_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
         "queue": {"waiting": len(pool.flow), "shed": pool.flow.shed, "timed_out": pool.flow.timed_out},
         "sessions": len(pool.state.sessions),
         "endpoints": endpoints,
+        **({"discovery": pool.source.snapshot(now)} if pool.source is not None else {}),
         **_workers_view(gw, pool, now),
     }
 
@@ -77,4 +91,14 @@ def _workers_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
         "workers": [w.snapshot(now) for w in gw.workers.workers(name)],
         "workers_desired": gw.workers.desired(name),
         "failure": wp.failure,
+        "blocked": wp.blocked(),
+        **(_leader_view(gw) if wp.kubernetes else {}),
     }
+
+
+def _leader_view(gw: Gateway) -> dict[str, Any]:
+    kube = gw.workers.kube if gw.workers is not None else None
+    if kube is None:
+        return {}
+    e = kube.elector
+    return {"scaling": {"leader": e.is_leader, "identity": e.identity, "holder": e.holder, "lease": e.name}}

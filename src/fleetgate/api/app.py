@@ -472,9 +472,11 @@ def _max_output(body: dict[str, Any], kind: str) -> int:
 
 
 def _raise_if_failed(pool: Pool) -> None:
-    """A pool whose workers failed too often answers why, at once."""
-    if pool.workers is not None and pool.workers.failure is not None:
-        raise ServiceUnavailableError(f"pool '{pool.config.name}' failed: {pool.workers.failure}")
+    """A pool whose workers failed too often, or cannot start one (a pod stuck Pending), answers why, at
+    once."""
+    problem = pool.workers.problem() if pool.workers is not None else None
+    if problem is not None:
+        raise ServiceUnavailableError(problem)
 
 
 def _is_adapter(pool: Pool, model: str) -> bool:

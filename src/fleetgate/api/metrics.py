@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -152,6 +153,52 @@ class GatewayMetrics(RelayObserver):
         self.restarts = Counter(
             "fleetgate_worker_restarts", "Workers restarted after a crash.", ["pool"], registry=r
         )
+
+        self.discovery_connected = Gauge(
+            "fleetgate_discovery_connected",
+            "1 while the pool's Kubernetes watch is connected; 0: the API server is unreachable and the "
+            "last known endpoints keep serving.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.discovery_down_seconds = Gauge(
+            "fleetgate_discovery_down_seconds", "Seconds the pool's Kubernetes watch has been disconnected.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.discovery_relists = Gauge(
+            "fleetgate_discovery_relists", "Relists after 410 Gone (an expired resourceVersion).", ["pool"],
+            registry=r,
+        )  # fmt: skip
+        self.discovery_events = Gauge(
+            "fleetgate_discovery_events",
+            "Watch events applied to the pool's endpoints.",
+            ["pool"],
+            registry=r,
+        )
+        self.scaling_leader = Gauge(
+            "fleetgate_scaling_leader", "1 on the gateway replica that holds the scaling Lease.", registry=r
+        )
+
+    def discovery_status(
+        self, pool: str, connected: bool, down_for: float | None, relists: int, events: int
+    ) -> None:
+        self.discovery_connected.labels(pool).set(1 if connected else 0)
+        self.discovery_down_seconds.labels(pool).set(down_for or 0.0)
+        self.discovery_relists.labels(pool).set(relists)
+        self.discovery_events.labels(pool).set(events)
+
+    def forget_endpoint(self, pool: str, endpoint: str) -> None:
+        """A discovered endpoint left for good (a deleted pod): drop its series, so pod churn does not grow
+        the scrape without end. Counters keep their history."""
+        series: list[tuple[Gauge, tuple[str, ...]]] = [
+            (self.healthy, (pool, endpoint)),
+            (self.in_flight, (pool, endpoint)),
+            (self.pending_prefill, (pool, endpoint)),
+            (self.kv_events_live, (pool, endpoint)),
+            *((self.load, (pool, endpoint, kind)) for kind in ("running", "waiting", "kv_usage")),
+        ]
+        for gauge, labels in series:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def route_decided(self, pool: str, reason: str) -> None:
         self.route_decisions.labels(pool, reason).inc()
