@@ -114,7 +114,7 @@ scaler fleetgate adds workers.provider kubernetes on the pool's Deployment.
 {{- $_ := set $fleet "keys" $keys }}
 {{- end }}
 {{- $pools := list }}
-{{- range .Values.pools }}
+{{- range (include "fleetgate.pools" $root | fromYaml).pools }}
 {{- $ctx := dict "root" $root "pool" . }}
 {{- $served := include "fleetgate.servedName" $ctx }}
 {{- $models := list $served }}
@@ -156,4 +156,38 @@ scaler fleetgate adds workers.provider kubernetes on the pool's Deployment.
 {{- end }}
 {{- $_ := set $fleet "pools" $pools }}
 {{- toYaml (mergeOverwrite $fleet (deepCopy $g.fleet)) }}
+{{- end }}
+
+{{/* What the schema cannot say: rules across values, failing the install with the value's name. */}}
+{{- define "fleetgate.checks" -}}
+{{- $names := dict }}
+{{- range $i, $p := (include "fleetgate.pools" . | fromYaml).pools }}
+{{- if hasKey $names $p.name }}
+{{- fail (printf "pools[%d].name: %q repeats an earlier pool" $i $p.name) }}
+{{- end }}
+{{- $_ := set $names $p.name true }}
+{{- if gt ($p.minReplicas | int) ($p.maxReplicas | int) }}
+{{- fail (printf "pools[%d].minReplicas (%d) must not exceed maxReplicas (%d)" $i ($p.minReplicas | int) ($p.maxReplicas | int)) }}
+{{- end }}
+{{- if and (eq $p.scaler "fleetgate") $p.sleep (not $p.requestGPU) }}
+{{- fail (printf "pools[%d].sleep: vLLM sleep mode needs a GPU (requestGPU)" $i) }}
+{{- end }}
+{{- if and $p.sleep (ne $p.scaler "fleetgate") }}
+{{- fail (printf "pools[%d].sleep: only scaler fleetgate sleeps pods (scaler is %s)" $i $p.scaler) }}
+{{- end }}
+{{- end }}
+{{- range $i, $k := .Values.gateway.keys }}
+{{- if and (not $k.value) (not $.Values.gateway.keysSecret) }}
+{{- fail (printf "gateway.keys[%d] (%s): give its value, or gateway.keysSecret holding it" $i $k.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The pools, each merged over poolDefaults: (include "fleetgate.pools" . | fromYaml).pools */}}
+{{- define "fleetgate.pools" -}}
+{{- $out := list }}
+{{- range .Values.pools }}
+{{- $out = append $out (mergeOverwrite (deepCopy $.Values.poolDefaults) (deepCopy .)) }}
+{{- end }}
+{{- dict "pools" $out | toYaml }}
 {{- end }}
