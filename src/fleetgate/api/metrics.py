@@ -89,8 +89,8 @@ class GatewayMetrics(RelayObserver):
         # Per pool, present at zero endpoints: with queue_depth, the demand an external autoscaler (KEDA, HPA)
         # scales on; the per-endpoint series vanish with the last pod.
         self.pool_in_flight = Gauge(
-            "fleetgate_pool_in_flight", "Requests the gateway has in flight at the pool's endpoints.", ["pool"],
-            registry=r,
+            "fleetgate_pool_in_flight", "Requests the gateway has in flight at the pool's endpoints.",
+            ["pool"], registry=r,
         )  # fmt: skip
         self.queue_wait = Histogram(
             "fleetgate_queue_wait_seconds", "Time requests waited in the flow queue (those that waited).",
