@@ -55,7 +55,7 @@ def container(deployment: Obj) -> Obj:
 
 
 def pool(name: str, **extra: Any) -> Obj:
-    return {"name": name, "modelURL": "Qwen/Qwen2.5-7B-Instruct", **extra}
+    return {"name": name, "modelURL": f"org/model-{name}", **extra}
 
 
 def test_defaults_render_valid_objects_with_the_guides_probes(chart: helm.Chart) -> None:
@@ -170,8 +170,8 @@ def test_fleet_file_has_discovery_workers_and_leader_election_per_scaler(chart: 
     assert "keys" not in fleet  # no keys: an open gateway
     fg, kd, fixed = fleet["pools"]
     assert fg["models"] == [
-        "Qwen/Qwen2.5-7B-Instruct",
-        {"alias": "gpt-4o-mini", "target": "Qwen/Qwen2.5-7B-Instruct"},
+        "org/model-fg",
+        {"alias": "gpt-4o-mini", "target": "org/model-fg"},
     ]
     assert fg["discovery"] == {
         "kubernetes": {"namespace": "ml", "service": "rel-fleetgate-vllm-fg", "target_port": "http",
@@ -179,7 +179,7 @@ def test_fleet_file_has_discovery_workers_and_leader_election_per_scaler(chart: 
     }  # fmt: skip
     assert fg["workers"] == {
         "provider": "kubernetes", "deployment": "rel-fleetgate-vllm-fg", "namespace": "ml",
-        "served_model_name": "Qwen/Qwen2.5-7B-Instruct", "min_workers": 0, "max_workers": 3,
+        "served_model_name": "org/model-fg", "min_workers": 0, "max_workers": 3,
         "startup_timeout": 600, "drain_deadline": 58, "sleep": True,
     }  # fmt: skip
     assert "workers" not in kd and "kv_events_port" not in kd["discovery"]["kubernetes"]
@@ -294,6 +294,10 @@ CROSS: list[tuple[Obj, str]] = [
         "pools[0].minReplicas (5) must not exceed maxReplicas (2)",
     ),
     ({"pools": [pool("x"), pool("x")]}, 'pools[1].name: "x" repeats an earlier pool'),
+    (
+        {"pools": [pool("x", aliases=["m"]), pool("y", servedModelName="m")]},
+        'pools[1]: model name "m" is served by an earlier pool too',
+    ),
     ({"pools": [pool("x", scaler="keda", sleep=True)]}, "pools[0].sleep: only scaler fleetgate sleeps pods"),
     ({"gateway": {"keys": [{"name": "a"}]}}, "gateway.keys[0] (a): give its value, or gateway.keysSecret"),
 ]

@@ -161,11 +161,19 @@ scaler fleetgate adds workers.provider kubernetes on the pool's Deployment.
 {{/* What the schema cannot say: rules across values, failing the install with the value's name. */}}
 {{- define "fleetgate.checks" -}}
 {{- $names := dict }}
+{{- $models := dict }}
 {{- range $i, $p := (include "fleetgate.pools" . | fromYaml).pools }}
 {{- if hasKey $names $p.name }}
 {{- fail (printf "pools[%d].name: %q repeats an earlier pool" $i $p.name) }}
 {{- end }}
 {{- $_ := set $names $p.name true }}
+{{- $served := default $p.modelURL $p.servedModelName }}
+{{- range (prepend (default list $p.aliases) $served) }}
+{{- if hasKey $models . }}
+{{- fail (printf "pools[%d]: model name %q is served by an earlier pool too; a name may be served by one pool only" $i .) }}
+{{- end }}
+{{- $_ := set $models . true }}
+{{- end }}
 {{- if gt ($p.minReplicas | int) ($p.maxReplicas | int) }}
 {{- fail (printf "pools[%d].minReplicas (%d) must not exceed maxReplicas (%d)" $i ($p.minReplicas | int) ($p.maxReplicas | int)) }}
 {{- end }}
