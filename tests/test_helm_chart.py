@@ -58,6 +58,12 @@ def pool(name: str, **extra: Any) -> Obj:
     return {"name": name, "modelURL": f"org/model-{name}", **extra}
 
 
+def test_helm_lint_in_strict_mode_finds_no_error(chart: helm.Chart) -> None:
+    report = helm.lint(CHART, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
 def test_defaults_render_valid_objects_with_the_guides_probes(chart: helm.Chart) -> None:
     docs = render(chart)
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
