@@ -32,7 +32,7 @@ def render(chart: helm.Chart, values: Obj | None = None) -> list[Obj]:
     """What `helm install rel -n ml` would apply: values checked by the schema first, as Helm does."""
     chart.validate_schema(values or {})
     out = chart.render(values or {}, name="rel", namespace="ml", is_install=True)
-    docs = [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+    docs = [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
     for d in docs:
         if d["apiVersion"] not in CRDS:
             kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
@@ -136,6 +136,9 @@ def test_gateway_probes_prestop_and_grace_follow_the_shutdown_values(chart: helm
     assert gw["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pdb = one(docs, "PodDisruptionBudget", "rel-fleetgate")
     assert pdb["spec"]["selector"]["matchLabels"] == gw["spec"]["selector"]["matchLabels"]
+    assert c["command"] == ["fleetgate"] and c["args"] == ["gateway", "--config", "/etc/fleetgate/fleet.yaml"]
+    # One replica with a budget of one would block every node drain: no budget then.
+    assert not [d for d in render(chart, {"gateway": {"replicas": 1}}) if d["kind"] == "PodDisruptionBudget"]
 
 
 def test_rbac_is_exactly_what_discovery_scaling_and_leader_election_use(chart: helm.Chart) -> None:
