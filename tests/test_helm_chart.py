@@ -309,6 +309,7 @@ CROSS: list[tuple[Obj, str]] = [
     ),
     ({"pools": [pool("x", scaler="keda", sleep=True)]}, "pools[0].sleep: only scaler fleetgate sleeps pods"),
     ({"gateway": {"keys": [{"name": "a"}]}}, "gateway.keys[0] (a): give its value, or gateway.keysSecret"),
+    ({"gateway": {"adminPort": 8000}}, "gateway.adminPort must differ from gateway.port (both 8000)"),
 ]
 
 

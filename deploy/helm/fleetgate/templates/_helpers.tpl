@@ -184,6 +184,9 @@ scaler fleetgate adds workers.provider kubernetes on the pool's Deployment.
 {{- fail (printf "pools[%d].sleep: only scaler fleetgate sleeps pods (scaler is %s)" $i $p.scaler) }}
 {{- end }}
 {{- end }}
+{{- if eq (.Values.gateway.port | int) (.Values.gateway.adminPort | int) }}
+{{- fail (printf "gateway.adminPort must differ from gateway.port (both %d): /metrics and /admin are never served to tenants" (.Values.gateway.port | int)) }}
+{{- end }}
 {{- range $i, $k := .Values.gateway.keys }}
 {{- if and (not $k.value) (not $.Values.gateway.keysSecret) }}
 {{- fail (printf "gateway.keys[%d] (%s): give its value, or gateway.keysSecret holding it" $i $k.name) }}
