@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 CHART = Path(__file__).parent.parent / "deploy" / "helm" / "fleetgate"
-KUBE_VERSION = "1.31.0"
+KUBE_VERSION = "1.30.0"  # the oldest the chart supports (Chart.yaml kubeVersion)
 CRDS = {"keda.sh/v1alpha1", "monitoring.coreos.com/v1"}  # not in Kubernetes' schemas: checked field by field
 
 Obj = dict[str, Any]
