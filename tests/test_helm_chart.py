@@ -334,3 +334,14 @@ def test_an_existing_keys_secret_is_mounted_and_no_secret_is_created(chart: helm
     gw = one(docs, "Deployment", "rel-fleetgate")["spec"]["template"]["spec"]
     assert {"name": "keys", "secret": {"secretName": "my-keys"}} in gw["volumes"]
     assert all(c["image"] for c in _every_container(docs))
+
+
+@pytest.mark.parametrize("example", sorted((CHART.parent / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_example_values_files_install(chart: helm.Chart, example: Path) -> None:
+    values = yaml.safe_load(example.read_text())
+    docs = render(chart, values)
+    fleet = fleet_file(docs)
+    assert [p["name"] for p in fleet["pools"]] == [p["name"] for p in values["pools"]]
+    for p in values["pools"]:
+        d = one(docs, "Deployment", f"rel-fleetgate-vllm-{p['name']}")
+        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 0
