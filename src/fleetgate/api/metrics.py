@@ -19,6 +19,9 @@ _STARTUP = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 120
 _GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+_PROBES = frozenset({"/health", "/ready"})
+
+
 class GatewayMetrics(RelayObserver):
     def __init__(self, fleet: FleetState) -> None:
         self.registry = CollectorRegistry()
@@ -214,8 +217,11 @@ class GatewayMetrics(RelayObserver):
         if usage:
             self.tokens.labels(x.pool, "in", x.tenant).inc(int(usage.get("prompt_tokens") or 0))
             self.tokens.labels(x.pool, "out", x.tenant).inc(int(usage.get("completion_tokens") or 0))
-        if access.isEnabledFor(logging.INFO):
-            access.info(
+        # Probes that pass arrive every few seconds from every kubelet and load balancer: debug, not info.
+        level = logging.DEBUG if x.route in _PROBES and status == 200 else logging.INFO
+        if access.isEnabledFor(level):
+            access.log(
+                level,
                 "request",
                 extra={
                     "request_id": x.request_id,

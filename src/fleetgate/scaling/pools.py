@@ -149,10 +149,12 @@ class WorkerFleet:
                 need = wp.spec.worker.gpus_per_worker
                 if need > len(found):
                     # It could never start one: fail now with the reason rather than retry every tick.
+                    # In both vocabularies: the one-liner's flags and the fleet file's keys.
                     wp.failure = (
-                        f"its workers need {need} GPU(s) each and this machine has {len(found)} (from "
-                        "NVML or CUDA_VISIBLE_DEVICES); list them under workers.gpus, or serve on the CPU "
-                        "with engine: embedded"
+                        f"each {wp.spec.worker.engine} worker needs {need} GPU(s) and this machine has "
+                        f"{len(found)} (NVML and CUDA_VISIBLE_DEVICES see no more): serve on the CPU with "
+                        "--engine embedded (engine: embedded in a fleet file), or name the GPUs with --gpus "
+                        "(workers.gpus)"
                     )
                     log.error("pool %s failed: %s", wp.spec.name, wp.failure)
             specs = [wp.spec for wp in members if wp.failure is None]

@@ -99,6 +99,7 @@ class Worker:
     wakes: int = 0
     last_wake_seconds: float | None = None
     last_error: str | None = None
+    diagnosis: str | None = None  # why this start cannot succeed, read off its log; restarts would not help
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
 
     @property
@@ -123,6 +124,10 @@ class Worker:
             "progress": None if t is None else t.progress,
             "phases_s": {} if t is None else {p.value: round(d, 3) for p, d in t.durations(now).items()},
             "cold_start_s": None if t is None or t.total is None else round(t.total, 3),
+            # Seconds since this start began, while it is under way.
+            "starting_s": None
+            if t is None or t.ready_at is not None
+            else round(now - t.segments[0].start, 1),
             "restart_in_s": None if self.restart_at is None else round(max(self.restart_at - now, 0.0), 3),
             "restarts": self.restarts,
             "failures": self.failures,

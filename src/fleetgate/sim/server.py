@@ -118,6 +118,17 @@ class _Choice:
         return text[: text.find(self.stop_hit)] if self.stop_hit is not None else text
 
 
+def sampling_seed(
+    seed: int | None, index: int, temperature: float | None, prompt: Sequence[int], lora: str | None
+) -> int | None:
+    """The seed of one choice's text. At temperature 0 vLLM decodes greedily: the same prompt (and adapter)
+    gives the same text whatever the seed, in every choice; otherwise choice i of a seeded request uses
+    seed + i, and an unseeded one a fresh seed (None)."""
+    if temperature == 0:
+        return zlib.crc32(b"".join(t.to_bytes(4, "little") for t in prompt) + (lora or "").encode())
+    return None if seed is None else seed + index
+
+
 class SimServer:
     def __init__(self, settings: SimSettings) -> None:
         self.s = settings
@@ -397,7 +408,7 @@ class SimServer:
             choices: list[_Choice] = []
             stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
             for i in range(req.n):
-                seed = None if req.seed is None else req.seed + i
+                seed = sampling_seed(req.seed, i, req.temperature, prompt, lora)
                 rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
                 script: Script | None = None
                 tool = pick_tool(tools, mode, named, last_role)
@@ -568,7 +579,7 @@ class SimServer:
             for pi, p in enumerate(prompts):
                 max_tokens = resolve_max_tokens(req.max_tokens or 16, len(p), self.s.engine.max_model_len)
                 for i in range(req.n):
-                    seed = None if req.seed is None else req.seed + i
+                    seed = sampling_seed(req.seed, i, req.temperature, p, lora)
                     er = self._new_request(p, max_tokens, seed, req.ignore_eos, lora, req.n, None)
                     choices.append(_Choice(pi * req.n + i, er, stops, self.tokenizer.token_text))
             reqs = [c.req for c in choices]
@@ -660,7 +671,8 @@ class SimServer:
                 messages += [_response_item_message(item) for item in req.input]
             prompt = render_chat(self.tokenizer, messages)
             max_tokens = resolve_max_tokens(req.max_output_tokens, len(prompt), self.s.engine.max_model_len)
-            er = self._new_request(prompt, max_tokens, None, False, lora, 1, None)
+            seed = sampling_seed(None, 0, req.temperature, prompt, lora)
+            er = self._new_request(prompt, max_tokens, seed, False, lora, 1, None)
             if not await self._admit(request, [er], received):
                 return Response(status_code=499)
         except OpenAIError as e:
