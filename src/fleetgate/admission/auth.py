@@ -1,5 +1,5 @@
 """Who is calling: API keys kept only as SHA-256 digests; a presented key is hashed and compared in
-constant time.
+constant time. A key comes as `Authorization: Bearer <key>`, or in `x-api-key` as Anthropic's clients send it.
 
 An empty keyring is an open gateway: every caller is the tenant "anonymous" at priority 0.
 """
@@ -42,7 +42,10 @@ class Keyring:
             return ANONYMOUS
         auth = headers.get(b"authorization", b"").decode(errors="replace")
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if not auth and b"x-api-key" in headers:
+            # Anthropic's clients send their key in x-api-key (and no Authorization).
+            scheme, token = "bearer", headers[b"x-api-key"].decode(errors="replace")
+        if scheme.lower() != "bearer" or not token.strip():
             return None
         digest = _digest(token.strip())
         for known, tenant in self._keys.items():

@@ -1,7 +1,8 @@
 """The tenant-facing ASGI app: a route table, and the path of a forwarded request (validate, admit, relay).
 
 A plain ASGI application (a dict of routes, no framework on the hot path). `create_app(config)` builds the
-gateway and its two apps: this one (the OpenAI routes, `/health`, `/ready`, `/version`) and the admin app.
+gateway and its two apps: this one (the OpenAI routes, `/health`, `/ready`, `/version`, and the Anthropic and
+Ollama routes translated onto the OpenAI ones by api/translation.py) and the admin app.
 Every answered request, whoever produced its answer, ends in exactly one access-log line and one count
 (`GatewayMetrics.answered`).
 """
@@ -19,6 +20,7 @@ import orjson
 
 from fleetgate import __version__
 from fleetgate.admission.limits import apply_token_limits, cap_choices, priority
+from fleetgate.api import anthropic, ollama
 from fleetgate.api.admin import AdminApp
 from fleetgate.api.asgi import (
     ClientGone,
@@ -33,7 +35,9 @@ from fleetgate.api.asgi import (
 )
 from fleetgate.api.downstream import Downstream
 from fleetgate.api.gateway import Gateway, Pool
+from fleetgate.api.ollama.local import OLLAMA_VERSION, ps_body, show_body, tags_body
 from fleetgate.api.stream_usage import wants_usage_upstream, with_usage_requested
+from fleetgate.api.translation import OpenAIRequest, TranslatingSend, Translator, malformed
 from fleetgate.config import FleetConfig
 from fleetgate.protocol import (
     SSE_DONE,
@@ -62,7 +66,26 @@ FORWARDED = {
     "/v1/responses": "responses",
     "/tokenize": "tokenize",
     "/detokenize": "detokenize",
+    # vLLM's pooling-model routes, passed through and routed by model like embeddings.
+    "/v1/rerank": "rerank",
+    "/rerank": "rerank",
+    "/v2/rerank": "rerank",
+    "/score": "score",
+    "/v1/score": "score",
+    "/pooling": "pooling",
+    "/classify": "classify",
 }
+# Routes of other APIs, translated at this edge onto the routes above (docs/gateway.md).
+TRANSLATED: dict[str, Callable[[], Translator]] = {
+    "/v1/messages": anthropic.MessagesTranslator,
+    "/v1/messages/count_tokens": anthropic.CountTokensTranslator,
+    "/api/chat": ollama.ChatTranslator,
+    "/api/generate": ollama.GenerateTranslator,
+    "/api/embed": ollama.EmbedTranslator,
+    "/api/embeddings": lambda: ollama.EmbedTranslator(legacy=True),
+}
+# Ollama routes answered here, whose errors take Ollama's shape.
+OLLAMA_LOCAL = ("/api/version", "/api/tags", "/api/show", "/api/ps")
 # Bodies larger than this are hashed for prefix routing in a worker thread, off the event loop.
 OFFLOAD_HASHING_BYTES = 64 * 1024
 
@@ -81,6 +104,15 @@ class PublicApp:
             "/version": {"GET": self._version},
             "/v1/models": {"GET": self._models},
             **{path: forward for path in FORWARDED},
+            **{path: forward for path in TRANSLATED},
+            "/api/version": {"GET": self._ollama_version},
+            "/api/tags": {"GET": self._ollama_tags},
+            "/api/show": {"POST": self._ollama_show},
+            "/api/ps": {"GET": self._ollama_ps},
+        }
+        self.translators: dict[str, Callable[[], Translator]] = {
+            **TRANSLATED,
+            **dict.fromkeys(OLLAMA_LOCAL, ollama.ErrorsTranslator),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,6 +128,10 @@ class PublicApp:
             if methods is None:
                 raise NotFoundError(f"no route {x.path[:200]}")
             x.route = x.path
+            make = self.translators.get(x.path)
+            if make is not None:
+                translator = make()
+                x.translate(translator, TranslatingSend(send, translator))
             handler = methods.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowedError(scope["method"], allowed=methods)
@@ -116,20 +152,62 @@ class PublicApp:
         ready = self.gw.ready()
         await reply(x.send, 200 if ready else 503, orjson.dumps({"ready": ready}), x.request_id)
 
-    async def _models(self, x: Exchange) -> None:
-        self._auth(x)
-        seen: dict[str, dict[str, Any]] = {}
-        now = int(time.time())
+    def _served(self, routable_only: bool = False) -> dict[str, str]:
+        """Every model name served (public name -> the name upstream), configured ones first."""
+        seen: dict[str, str] = {}
         for public, pool in self.gw.model_pool.items():
-            seen[public] = {"id": public, "object": "model", "created": now, "owned_by": "fleetgate",
-                            "root": pool.upstream_model[public], "parent": None}  # fmt: skip
+            if not routable_only or any(e.routable() for e in pool.route.endpoints):
+                seen[public] = pool.upstream_model[public]
         for pool in self.gw.discover_pools:
             for e in pool.route.endpoints:
-                for m in sorted(e.models):
-                    seen.setdefault(m, {"id": m, "object": "model", "created": now, "owned_by": "fleetgate",
-                                        "root": m, "parent": None})  # fmt: skip
-        body = {"object": "list", "data": list(seen.values())}
+                if not routable_only or e.routable():
+                    for m in sorted(e.models):
+                        seen.setdefault(m, m)
+        return seen
+
+    async def _models(self, x: Exchange) -> None:
+        self._auth(x)
+        now = int(time.time())
+        data = [
+            {"id": public, "object": "model", "created": now, "owned_by": "fleetgate", "root": root,
+             "parent": None}
+            for public, root in self._served().items()
+        ]  # fmt: skip
+        body = {"object": "list", "data": data}
         await reply(x.send, 200, orjson.dumps(body), x.request_id)
+
+    # ---- the Ollama routes answered here (api/ollama/local.py) -----------------------------------------
+    async def _ollama_version(self, x: Exchange) -> None:
+        await reply(x.send, 200, orjson.dumps({"version": OLLAMA_VERSION}), x.request_id)
+
+    async def _ollama_tags(self, x: Exchange) -> None:
+        self._auth(x)
+        await reply(x.send, 200, orjson.dumps(tags_body(self._served())), x.request_id)
+
+    async def _ollama_ps(self, x: Exchange) -> None:
+        self._auth(x)
+        await reply(x.send, 200, orjson.dumps(ps_body(self._served(routable_only=True))), x.request_id)
+
+    async def _ollama_show(self, x: Exchange) -> None:
+        self._auth(x)
+        try:
+            raw = await read_body(x.receive, 1 << 16)
+        except ClientGone:
+            x.gone = True
+            return
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequestError("model is required", param="model")
+        served = self._served()
+        assert x.translator is not None
+        found = next((n for n in x.translator.model_names(name) if n in served), None)
+        if found is None:
+            raise NotFoundError(f"model '{name[:200]}' not found")
+        await reply(x.send, 200, orjson.dumps(show_body(name, served[found])), x.request_id)
 
     def _auth(self, x: Exchange) -> int:
         """The tenant's name goes on the exchange; returns its priority."""
@@ -138,7 +216,9 @@ class PublicApp:
         tenant = self.gw.keyring.tenant(x.headers)
         if tenant is None:
             self.gw.metrics.rejected.labels("auth").inc()
-            raise AuthenticationError("missing or invalid API key: send `Authorization: Bearer <key>`")
+            raise AuthenticationError(
+                "missing or invalid API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+            )
         x.tenant = tenant.name
         return tenant.priority
 
@@ -153,7 +233,11 @@ class PublicApp:
         except ClientGone:
             x.gone = True
             return
-        call, pool = await self._prepare(x, raw)
+        try:
+            call, pool = await self._prepare(x, raw)
+        except _Answered as local:
+            await reply(x.send, 200, local.body, x.request_id)
+            return
         del raw  # only the bytes going upstream stay for the request's life
         rank = priority(rank, x.headers, pool.config.priority_header)
         x.call = call
@@ -264,19 +348,36 @@ class PublicApp:
             raise BadRequestError(f"the body is not valid JSON: {e}", param="body") from None
         if not isinstance(body, dict):
             raise BadRequestError("the body must be a JSON object", param="body")
+        t = x.translator
+        translated: OpenAIRequest | None = None
+        if t is not None:
+            try:
+                translated = t.request(body)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+                raise malformed(e) from None
+            body = translated.body
+        path = x.path if translated is None else translated.path
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequestError("`model` is required and must be a string", param="model")
-        pool = self.gw.pool_for(model)
+        names = (model,) if t is None else t.model_names(model)
+        pool = None
+        for name in names:
+            pool = self.gw.pool_for(name)
+            if pool is not None:
+                model = name
+                break
         if pool is None:
             self.gw.metrics.rejected.labels("unknown_model").inc()
             raise model_not_found(model)
         x.model, x.pool = model, pool.config.name
-        stream = lax_bool(body.get("stream"), "stream")
-        kind = FORWARDED[x.path]
-        changed = False
+        if translated is not None and translated.local is not None:
+            raise _Answered(translated.local)
+        stream = lax_bool(body.get("stream"), "stream") if translated is None else translated.stream
+        kind = FORWARDED[path]
+        changed = translated is not None
         upstream = pool.upstream_model.get(model, model)
-        if upstream != model:
+        if upstream != body["model"]:
             body["model"] = upstream
             changed = True
         if kind in ("chat", "completions"):
@@ -284,7 +385,10 @@ class PublicApp:
             cap_choices(body, pool.limits)
         elif kind == "responses":
             changed |= apply_token_limits(body, pool.limits, key="max_output_tokens")
-        strip_usage = stream and kind in ("chat", "completions") and wants_usage_upstream(body)
+        # A translated stream asked for usage itself: its translator reads the usage event.
+        strip_usage = (
+            translated is None and stream and kind in ("chat", "completions") and wants_usage_upstream(body)
+        )
         if changed:
             if strip_usage:
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -293,11 +397,19 @@ class PublicApp:
             data = with_usage_requested(raw, body) if strip_usage else raw
         adapter = upstream if _is_adapter(pool, upstream) else None
         route = RouteRequest(model=upstream, adapter=adapter)
-        call = Call(path=x.path, body=data, stream=stream, route=route, request_id=x.request_id,
+        call = Call(path=path, body=data, stream=stream, route=route, request_id=x.request_id,
                     pool=pool.config.name, model=model, strip_usage=strip_usage)  # fmt: skip
         if pool.wants_prompt:
             await _fingerprint(call, pool, body, x.headers, len(raw))
         return call, pool
+
+
+class _Answered(Exception):
+    """A translated request the translator answers itself (Ollama's "load the model" request)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__("answered locally")
+        self.body = body
 
 
 def _raise_if_failed(pool: Pool) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fleetgate.protocol import OpenAIError, PayloadTooLargeError
 
 if TYPE_CHECKING:
+    from fleetgate.api.translation import Translator
     from fleetgate.relay import Call
 
 Scope = dict[str, Any]
@@ -51,6 +52,14 @@ class Exchange:
         self.serving: asyncio.Future[None] | None = None  # the relay's task
         self.handler: asyncio.Task[Any] | None = None  # the task answering it
         self.ended_by: OpenAIError | None = None  # set when the gateway itself ends the exchange
+        # Set on the routes of another API (api/translation.py): what the client gets passes through it.
+        self.translator: Translator | None = None
+
+    def translate(self, translator: Translator, send: Send) -> None:
+        """Answer in another API's shape: `send` (a TranslatingSend around the one given) goes under every
+        message, so the status and progress recorded here stay the OpenAI answer's."""
+        self.translator = translator
+        self._send = send
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
