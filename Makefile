@@ -78,13 +78,17 @@ typecheck: $(STAMP)
 unit: $(STAMP) test-deps
 	ulimit -n 20000 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; $(BIN)/pytest -q
 
-# What the tests need outside Python: Debian's Chromium renders bench reports in the browser tests.
+# What the tests need outside Python, from Debian's packages: Chromium renders bench reports in the browser
+# tests; Redis and PostgreSQL back the tenancy tests (their fixtures start private servers on free ports).
+TEST_PROGRAMS := chromium:chromium redis-server:redis-server /usr/lib/postgresql:postgresql
 test-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(TEST_PROGRAMS); do prog=$${pair%%:*}; pkg=$${pair##*:}; \
+	  { command -v $$prog >/dev/null 2>&1 || [ -e $$prog ]; } || missing="$$missing $$pkg"; done; \
+	[ -z "$$missing" ] || { \
 	  command -v apt-get >/dev/null 2>&1 || { \
-	    echo "make: the browser tests need Chromium: install it (the package is usually 'chromium')" >&2; exit 1; }; \
-	  echo "make: installing Chromium for the browser tests (apt-get install chromium)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	    echo "make: the tests need these packages:$$missing (install them with your package manager)" >&2; exit 1; }; \
+	  echo "make: installing what the tests need (apt-get install$$missing)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; }
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

@@ -16,6 +16,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from fleetgate.config import FleetConfig
+
 CHART = Path(__file__).parent.parent / "deploy" / "helm" / "fleetgate"
 KUBE_VERSION = "1.30.0"  # the oldest the chart supports (Chart.yaml kubeVersion)
 CRDS = {"keda.sh/v1alpha1", "monitoring.coreos.com/v1"}  # not in Kubernetes' schemas: checked field by field
@@ -226,6 +228,7 @@ def test_keys_hf_token_pvc_lora_and_service_monitor(chart: helm.Chart) -> None:
             "keys": [
                 {"name": "travel-web", "priority": 10, "value": "sk-a"},
                 {"name": "batch", "priority": -1, "value": "sk-b"},
+                {"name": "on", "value": "sk-c"},  # a name YAML reads as a boolean stays a string
             ]
         },
         "hfToken": {"value": "hf_x"},
@@ -245,9 +248,10 @@ def test_keys_hf_token_pvc_lora_and_service_monitor(chart: helm.Chart) -> None:
     assert fleet["keys"] == [
         {"name": "travel-web", "key_file": "/etc/fleetgate-keys/travel-web", "priority": 10},
         {"name": "batch", "key_file": "/etc/fleetgate-keys/batch", "priority": -1},
+        {"name": "on", "key_file": "/etc/fleetgate-keys/on", "priority": 0},
     ]
     keys = one(docs, "Secret", "rel-fleetgate-keys")
-    assert keys["stringData"] == {"travel-web": "sk-a", "batch": "sk-b"}
+    assert keys["stringData"] == {"travel-web": "sk-a", "batch": "sk-b", "on": "sk-c"}
     gw = one(docs, "Deployment", "rel-fleetgate")["spec"]["template"]["spec"]
     assert {"name": "keys", "secret": {"secretName": "rel-fleetgate-keys"}} in gw["volumes"]
     assert fleet["pools"][0]["adapters"] == [{"name": "food-review", "path": "/models/adapters/food"}]
@@ -346,3 +350,32 @@ def test_the_example_values_files_install(chart: helm.Chart, example: Path) -> N
     for p in values["pools"]:
         d = one(docs, "Deployment", f"rel-fleetgate-vllm-{p['name']}")
         assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 0
+
+
+def test_the_fleet_file_the_chart_writes_is_one_fleetgate_loads(chart: helm.Chart) -> None:
+    """The keys the chart emits are the gateway's own config schema, for every scaler and every example."""
+    value_sets: list[Obj] = [
+        {},
+        {
+            "pools": [
+                pool("fg", sleep=True, aliases=["gpt-4o-mini"]),
+                pool("kd", scaler="keda"),
+                pool("no", scaler="none"),
+            ]
+        },
+        *(yaml.safe_load(p.read_text()) for p in sorted((CHART.parent / "examples").glob("*.yaml"))),
+    ]
+    for values in value_sets:
+        fleet = fleet_file(render(chart, values))
+        fleet.pop("keys", None)  # their files exist only in the pod
+        cfg = FleetConfig.model_validate(fleet)
+        for p, given in zip(cfg.pools, fleet["pools"], strict=True):
+            assert p.discovery is not None
+            assert p.discovery.kubernetes.service == f"rel-fleetgate-vllm-{p.name}"
+            assert (p.workers is not None) == ("workers" in given)
+            if p.workers is not None:
+                assert (p.workers.provider, p.workers.deployment) == (
+                    "kubernetes",
+                    p.discovery.kubernetes.service,
+                )
+        assert cfg.kubernetes.leader_election.lease_name == "rel-fleetgate-leader"

@@ -39,6 +39,13 @@ bench_app = typer.Typer(
     subcommand_metavar="[COMMAND [ARGS]...]",
 )
 app.add_typer(bench_app, name="bench")
+keys_app = typer.Typer(
+    help="Issue, list, revoke and rotate API keys (stored hashed; running gateways see changes within a "
+    "second).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(keys_app, name="keys")
 
 
 def _version(value: bool) -> None:
@@ -367,6 +374,7 @@ def _serve_config(cfg: FleetConfig, *, progress: bool = True, exit_on_failure: b
     the reason, rather than serving 503s (the one-liner's behaviour; a fleet file's other pools serve on)."""
     from fleetgate.api.serve import PortInUseError, WorkersFailedError, run
     from fleetgate.routing.prompt import TokenizerError
+    from fleetgate.tenancy.runtime import MissingExtraError
 
     def announce() -> None:
         typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
@@ -377,7 +385,7 @@ def _serve_config(cfg: FleetConfig, *, progress: bool = True, exit_on_failure: b
         run(
             cfg, progress=progress and sys.stdout.isatty(), announce=announce, exit_on_failure=exit_on_failure
         )
-    except (TokenizerError, PortInUseError) as e:
+    except (TokenizerError, PortInUseError, MissingExtraError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except WorkersFailedError as e:
@@ -572,6 +580,148 @@ def check_config(path: Annotated[Path, typer.Argument(help="The fleet file to va
               (started, "pool of started workers", "pools of started workers")]  # fmt: skip
     summary = ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
     typer.echo(f"{path}: ok ({summary})")
+
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database", help="sqlite:///path or postgresql://... (default: --config's, then "
+                 "$FLEETGATE_DATABASE)."),
+]  # fmt: skip
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A fleet file (its tenancy.database).")]
+
+
+def _database(database: str | None, config: Path | None) -> str:
+    from fleetgate.tenancy.commands import NoDatabaseError, database_url
+
+    with _config_errors():
+        try:
+            return database_url(database, config)
+        except NoDatabaseError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key belongs to (logs, limits, usage).")],
+    name: Annotated[str, typer.Option(help="A name for this key (default: the tenant).")] = "",
+    priority: Annotated[int, typer.Option(help="Higher is served first; < 0 = sheddable.")] = 0,
+    model: Annotated[list[str] | None, typer.Option(help="Model it may use (repeatable).")] = None,
+    pool: Annotated[list[str] | None, typer.Option(help="Pool it may use (repeatable).")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight at once.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Spend per window (see --budget-unit).")] = None,
+    budget_unit: Annotated[str, typer.Option(help="tokens | usd.")] = "tokens",
+    budget_window: Annotated[str, typer.Option(help="day | week | month | total.")] = "month",
+    expires_in: Annotated[float | None, typer.Option(help="Seconds until the key stops working.")] = None,
+    meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata (repeatable).")] = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the key as JSON.")] = False,
+) -> None:
+    """Issue a key; its secret is printed once and never stored."""
+    import orjson
+    from pydantic import ValidationError
+
+    from fleetgate.tenancy.commands import create_key
+    from fleetgate.tenancy.requests import KeyRequest
+
+    url = _database(database, config)
+    try:
+        request = KeyRequest.model_validate({
+            "tenant": tenant, "name": name, "priority": priority, "models": model or [], "pools": pool or [],
+            "rpm": rpm, "tpm": tpm, "concurrency": concurrency, "expires_in": expires_in,
+            "budget": None if budget is None else
+                      {"amount": budget, "unit": budget_unit, "window": budget_window},
+            "metadata": dict(m.split("=", 1) for m in meta or [] if "=" in m),
+        })  # fmt: skip
+    except ValidationError as e:
+        singular = {"models": "model", "pools": "pool", "metadata": "meta"}
+        for err in e.errors(include_url=False):
+            names = [singular.get(str(p), str(p)) for p in err["loc"]]
+            flag = "--" + "-".join(names).replace("_", "-")  # the flag that set it
+            typer.echo(f"error: {flag}: {err['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
+    record, secret = create_key(url, request)
+    if json_out:
+        typer.echo(orjson.dumps({**record.view(), "key": secret}).decode())
+        return
+    typer.echo(f"key {record.id} for tenant {record.tenant}:\n\n    {secret}\n\nshown once; store it now.")
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The issued keys (never their secrets)."""
+    import orjson
+    from rich.console import Console
+
+    from fleetgate.tenancy.commands import list_keys, render_keys
+
+    records = list_keys(_database(database, config), tenant, all_keys)
+    if json_out:
+        typer.echo(orjson.dumps([r.view() for r in records]).decode())
+    else:
+        render_keys(records, Console())
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop a key; running gateways refuse it within a second."""
+    from fleetgate.tenancy.commands import revoke_key
+
+    if not revoke_key(_database(database, config), key_id):
+        typer.echo(f"error: no live key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A new secret for a key (same id, tenant and limits); the old secret stops working."""
+    from fleetgate.tenancy.commands import rotate_key
+
+    done = rotate_key(_database(database, config), key_id)
+    if done is None:
+        typer.echo(f"error: no live key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} rotated:\n\n    {done[1]}\n\nshown once; store it now.")
+
+
+@app.command("usage")
+def usage(
+    since: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD, UTC).")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Usage per tenant, model and day from the ledger: requests, prompt (cached apart) and output tokens,
+    cost, cache hits."""
+    import orjson
+    from rich.console import Console
+
+    from fleetgate.tenancy.commands import render_usage, usage_report
+
+    rows = usage_report(_database(database, config), since, tenant)
+    if json_out:
+        typer.echo(orjson.dumps(rows).decode())
+    else:
+        render_usage(rows, Console())
 
 
 _METAVARS = {"int": "INTEGER", "float": "FLOAT"}

@@ -46,6 +46,7 @@ from fleetgate.protocol import (
     MethodNotAllowedError,
     NotFoundError,
     OpenAIError,
+    PermissionDeniedError,
     RateLimitError,
     ServiceUnavailableError,
     lax_bool,
@@ -54,6 +55,7 @@ from fleetgate.protocol import (
 from fleetgate.relay import Call, ClientStalled
 from fleetgate.routing.prompt import PromptInfo
 from fleetgate.routing.request import RouteRequest
+from fleetgate.tenancy.cache import CACHE_HEADER, Recorder, replay
 
 __all__ = ["AdminApp", "PublicApp", "create_app"]
 
@@ -140,6 +142,8 @@ class PublicApp:
             await error(x.send, e, x.request_id)
         finally:
             self.gw.metrics.answered(x)
+            if x.model:
+                await self.gw.finish(x)
 
     # ---- small routes ----------------------------------------------------------------------------------
     async def _health(self, x: Exchange) -> None:
@@ -173,7 +177,9 @@ class PublicApp:
              "parent": None}
             for public, root in self._served().items()
         ]  # fmt: skip
-        body = {"object": "list", "data": data}
+        key = x.identity.key if x.identity is not None else None
+        listed = [m for m in data if key is None or not key.models or m["id"] in key.models]
+        body = {"object": "list", "data": listed}
         await reply(x.send, 200, orjson.dumps(body), x.request_id)
 
     # ---- the Ollama routes answered here (api/ollama/local.py) -----------------------------------------
@@ -220,6 +226,7 @@ class PublicApp:
                 "missing or invalid API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
             )
         x.tenant = tenant.name
+        x.identity = tenant
         return tenant.priority
 
     # ---- forwarded requests ----------------------------------------------------------------------------
@@ -240,8 +247,24 @@ class PublicApp:
             return
         del raw  # only the bytes going upstream stay for the request's life
         rank = priority(rank, x.headers, pool.config.priority_header)
+        cache = gw.tenancy.responses
+        if x.cache_key is not None and cache is not None:
+            entry = await cache.get(x.cache_key)
+            if entry is not None:
+                x.cache = "HIT"  # no limits charged, no engine: the ledger records it as a hit
+                await replay(x.send, entry, x.request_id)
+                return
+            x.cache = "MISS"
+            call.extra_headers.append((CACHE_HEADER, b"MISS"))
+        await self._charge(x, call, pool)
         x.call = call
-        serving = asyncio.ensure_future(self._serve(call, pool, rank, x.send))
+        recorder = None
+        send = x.send
+        if x.cache == "MISS":
+            recorder = Recorder(x.send, gw.config.tenancy.cache.max_entry_bytes)
+            send = recorder.send
+        turn = (x.tenant, x.prompt_bytes / 4 + x.max_output)  # its place among its priority's tenants
+        serving = asyncio.ensure_future(self._serve(call, pool, rank, send, turn))
         watcher = asyncio.ensure_future(disconnected(x.receive))
         x.serving, x.handler = serving, asyncio.current_task()
         gw.exchanges.add(x)
@@ -256,6 +279,9 @@ class PublicApp:
                 return
             try:
                 serving.result()
+                if recorder is not None and recorder.entry is not None and call.status == 200:
+                    assert cache is not None and x.cache_key is not None
+                    await cache.put(x.cache_key, recorder.entry)
             except asyncio.CancelledError:
                 if x.ended_by is None:
                     raise
@@ -270,6 +296,18 @@ class PublicApp:
             watcher.cancel()
             gw.exchanges.discard(x)
 
+    async def _charge(self, x: Exchange, call: Call, pool: Pool) -> None:
+        """The key's model and pool rules, then its and its tenant's limits and budgets (429 when spent)."""
+        identity = x.identity
+        if identity is None:
+            return
+        key = identity.key
+        if key is not None and not key.allows(x.model, pool.config.name):
+            raise PermissionDeniedError(f"this key may not use model '{x.model}'", param="model")
+        x.ticket = await self.gw.tenancy.admit(identity, x.model, x.prompt_bytes, x.max_output)
+        if x.ticket is not None:
+            call.extra_headers += x.ticket.headers
+
     async def _end(self, x: Exchange, e: OpenAIError) -> None:
         """Finish an exchange the gateway ends itself: an SSE error event and `[DONE]` on a started stream,
         an error answer when nothing was sent yet."""
@@ -280,7 +318,9 @@ class PublicApp:
         elif not x.finished:
             await x.send({"type": "http.response.body", "body": e.to_sse() + SSE_DONE, "more_body": False})
 
-    async def _serve(self, call: Call, pool: Pool, rank: int, send: Send) -> None:
+    async def _serve(
+        self, call: Call, pool: Pool, rank: int, send: Send, turn: tuple[str, float] = ("", 1.0)
+    ) -> None:
         """Wait for room in the pool (keep-alives going out to a waiting stream), then relay."""
         gw = self.gw
         assert gw.relay is not None
@@ -292,7 +332,7 @@ class PublicApp:
             adapter = call.route.adapter
             if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
                 await pool.loader.ensure(adapter)
-            await self._admit(pool, rank)
+            await self._admit(pool, rank, turn)
             admitted = True
             await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
         except OpenAIError as e:
@@ -308,7 +348,7 @@ class PublicApp:
                     pool.workers.last_active = time.monotonic()
                 pool.flow.done()
 
-    async def _admit(self, pool: Pool, rank: int) -> None:
+    async def _admit(self, pool: Pool, rank: int, turn: tuple[str, float]) -> None:
         """Through the pool's flow queue; a request that finds no worker ready is held while one starts, as
         long as a cold start may take."""
         gw, name = self.gw, pool.config.name
@@ -319,7 +359,7 @@ class PublicApp:
             gw.metrics.held.labels(name).inc()
         max_wait = wp.hold_timeout() if wp is not None and held else None
         try:
-            waited = await pool.flow.admit(rank, max_wait)
+            waited = await pool.flow.admit(rank, max_wait, *turn)
         except OpenAIError as e:
             gw.metrics.shed.labels(name, "queue_timeout" if e.status == 503 else "saturated").inc()
             if wp is not None and held:
@@ -385,6 +425,10 @@ class PublicApp:
             cap_choices(body, pool.limits)
         elif kind == "responses":
             changed |= apply_token_limits(body, pool.limits, key="max_output_tokens")
+        x.prompt_bytes = len(raw)
+        x.max_output = _max_output(body, kind)
+        if kind in ("chat", "completions"):
+            x.cache_key = self.gw.tenancy.cache_key(x.path, body, x.tenant, x.headers.get(CACHE_HEADER))
         # A translated stream asked for usage itself: its translator reads the usage event.
         strip_usage = (
             translated is None and stream and kind in ("chat", "completions") and wants_usage_upstream(body)
@@ -412,10 +456,27 @@ class _Answered(Exception):
         self.body = body
 
 
+def _max_output(body: dict[str, Any], kind: str) -> int:
+    """Output tokens the request may produce (after the pool's default was applied): max_tokens x n."""
+    if kind in ("chat", "completions"):
+        given = body.get("max_completion_tokens") or body.get("max_tokens")
+    elif kind == "responses":
+        given = body.get("max_output_tokens")
+    else:
+        return 0
+    n = body.get("n")
+    try:
+        return int(given or 0) * max(1, int(n) if n is not None else 1)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _raise_if_failed(pool: Pool) -> None:
-    """A pool whose workers failed too often answers why, at once."""
-    if pool.workers is not None and pool.workers.failure is not None:
-        raise ServiceUnavailableError(f"pool '{pool.config.name}' failed: {pool.workers.failure}")
+    """A pool whose workers failed too often, or cannot start one (a pod stuck Pending), answers why, at
+    once."""
+    problem = pool.workers.problem() if pool.workers is not None else None
+    if problem is not None:
+        raise ServiceUnavailableError(problem)
 
 
 def _is_adapter(pool: Pool, model: str) -> bool:

@@ -77,6 +77,18 @@ def render_fleet(fleet: dict[str, Any], console: Console) -> None:
         console.print(head)
         if pool.get("failure"):
             console.print(f"  [red]failed:[/red] {pool['failure']}")
+        if pool.get("blocked"):
+            console.print(f"  [red]cannot start a worker:[/red] {pool['blocked']}")
+        api = (pool.get("discovery") or {}).get("api")
+        if api is not None and not api.get("connected"):
+            console.print(
+                f"  [yellow]Kubernetes API unreachable for {_seconds(api.get('down_for_s'))}:[/yellow] "
+                f"{api.get('last_error')}; serving the last known endpoints"
+            )
+        scaling = pool.get("scaling")
+        if scaling is not None:
+            role = "this replica" if scaling.get("leader") else scaling.get("holder") or "nobody yet"
+            console.print(f"  scaling leader: {role}")
         if "workers" in pool:
             workers = pool["workers"]
             # GPUs and wakes only where some worker has them: the table stays within 80 columns.
@@ -89,6 +101,8 @@ def render_fleet(fleet: dict[str, Any], console: Console) -> None:
                 phase = w.get("phase") or ""
                 if w.get("progress") is not None and w.get("state") == "starting":
                     phase += f" {w['progress']:.0%}"
+                if w.get("state") == "starting" and w.get("last_error"):
+                    phase = w["last_error"]  # a pod stuck Pending or crash-looping says why
                 row = [w["id"], w["state"], phase, _cold_start(w), str(w.get("restarts", 0))]
                 row += [str(w.get("wakes", 0))] * wakes
                 row += [",".join(w.get("gpus") or []) or "-"] * gpus

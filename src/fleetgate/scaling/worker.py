@@ -91,6 +91,7 @@ class Worker:
     gpus: tuple[str, ...]
     state: WorkerState = WorkerState.STARTING
     port: int = 0
+    host: str = "127.0.0.1"  # a pod's IP for Kubernetes workers
     pid: int | None = None
     timeline: StartupTimeline | None = None
     failures: int = 0  # consecutive: reset once a start has held for backoff_cap seconds
@@ -108,7 +109,8 @@ class Worker:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def snapshot(self, now: float) -> dict[str, object]:
         """For /admin/fleet and `fleetgate status`; `now` is monotonic time."""

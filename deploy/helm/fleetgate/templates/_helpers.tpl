@@ -39,7 +39,7 @@ app.kubernetes.io/component: gateway
 app.kubernetes.io/name: {{ include "fleetgate.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: vllm
-fleetgate.dev/pool: {{ .pool.name }}
+fleetgate.dev/pool: {{ .pool.name | quote }}
 {{- end }}
 
 {{- define "fleetgate.hfSecretName" -}}
