@@ -4,9 +4,11 @@ Every point starts a fresh fleet of `--replicas` simulators (empty caches, KV ev
 `--num-gpu-blocks-override`), then one contender in front of it, and drives it with `fleetgate bench`
 (shared-prefix chat, Poisson arrivals, fixed request count and seed). Contenders: round-robin, least-load,
 fleetgate approximate (text keys, no events) and precise (the simulator's tokenizer and KV events): fleetgate
-with different fleet files; peers given as `--peer NAME='COMMAND'` with `{port}` and `{upstreams}` filled in, e.g.
+with different fleet files; peers given as `--peer NAME='COMMAND'` with `{port}` and `{upstreams}` filled
+in, e.g.
 
-    --peer vllm-router='vllm-router --host 127.0.0.1 --port {port} --worker-urls {upstreams} --policy cache_aware'
+    --peer vllm-router='vllm-router --host 127.0.0.1 --port {port} --worker-urls {upstreams}
+                        --policy cache_aware'
     --peer smg='smg launch --host 127.0.0.1 --port {port} --worker-urls {upstreams} --policy cache_aware'
 
 The grid (each axis comma-separated):
@@ -82,8 +84,9 @@ def start_fleet(
 ) -> subprocess.Popen[bytes]:
     kv = json.dumps({"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kv_port}",
                      "topic": "kv"})  # fmt: skip
-    cmd = [sys.executable, "-m", "fleetgate", "sim", "--profile", args.profile, "--replicas", str(args.replicas),
-           "--port", str(port), "--served-model-name", MODEL, "--startup-time", "0",
+    cmd = [sys.executable, "-m", "fleetgate", "sim", "--profile", args.profile,
+           "--replicas", str(args.replicas), "--port", str(port), "--served-model-name", MODEL,
+           "--startup-time", "0",
            "--time-scale", str(args.time_scale), "--kv-events-config", kv, "--admin",
            "--num-gpu-blocks-override", str(blocks), "--max-model-len", str(args.max_model_len)]  # fmt: skip
     with log.open("ab") as out:
@@ -132,7 +135,8 @@ class Timeline(threading.Thread):
                         state = httpx.get(f"{u}/_sim/state", timeout=5).json()
                         q = c.get("vllm:prefix_cache_queries_total", 0.0)
                         row["replicas"].append({
-                            "running": c.get("vllm:num_requests_running", 0), "waiting": c.get("vllm:num_requests_waiting", 0),
+                            "running": c.get("vllm:num_requests_running", 0),
+                            "waiting": c.get("vllm:num_requests_waiting", 0),
                             "kv": round(c.get("vllm:kv_cache_usage_perc", 0), 3),
                             "hit": round(c.get("vllm:prefix_cache_hits_total", 0.0) / q, 3) if q else None,
                             "cached_blocks": len(state.get("cached_block_hashes", ())),
@@ -194,7 +198,8 @@ def run_one(
                 time.sleep(0.2)
             time.sleep(1.0)  # health probes and the first scrapes settle before load starts
             if args.timeline:
-                tag = f"{name}-c{point['capacity']}-r{point['rate']}-g{point['groups']}-s{point['system_len']}-seed{seed}"
+                tag = (f"{name}-c{point['capacity']}-r{point['rate']}-g{point['groups']}"
+                       f"-s{point['system_len']}-seed{seed}")  # fmt: skip
                 timeline = Timeline(upstreams, admin, Path(args.timeline) / f"{tag}.jsonl")
                 timeline.start()
             out_dir = tmp / "bench"
@@ -205,7 +210,8 @@ def run_one(
                    "--system-len", str(point["system_len"]), "--question-len", str(args.question_len),
                    "--output-len", str(args.output_len), "--load", f"poisson={rate}",
                    "--num-requests", str(point["requests"]), "--seed", str(seed), "--processes", "1",
-                   "--timeout", "3600", "--slo", f"ttft={args.slo_ttft / scale}s", "--out", str(out_dir)]  # fmt: skip
+                   "--timeout", "3600", "--slo", f"ttft={args.slo_ttft / scale}s",
+                   "--out", str(out_dir)]  # fmt: skip
             subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             s = json.loads((out_dir / "results.json").read_text())["summary"]
             hits = queries = 0.0
@@ -224,6 +230,7 @@ def run_one(
             fleet.wait(30)
     ttft = s.get("ttft", {})
     total = sum(decided.values()) or 1.0
+    shares = sorted(decided.items(), key=lambda kv: -kv[1])
     return {
         "ttft_p50": ttft.get("p50", float("nan")) * scale,
         "ttft_p90": ttft.get("p90", float("nan")) * scale,
@@ -246,8 +253,9 @@ def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
                 blocks = max(64, int(factor * share_tokens / BLOCK))
                 for rate in (float(r) for r in args.rates.split(",")):
                     requests = args.requests or groups * args.prompts_per_group
-                    points.append({"groups": groups, "system_len": system_len, "capacity": cap, "blocks": blocks,
-                                   "rate": rate, "rate_rps": rate * args.sat_rate, "requests": requests})  # fmt: skip
+                    points.append({"groups": groups, "system_len": system_len, "capacity": cap,
+                                   "blocks": blocks, "rate": rate, "rate_rps": rate * args.sat_rate,
+                                   "requests": requests})  # fmt: skip
     return points
 
 
@@ -291,8 +299,8 @@ def main() -> None:
     if args.timeline:
         Path(args.timeline).mkdir(parents=True, exist_ok=True)
     print(f"# {args.replicas} x {args.profile}, time scale {args.time_scale:g}, shared-prefix chat x "
-          f"{args.prompts_per_group} prompts per prefix, question {args.question_len}, output {args.output_len}, "
-          f"1x rate = {args.sat_rate:g} req/s, seeds {seeds}; TTFT in simulated seconds, median of seeds")  # fmt: skip
+          f"{args.prompts_per_group} prompts per prefix, question {args.question_len}, "
+          f"output {args.output_len}, 1x rate = {args.sat_rate:g} req/s, seeds {seeds}; TTFT in simulated seconds, median of seeds")  # fmt: skip
     print(
         "| prefixes | prefix tok | KV/share (blocks) | rate | router | TTFT p50 | TTFT p90 | goodput | hit rate | decided by |"
     )
@@ -305,7 +313,8 @@ def main() -> None:
             }
             print(f"| {point['groups']} | {point['system_len']} | {point['capacity']} ({point['blocks']}) | "
                   f"{point['rate']:g}x | {name} | {med['ttft_p50']:.2f} | {med['ttft_p90']:.2f} | "
-                  f"{med['goodput']:.0%} | {med['hit']:.2f} | {runs[len(runs) // 2]['decided']} |", flush=True)  # fmt: skip
+                  f"{med['goodput']:.0%} | {med['hit']:.2f} | {runs[len(runs) // 2]['decided']} |",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
