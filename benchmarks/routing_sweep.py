@@ -230,7 +230,6 @@ def run_one(
             fleet.wait(30)
     ttft = s.get("ttft", {})
     total = sum(decided.values()) or 1.0
-    shares = sorted(decided.items(), key=lambda kv: -kv[1])
     return {
         "ttft_p50": ttft.get("p50", float("nan")) * scale,
         "ttft_p90": ttft.get("p90", float("nan")) * scale,
@@ -300,10 +299,10 @@ def main() -> None:
         Path(args.timeline).mkdir(parents=True, exist_ok=True)
     print(f"# {args.replicas} x {args.profile}, time scale {args.time_scale:g}, shared-prefix chat x "
           f"{args.prompts_per_group} prompts per prefix, question {args.question_len}, "
-          f"output {args.output_len}, 1x rate = {args.sat_rate:g} req/s, seeds {seeds}; TTFT in simulated seconds, median of seeds")  # fmt: skip
-    print(
-        "| prefixes | prefix tok | KV/share (blocks) | rate | router | TTFT p50 | TTFT p90 | goodput | hit rate | decided by |"
-    )
+          f"output {args.output_len}, 1x rate = {args.sat_rate:g} req/s, seeds {seeds}; "
+          "TTFT in simulated seconds, median of seeds")  # fmt: skip
+    print("| prefixes | prefix tok | KV/share (blocks) | rate | router | TTFT p50 | TTFT p90 | goodput "
+          "| hit rate | decided by |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for point in grid(args):
         for name in names:
