@@ -71,7 +71,7 @@ def test_load_prefers_short_queues_and_counts_what_we_sent_since_the_scrape() ->
     )
     scores = LoadScorer(pool(), settings()).score(RouteRequest(MODEL), [idle, busy, queued])
     assert scores[0] > scores[1] > scores[2]  # 3 waiting weigh more than 8 running
-    idle.in_flight = 6  # sent since the scrape: vLLM will report them, we count them now
+    idle.in_flight = idle.sent = 6  # sent since the scrape: vLLM will report them, we count them now
     assert LoadScorer(pool(), settings()).score(RouteRequest(MODEL), [idle])[0] < scores[2]
 
 
@@ -148,6 +148,7 @@ def test_saturated_endpoints_are_skipped_unless_all_are() -> None:
     lease = r.pick(RouteRequest(MODEL, session="s"), [full, hot])
     assert lease is not None and lease.endpoint is full  # all saturated: scores decide
     lease.release()
+    full.sent_at_scrape = full.sent  # the next scrape counts what was sent
     assert Saturation(7, 0.8, 1.0, 5.0).of(full, time.monotonic()) is False
 
 
@@ -160,6 +161,7 @@ def test_max_reports_the_deciding_scorer_and_breaks_ties_at_random() -> None:
     lease = r.pick(RouteRequest(MODEL, keys=keys), [a, b])
     assert lease is not None and lease.endpoint is b and lease.reason == "prefix"
     lease.release()
+    b.sent_at_scrape = b.sent  # the next scrape counts what was sent
     picks: Counter[str] = Counter()
     for _ in range(200):
         choice = r.picker.pick(RouteRequest(MODEL), [a, b])
@@ -278,3 +280,21 @@ def test_multi_turn_hashing_is_incremental(monkeypatch: pytest.MonkeyPatch) -> N
     assert second.session is not None
     replay = PromptHasher("none").info("chat", {"messages": history}, None)
     assert replay is not None and replay.keys == second.keys  # the same keys as hashing from scratch
+
+
+def test_a_cold_endpoint_is_not_herded_onto_between_scrapes() -> None:
+    """Requests that ended since the last scrape must not hide the ones sent since: every pick until the
+    next scrape would see the same least-loaded endpoint."""
+    a, b, c = endpoint("a"), endpoint("b", load(running=4)), endpoint("c", load(running=4))
+    state = pool(a, b, c)
+    r = router(state, scorers={"load": 1.0})
+    earlier = [r.pick(RouteRequest(MODEL), [a]) for _ in range(3)]
+    a.load, a.load_at, a.sent_at_scrape = load(running=3), time.monotonic(), a.sent  # the scrape sees them
+    for lease in earlier:
+        lease.release()  # ...and they end before the next one
+    picks = []
+    for _ in range(3):
+        lease = r.pick(RouteRequest(MODEL), [a, b, c])
+        assert lease is not None
+        picks.append(lease.endpoint.name)
+    assert picks[0] == "a" and sorted(picks[1:]) == ["b", "c"]

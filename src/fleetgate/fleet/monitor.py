@@ -132,7 +132,7 @@ class Monitor:
                 if status == 200:
                     e.load = parse_vllm_metrics(body)
                     e.load_at = e.alive_at = time.monotonic()
-                    e.in_flight_at_scrape = e.in_flight
+                    e.sent_at_scrape = e.sent
                     misses = 0
                     self.on_change(e)
                 else:

@@ -42,7 +42,7 @@ class Endpoint:
     # The monitor (fleet/monitor.py): scrapes, model discovery, probes.
     load: VLLMLoad | None = None
     load_at: float = 0.0  # monotonic time of the last good scrape
-    in_flight_at_scrape: int = 0  # in_flight when `load` was read: requests sent since count as waiting
+    sent_at_scrape: int = 0  # `sent` when `load` was read: requests sent since count as waiting
     models: frozenset[str] = frozenset()  # names its /v1/models lists (base models and adapters)
     adapters: frozenset[str] = frozenset()  # the LoRA adapters among them (entries with a parent)
     discovered_at: float = 0.0  # monotonic time `models` was last read
@@ -51,6 +51,7 @@ class Endpoint:
     answered_at: float = 0.0
     # The router's leases (routing/router.py): what this gateway committed there.
     in_flight: int = 0
+    sent: int = 0  # requests ever picked for it (never decreases, unlike in_flight)
     # Prompt tokens this gateway sent that the endpoint has not started answering and does not have cached:
     # prefill work queued there that its metrics do not show yet.
     pending_prefill: int = 0

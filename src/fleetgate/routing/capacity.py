@@ -17,8 +17,10 @@ __all__ = ["Saturation", "queued", "stream_room"]
 
 
 def queued(e: Endpoint, load: VLLMLoad) -> float:
-    """vLLM's queue as `load` read it, plus what we sent since: vLLM has not reported those yet."""
-    return load.waiting + max(0, e.in_flight - e.in_flight_at_scrape)
+    """vLLM's queue as `load` read it, plus every request we sent since: vLLM has not reported those yet.
+    Counted by assignments, not by what is in flight now: requests that ended since the scrape must not
+    hide new ones, or every pick until the next scrape lands on the same endpoint."""
+    return load.waiting + max(0, e.sent - e.sent_at_scrape)
 
 
 def stream_room(e: Endpoint) -> float:

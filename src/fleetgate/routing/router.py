@@ -102,6 +102,7 @@ class PoolRouter:
             pending = max(0, request.tokens - cached * self.block_size)
             endpoint.pending_prefill += pending
         endpoint.in_flight += 1
+        endpoint.sent += 1
         if request.session is not None:
             self.state.sessions.bind(request.session, endpoint.name, now)
         if endpoint.kv_live and not endpoint.awaiting_events_since:
