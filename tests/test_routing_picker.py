@@ -135,21 +135,24 @@ def test_filters_drop_unroutable_tried_and_other_models() -> None:
     assert picker.pick(RouteRequest(MODEL), [ok, down], exclude=frozenset({"ok"})) is None
 
 
-def test_saturated_endpoints_are_skipped_unless_all_are() -> None:
-    full, free = endpoint("full", load(waiting=6)), endpoint("free", load(running=50))
-    hot = endpoint("hot", load(kv=0.95))
-    state = pool(full, free, hot)
+def test_an_endpoint_whose_queue_is_much_longer_than_anothers_is_skipped() -> None:
+    full, busy = endpoint("full", load(waiting=6)), endpoint("busy", load(running=50))
+    hot = endpoint("hot", load(kv=0.95))  # a full KV cache is no reason to skip it: vLLM queues then
+    state = pool(full, busy, hot)
     state.sessions.bind("s", "full", time.monotonic())
     r = router(state, scorers={"session": 10.0, "load": 1.0})
-    req = RouteRequest(MODEL, session="s")
-    lease = r.pick(req, [full, free, hot])
-    assert lease is not None and lease.endpoint is free  # the session yields to load (and moves there)
+    lease = r.pick(RouteRequest(MODEL, session="s"), [full, busy, hot])
+    assert lease is not None and lease.endpoint is hot  # the session yields to load (and moves there)
+    lease.release()
+    assert state.sessions.get("s", time.monotonic()) == "hot"
     state.sessions.bind("s", "full", time.monotonic())
-    lease = r.pick(RouteRequest(MODEL, session="s"), [full, hot])
-    assert lease is not None and lease.endpoint is full  # all saturated: scores decide
+    queued = endpoint("queued", load(waiting=4))
+    lease = r.pick(RouteRequest(MODEL, session="s"), [full, queued])
+    assert lease is not None and lease.endpoint is full  # both queue: no imbalance worth a move
     lease.release()
     full.sent_at_scrape = full.sent  # the next scrape counts what was sent
-    assert Saturation(7, 0.8, 1.0, 5.0).of(full, time.monotonic()) is False
+    assert Saturation(7, 0.8, 1.0, 5.0).of(full, time.monotonic()) is False  # the flow queue's rule
+    assert Saturation(5, 0.8, 1.0, 5.0).of(hot, time.monotonic()) is True
 
 
 def test_max_reports_the_deciding_scorer_and_breaks_ties_at_random() -> None:
@@ -298,3 +301,30 @@ def test_a_cold_endpoint_is_not_herded_onto_between_scrapes() -> None:
         assert lease is not None
         picks.append(lease.endpoint.name)
     assert picks[0] == "a" and sorted(picks[1:]) == ["b", "c"]
+
+
+def test_a_cache_under_pressure_spreads_a_hot_prefix_and_affinity_holds_when_all_are_busy() -> None:
+    """A hot prefix piles up at its endpoint until its queue is `max_waiting` longer than another's; then it
+    spreads there, and from then on both hold it. When every queue is long, it stays put: moving it would
+    trade a cache hit for a full prefill elsewhere."""
+    es = [endpoint(n, load(running=8, kv=0.95)) for n in "abcd"]
+    state = pool(*es)
+    hot = token_keys(list(range(3200)), 16)  # 200 blocks
+    state.approx.record("a", hot)
+    r = router(state)
+    homes = []
+    for _ in range(24):  # no scrape in between: our own sends make the queues
+        lease = r.pick(RouteRequest(MODEL, keys=hot, tokens=3300), es)
+        assert lease is not None
+        homes.append(lease.endpoint.name)
+    assert homes[:5] == ["a"] * 5  # affinity first, whatever the KV use
+    assert len(set(homes)) >= 3 and homes.count("a") < 12  # then it spread
+    assert all(state.cached(hot, [state.endpoints[i]])[0] == 200 for i in range(4) if es[i].name in homes)
+    for e in es:  # everyone is as busy as a: affinity holds
+        e.load, e.sent_at_scrape = load(running=8, waiting=20, kv=0.99), e.sent
+    lease = r.pick(RouteRequest(MODEL, keys=token_keys([7, *range(3199)], 16), tokens=3300), es)
+    assert lease is not None
+    owner = lease.endpoint
+    for _ in range(4):
+        again = r.pick(RouteRequest(MODEL, keys=token_keys([7, *range(3199)], 16), tokens=3300), es)
+        assert again is not None and again.endpoint is owner

@@ -8,6 +8,7 @@ ask here, so they cannot disagree.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleetgate.fleet.state import Endpoint
@@ -51,3 +52,26 @@ class Saturation:
     def of(self, e: Endpoint, now: float) -> bool:
         """Whether `e` is saturated now."""
         return self.room(e, now) <= 0.0
+
+    def backlog(self, e: Endpoint, now: float) -> float:
+        """Requests queued at `e`: vLLM's queue plus ours since the scrape; inf when its figures stopped
+        coming (a frozen process must not look idle), 0 when it has none to judge by."""
+        load = e.fresh_load(now, self.stale_after)
+        if load is None:
+            return math.inf if e.stale(now, self.stale_after) else 0.0
+        return queued(e, load)
+
+    def open(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
+        """The endpoints affinity may still choose: those whose queue is not `max_waiting` requests longer
+        than the shortest one's. Affinity yields to load only past that imbalance, not at an absolute
+        level: when every queue is long, moving a request only trades its prefix-cache hit for a full
+        prefill elsewhere (and evicts what that cache held for others), which makes every queue longer.
+        KV-cache use is not a reason to move either: with prefix caching a busy cache is always nearly
+        full, and vLLM queues (which this counts) when it truly has no room. If every endpoint's figures
+        are stale, all are open."""
+        queues = [self.backlog(e, now) for e in endpoints]
+        shortest = min(queues)
+        if shortest == math.inf:
+            return list(endpoints)
+        limit = max(self.max_waiting, shortest + self.max_waiting)
+        return [e for e, q in zip(endpoints, queues, strict=True) if q < limit]

@@ -2,8 +2,8 @@
 method that ranks endpoints; retries and failover belong to the relay, waiting to the flow queue.
 
 Filters, in order: routable (breaker closed, awake), not tried yet for this request, serves the model, not
-frozen (no sign of life for `stall_after` s), and not saturated (or reporting stale figures), unless every
-candidate is (then those with current figures, ranked by load). Strategies: `max` (highest weighted sum,
+frozen (no sign of life for `stall_after` s), and open: its queue not `max_waiting` requests longer than the
+shortest one's, its figures not stale (`capacity.Saturation.open`). Strategies: `max` (highest weighted sum,
 random among ties), `weighted_random` (chance proportional to the sum), `round_robin` (scorers ignored; the
 baseline benchmarks compare against).
 """
@@ -69,10 +69,7 @@ class Picker:
         if not pool:
             return None
         if len(pool) > 1:
-            now = time.monotonic()
-            free = [e for e in pool if not self.saturation.of(e, now)]
-            # All full: those whose figures are current first (stale ones may be frozen).
-            pool = free or [e for e in pool if not e.stale(now, self.saturation.stale_after)] or pool
+            pool = self.saturation.open(pool, time.monotonic())
         if self.strategy == "round_robin":
             return pool[next(self._turn) % len(pool)], "round_robin"
         if len(pool) == 1:
