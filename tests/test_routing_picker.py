@@ -328,3 +328,23 @@ def test_a_cache_under_pressure_spreads_a_hot_prefix_and_affinity_holds_when_all
     for _ in range(4):
         again = r.pick(RouteRequest(MODEL, keys=token_keys([7, *range(3199)], 16), tokens=3300), es)
         assert again is not None and again.endpoint is owner
+
+
+def test_the_approximate_index_is_sized_in_the_engines_tokens_not_ours() -> None:
+    """Text keys (`tokenizer: none`) are 64-byte blocks; a tokenizer that packs text twice as densely as the
+    estimate leaves room in the KV cache for half as many of them."""
+    a = endpoint("a", load())  # vLLM reports 1,000 blocks
+    state = pool(a)
+    r = router(state)
+    r.track_capacity(a)
+    keys = token_keys(list(range(16 * 1200)), 16)
+    state.approx.record("a", keys)
+    assert state.approx.blocks("a") == 1000  # sized like the cache while nothing is known
+    request = RouteRequest(MODEL, keys=keys[:60], tokens=1000)
+    for _ in range(5):
+        r.observed(request, {"prompt_tokens": 2000, "completion_tokens": 1})
+    r.observed(RouteRequest(MODEL, keys=keys[:60], tokens=1000), None)  # no usage: nothing learnt
+    assert r.tokens_per_estimated == 2.0
+    r.track_capacity(a)
+    state.approx.record("a", keys)
+    assert state.approx.blocks("a") == 500

@@ -173,6 +173,7 @@ class Relay:
             finally:
                 lease.release()
             if outcome is None:
+                route.router.observed(call.route, call.usage)
                 return
             last_error = outcome
             delay = route.retries.backoff(attempt, self.rng)

@@ -10,8 +10,9 @@ bound to it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.routing.capacity import Saturation
@@ -71,6 +72,9 @@ class PoolRouter:
             scorers = [("load", SCORERS["load"](state, settings), 1.0)]
         self.picker = Picker(scorers, settings.strategy, settings.saturation)
         self.on_decision = on_decision
+        # Prompt tokens as the engines counted them, against our estimates for the same prompts.
+        self._estimated = 0
+        self._counted = 0
 
     @property
     def saturation(self) -> Saturation:
@@ -109,7 +113,30 @@ class PoolRouter:
             endpoint.awaiting_events_since = now
         return Lease(endpoint, reason, cached, len(request.keys), pending)
 
+    def observed(self, request: RouteRequest, usage: Mapping[str, Any] | None) -> None:
+        """An answered prompt's size as the engine counted it (its `usage`), against our estimate."""
+        counted = usage.get("prompt_tokens") if usage else None
+        if not request.keys or not request.tokens or not isinstance(counted, int) or counted <= 0:
+            return
+        self._estimated += request.tokens
+        self._counted += counted
+        if self._counted > 1 << 30:  # keep it a recent average
+            self._estimated //= 2
+            self._counted //= 2
+
+    @property
+    def tokens_per_estimated(self) -> float:
+        """Engine tokens per estimated token: 1 when prompts are hashed as the engine's tokens; for text keys
+        (`tokenizer: none`, 64-byte blocks) how densely the model's tokenizer packs the text."""
+        if self._counted < 4096:
+            return 1.0
+        return min(4.0, max(0.25, self._counted / self._estimated))
+
     def track_capacity(self, endpoint: Endpoint) -> None:
-        """Size the endpoint's approximate index like its KV cache, once vLLM reports it."""
+        """Size the endpoint's approximate index like its KV cache, once vLLM reports it: in our keys, which
+        hold `block_size` estimated tokens each, so as many keys as the cache holds engine blocks only when
+        the estimate is right. With a denser tokenizer the cache holds fewer of our keys, and an index sized
+        in engine blocks would believe prompts are cached that were long evicted."""
         if endpoint.load is not None and endpoint.load.num_gpu_blocks:
-            self.state.approx.set_capacity(endpoint.name, endpoint.load.num_gpu_blocks)
+            keys = int(endpoint.load.num_gpu_blocks / self.tokens_per_estimated)
+            self.state.approx.set_capacity(endpoint.name, keys)
