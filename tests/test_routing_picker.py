@@ -293,8 +293,9 @@ def test_a_cold_endpoint_is_not_herded_onto_between_scrapes() -> None:
     r = router(state, scorers={"load": 1.0})
     earlier = [r.pick(RouteRequest(MODEL), [a]) for _ in range(3)]
     a.load, a.load_at, a.sent_at_scrape = load(running=3), time.monotonic(), a.sent  # the scrape sees them
-    for lease in earlier:
-        lease.release()  # ...and they end before the next one
+    for held in earlier:
+        assert held is not None
+        held.release()  # ...and they end before the next one
     picks = []
     for _ in range(3):
         lease = r.pick(RouteRequest(MODEL), [a, b, c])
