@@ -23,6 +23,9 @@ for fleetgate which scorer decided the picks. `--timeline DIR` also writes, per 
 each replica's running, waiting, KV use and hit rate so far, and (fleetgate) the index's belief of how many
 blocks each endpoint holds next to what the simulator holds. Medians over `--seeds`.
 
+The defaults (time scale 0.1, 1x = 30 req/s) were measured on a 2-core machine: round-robin holds a TTFT
+p90 of 0.12 s at 20 req/s and falls to 60% goodput at 40 req/s with 48 prefixes of 3,400 tokens.
+
     python benchmarks/routing_sweep.py --quick          # one tight point, round-robin vs the default
     python benchmarks/routing_sweep.py --seeds 0,1,2 --peer ...   # the full grid (hours on a 2-core box)
 """
@@ -263,13 +266,13 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--profile", default="h100-llama-3.1-8b")
     ap.add_argument(
-        "--time-scale", type=float, default=0.25, help="the simulators' K (all times divided by K)"
+        "--time-scale", type=float, default=0.1, help="the simulators' K (all times divided by K)"
     )
     ap.add_argument(
         "--capacity", default="roomy,1.0,0.9,0.7,0.5", help="KV cache per replica / affinity share"
     )
     ap.add_argument(
-        "--sat-rate", type=float, default=8.0, help="round-robin's saturation rate, simulated req/s"
+        "--sat-rate", type=float, default=30.0, help="round-robin's saturation rate, simulated req/s"
     )
     ap.add_argument("--rates", default="0.5,1,1.5,2", help="multiples of --sat-rate")
     ap.add_argument("--groups", default="48", help="numbers of prefixes (system prompts)")
