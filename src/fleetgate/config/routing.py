@@ -13,12 +13,27 @@ from fleetgate.routing.scorers import SCORERS as REGISTRY
 
 
 def default_scorers() -> dict[str, float]:
-    """Every registered scorer at the weight it declares: routing/scorers.py is the one list of names."""
-    return {name: scorer.default_weight for name, scorer in REGISTRY.items()}
+    """Every registered scorer on by default, at the weight it declares (those declaring 0, like `ring`, are
+    off unless listed): routing/scorers.py is the one list of names."""
+    return {name: s.default_weight for name, s in REGISTRY.items() if s.default_weight > 0}
 
 
 # The default weights, by name (read-only: a fleet file's `scorers` replaces the whole set).
 SCORERS: dict[str, float] = default_scorers()
+
+
+class RingConfig(BaseModel):
+    """The `ring` scorer: replicas agree where a prefix goes without sharing state (docs/routing.md)."""
+
+    model_config = STRICT
+
+    prefix_blocks: int = Field(default=4, ge=1, description="Blocks deep the prefix key that is hashed.")
+    load_bound: float = Field(
+        default=1.25,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="An owner takes at most this times the mean in-flight count; beyond, the next one.",
+    )
 
 
 class SaturationConfig(BaseModel):
@@ -74,6 +89,7 @@ class RoutingConfig(BaseModel):
     kv_events_silence: float = seconds(10.0, "Seconds without events after a request: index cleared.")
     saturation: SaturationConfig = Field(default_factory=SaturationConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
+    ring: RingConfig = Field(default_factory=RingConfig)
     prefill_tokens_per_request: int = Field(
         default=2048, ge=1, description="Pending prompt tokens that weigh like one queued request."
     )

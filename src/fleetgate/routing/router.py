@@ -61,6 +61,8 @@ class PoolRouter:
         state: PoolState,
         settings: RoutingSettings,
         on_decision: Callable[[str, str], None] = lambda pool, reason: None,
+        *,
+        precise: bool = False,  # endpoints will publish KV events (discovered ones, not listed yet)
     ) -> None:
         self.state = state
         self.settings = settings

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, Protocol
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.routing.capacity import queued
 from fleetgate.routing.request import RouteRequest
+from fleetgate.routing.ring import RingScorer
 from fleetgate.routing.settings import RoutingSettings
 
 __all__ = ["SCORERS", "LoadScorer", "LoraScorer", "Need", "PrefixScorer", "ScorerType", "SessionScorer"]
@@ -137,4 +138,5 @@ SCORERS: Mapping[str, type[ScorerType]] = {
     "prefix": PrefixScorer,
     "lora": LoraScorer,
     "session": SessionScorer,
+    "ring": RingScorer,
 }

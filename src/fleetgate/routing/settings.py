@@ -21,6 +21,8 @@ class RoutingSettings:
     saturation: Saturation
     block_size: int  # tokens per KV block (vLLM's)
     prefill_tokens_per_request: int  # pending prompt tokens that weigh like one queued request
+    ring_prefix_blocks: int  # the ring scorer's key: the prefix this many blocks deep
+    ring_load_bound: float  # the ring scorer's bound on an owner's share of in-flight requests
 
     @property
     def stale_after(self) -> float:
