@@ -257,13 +257,14 @@ def drain(args: argparse.Namespace, work: Path) -> dict[str, float]:
     gw.start()
 
     async def term() -> None:
-        while running(sim.url) < args.streams * 0.9:  # another process's state: polled
-            await asyncio.sleep(0.05)  # noqa: ASYNC110
+        deadline = time.monotonic() + 20
+        while running(sim.url) < args.streams * 0.9 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGTERM)
 
     try:
-        outcome = asyncio.run(run_streams(gw.url, args.streams, 300, term))
+        outcome = asyncio.run(run_streams(gw.url, args.streams, 2000, term))
         assert gw.proc is not None
         return {"tried": args.streams, **{k: float(v) for k, v in outcome.items()}, "exit": gw.proc.wait(90)}
     finally:
