@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from fleetgate.sim.engine import FINISHED, RUNNING, Engine, EngineArgs, EngineRequest
-from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import load_profile
 from fleetgate.tokenizer import IM_END, TextSampler, Tokenizer
+from fleetgate.worker.metrics import EngineStats
 
 
 class Clock:

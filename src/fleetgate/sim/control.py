@@ -13,10 +13,10 @@ from starlette.routing import Route
 from fleetgate.protocol import BadRequestError, InvalidUserInputError, NotFoundError, OpenAIError
 from fleetgate.sim.engine import EngineRequest
 from fleetgate.sim.faults import Faults
-from fleetgate.sim.kvcache import chain_hashes, lora_key
-from fleetgate.sim.replies import reply_error, reply_json
-from fleetgate.sim.requests import Body, ChatMessage, LoadLoRARequest, ToolDef, UnloadLoRARequest, validate
 from fleetgate.tokenizer import render_chat
+from fleetgate.worker.kvcache import chain_hashes, lora_key
+from fleetgate.worker.replies import reply_error, reply_json
+from fleetgate.worker.requests import Body, ChatMessage, LoadLoRARequest, ToolDef, UnloadLoRARequest, validate
 
 if TYPE_CHECKING:
     from fleetgate.sim.server import SimServer

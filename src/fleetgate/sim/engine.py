@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetgate.sim.kvcache import Block, KVCache, chain_hashes, lora_key
-from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile
 from fleetgate.tokenizer import IM_END, TextSampler
+from fleetgate.worker.kvcache import Block, KVCache, chain_hashes, lora_key
+from fleetgate.worker.metrics import EngineStats
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 # A late event loop may run steps back to back to catch up, but never owes more than this much wall time.

@@ -26,15 +26,17 @@ from fleetgate.protocol import (
     model_not_found,
     random_id,
 )
-from fleetgate.sim import render
 from fleetgate.sim.control import Control
 from fleetgate.sim.engine import Engine, EngineArgs, EngineRequest
 from fleetgate.sim.faults import Faults, fault_error
 from fleetgate.sim.kv_publisher import KVEventPublisher, KVEventsConfig
-from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile
-from fleetgate.sim.replies import reply_error, reply_json, unless_gone, until_disconnect
-from fleetgate.sim.requests import (
+from fleetgate.sim.scripts import Script, ToolStream, json_script, pick_tool, tool_script
+from fleetgate.tokenizer import IM_END, TextSampler, Tokenizer, render_chat
+from fleetgate.worker import render
+from fleetgate.worker.metrics import EngineStats
+from fleetgate.worker.replies import reply_error, reply_json, unless_gone, until_disconnect
+from fleetgate.worker.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -46,8 +48,6 @@ from fleetgate.sim.requests import (
     resolve_max_tokens,
     validate,
 )
-from fleetgate.sim.scripts import Script, ToolStream, json_script, pick_tool, tool_script
-from fleetgate.tokenizer import IM_END, TextSampler, Tokenizer, render_chat
 
 VERSION = "0.26.0"
 # Mean length of an answer that ends on its own (no ignore_eos): chat answers run a few hundred tokens.

@@ -25,7 +25,7 @@ from fleetgate.engines.embedded.metrics import Stats
 from fleetgate.engines.embedded.output import TextOutput
 from fleetgate.engines.embedded.runner import Chunk, ModelRunner
 from fleetgate.engines.embedded.sampling import Row, Sampler, SamplingParams
-from fleetgate.sim.kvcache import Block, KVCache, chain_hashes
+from fleetgate.worker.kvcache import Block, KVCache, chain_hashes
 
 log = logging.getLogger("fleetgate.embedded")
 

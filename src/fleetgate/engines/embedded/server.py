@@ -41,10 +41,10 @@ from fleetgate.protocol import (
     model_not_found,
     random_id,
 )
-from fleetgate.sim import render
-from fleetgate.sim import requests as bodies
-from fleetgate.sim.metrics import EngineView
-from fleetgate.sim.replies import reply_error, reply_json, unless_gone
+from fleetgate.worker import render
+from fleetgate.worker import requests as bodies
+from fleetgate.worker.metrics import EngineView
+from fleetgate.worker.replies import reply_error, reply_json, unless_gone
 
 Body = TypeVar("Body", bound=bodies.Body)
 Sampled = bodies.ChatCompletionRequest | bodies.CompletionRequest
