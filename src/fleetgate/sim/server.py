@@ -10,7 +10,7 @@ import random
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,11 +27,11 @@ from fleetgate.protocol import (
     random_id,
 )
 from fleetgate.sim.control import Control
-from fleetgate.sim.engine import Engine, EngineArgs, EngineRequest
-from fleetgate.sim.faults import Faults, fault_error
-from fleetgate.sim.kv_publisher import KVEventPublisher, KVEventsConfig
-from fleetgate.sim.profiles import Profile
+from fleetgate.sim.engine import Engine, EngineRequest
+from fleetgate.sim.faults import fault_error
+from fleetgate.sim.kv_publisher import KVEventPublisher
 from fleetgate.sim.scripts import Script, ToolStream, json_script, pick_tool, tool_script
+from fleetgate.sim.settings import SimSettings
 from fleetgate.tokenizer import IM_END, TextSampler, Tokenizer, render_chat
 from fleetgate.worker import render
 from fleetgate.worker.metrics import EngineStats
@@ -53,29 +53,6 @@ VERSION = "0.26.0"
 # Mean length of an answer that ends on its own (no ignore_eos): chat answers run a few hundred tokens.
 NATURAL_OUTPUT_MEDIAN = 160
 _NOT_FOUND = {"detail": "Not Found"}
-
-
-@dataclass
-class SimSettings:
-    """Everything one simulated server needs; built by the CLI from vLLM-style flags."""
-
-    profile: Profile
-    engine: EngineArgs
-    served_model_names: list[str]
-    model_path: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    seed: int | None = None
-    enable_sleep_mode: bool = False
-    dev_mode: bool = False
-    runtime_lora: bool = False
-    lora_modules: dict[str, str] = field(default_factory=dict)
-    auto_tool_choice: bool = False
-    tool_call_parser: str | None = None
-    kv_events: KVEventsConfig | None = None
-    faults: Faults = field(default_factory=lambda: Faults())
-    admin: bool = False
-    reuse_port: bool = False
 
 
 class _Crash(Exception):
