@@ -130,7 +130,7 @@ def run_closed_loop(
         clock.t += engine.step_seconds(batch)
         engine.postprocess(batch, clock.t)
         for s in batch:
-            req = s.req
+            req = s.seq
             key = req.rid
             if req.pending:
                 req.pending.clear()
