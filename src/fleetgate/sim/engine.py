@@ -21,7 +21,7 @@ from fleetgate.sim.profiles import Profile
 from fleetgate.tokenizer import IM_END, TextSampler
 from fleetgate.worker.kvcache import Block, KVCache, lora_key
 from fleetgate.worker.metrics import EngineStats
-from fleetgate.worker.scheduler import Limits, Scheduler, Status, Work
+from fleetgate.worker.scheduler import FINISHED, RUNNING, Limits, Scheduler, Status, Work
 
 # A late event loop may run steps back to back to catch up, but never owes more than this much wall time.
 _MAX_LAG = 0.25
@@ -171,7 +171,7 @@ class Engine:
 
     def abort(self, req: EngineRequest, reason: str = "abort") -> None:
         """Stop a request: the client left ("abort") or a stop string ended it ("stop")."""
-        if req.state == Status.FINISHED:
+        if req.state == FINISHED:
             return
         self.sched.remove(req)
         self._finish(req, reason, self._now())
@@ -261,12 +261,12 @@ class Engine:
         stored: list[tuple[EngineRequest, int, int]] = []
         for w in batch:
             req = w.seq
-            if req.state != Status.RUNNING:
+            if req.state != RUNNING:
                 continue
             span = self.sched.computed(w)
             if span is not None:
                 stored.append((req, *span))
-            if req.computed < req.total_len:
+            if not w.last:
                 continue  # prefill goes on next step
             token, reason = self._next_token(req)
             self.sched.append(req, token, now)

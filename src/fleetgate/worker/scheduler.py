@@ -31,6 +31,11 @@ class Status(Enum):
     FINISHED = "finished"
 
 
+# The members as plain names for the per-token loops: looking a member up on the class costs ~100 ns on
+# Python 3.11, a global ~20 ns.
+WAITING, RUNNING, FINISHED = Status.WAITING, Status.RUNNING, Status.FINISHED
+
+
 class Scheduled(Protocol):
     """What the core reads and writes on a sequence (the simulator's EngineRequest, the embedded Sequence)."""
 
@@ -114,7 +119,7 @@ class Scheduler(Generic[S]):
 
     def remove(self, seq: S) -> None:
         """Take a sequence out of the running list or the waiting queue (it is about to finish)."""
-        if seq.state == Status.RUNNING:
+        if seq.state == RUNNING:
             self.running.remove(seq)
         else:
             with contextlib.suppress(ValueError):
@@ -129,7 +134,7 @@ class Scheduler(Generic[S]):
         """Give a sequence's blocks back; it waits at the head of the queue and recomputes its context."""
         self.running.remove(seq)
         self.release(seq)
-        seq.state = Status.WAITING
+        seq.state = WAITING
         self.waiting.appendleft(seq)
         with self.lock:
             self.stats.preemptions += 1
@@ -157,16 +162,17 @@ class Scheduler(Generic[S]):
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.total_len - seq.computed, budget)
+            left = seq.total_len - seq.computed
+            n = min(left, budget)
             while not self.kv.grow(seq.blocks, seq.computed + n):
                 victim = self.running[-1]
                 self.preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
-            if seq.state != Status.RUNNING:
+            if seq.state != RUNNING:
                 continue  # it was the victim; the next one now sits at index i
-            batch.append(Work(seq, n, seq.computed + n == seq.total_len))
+            batch.append(Work(seq, n, n == left))
             budget -= n
             i += 1
         active_loras = {s.lora for s in self.running if s.lora}
@@ -180,18 +186,19 @@ class Scheduler(Generic[S]):
                 continue
             if not seq.blocks:
                 self._reuse_prefix(seq)
-            n = min(seq.total_len - seq.computed, budget)
+            left = seq.total_len - seq.computed
+            n = min(left, budget)
             if not self.kv.grow(seq.blocks, seq.computed + n):
                 self.release(seq)
                 break
             self.waiting.popleft()
-            seq.state = Status.RUNNING
+            seq.state = RUNNING
             seq.deferred = False
             seq.scheduled_at = seq.scheduled_at or now
             if seq.lora:
                 active_loras.add(seq.lora)
             self.running.append(seq)
-            batch.append(Work(seq, n, seq.computed + n == seq.total_len))
+            batch.append(Work(seq, n, n == left))
             budget -= n
         self.waiting.extendleft(reversed(skipped))
         return batch
@@ -213,7 +220,9 @@ class Scheduler(Generic[S]):
         return lo, full
 
     def append(self, seq: S, token: int, now: float) -> None:
-        """A sampled token joins the sequence: the hash chain grows by a block when one fills."""
+        """A sampled token joins the sequence: the hash chain grows by a block when one fills.
+
+        Per token, so no lock of its own: the embedded engine holds its stats lock around postprocess."""
         bs = self.limits.block_size
         seq.append(token)
         n = seq.total_len
@@ -221,15 +230,14 @@ class Scheduler(Generic[S]):
             parent = seq.hashes[-1] if seq.hashes else None
             seq.hashes += chain_hashes(seq.token_slice(n - bs, n), bs, _lora_id(seq), parent)
         if seq.first_token_at:
-            with self.lock:
-                self.stats.on_token_gap(now - seq.last_token_at)
+            self.stats.on_token_gap(now - seq.last_token_at)
         else:
             seq.first_token_at = now
         seq.last_token_at = now
 
     def finish(self, seq: S, reason: str, now: float) -> None:
         """The sequence is done (call `remove` first if it is still queued or running)."""
-        seq.state = Status.FINISHED
+        seq.state = FINISHED
         self.release(seq)
         with self.lock:
             self.stats.on_finish(seq, reason, now)

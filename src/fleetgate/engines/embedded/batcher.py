@@ -26,7 +26,7 @@ from fleetgate.engines.embedded.output import TextOutput
 from fleetgate.engines.embedded.runner import Chunk, ModelRunner
 from fleetgate.engines.embedded.sampling import Row, Sampler, SamplingParams
 from fleetgate.worker.kvcache import Block, KVCache
-from fleetgate.worker.scheduler import Limits, Scheduler, Status, Work
+from fleetgate.worker.scheduler import FINISHED, RUNNING, Limits, Scheduler, Status, Work
 
 log = logging.getLogger("fleetgate.embedded")
 
@@ -174,7 +174,7 @@ class Engine:
         self._wake.set()
 
     def abort(self, seqs: list[Sequence]) -> None:
-        self._aborts.extend(s for s in seqs if s.state != Status.FINISHED)
+        self._aborts.extend(s for s in seqs if s.state != FINISHED)
         self._wake.set()
 
     # ---- the engine thread -----------------------------------------------------------------------------
@@ -200,7 +200,7 @@ class Engine:
                 self.sched.add(seq)
         while self._aborts:
             seq = self._aborts.popleft()
-            if seq.state != Status.FINISHED:
+            if seq.state != FINISHED:
                 self.sched.remove(seq)
                 self._finish(seq, "abort", time.monotonic())
 
@@ -239,7 +239,7 @@ class Engine:
     def postprocess(self, work: list[Work[Sequence]], tokens: dict[Sequence, int], now: float) -> None:
         for w in work:
             seq = w.seq
-            if seq.state != Status.RUNNING:
+            if seq.state != RUNNING:
                 continue
             self.sched.computed(w)
             token = tokens.get(seq)
