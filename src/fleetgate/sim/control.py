@@ -36,7 +36,7 @@ class MatchRequest(Body):
     lora: str | None = None
 
 
-class Served(Protocol):
+class Controlled(Protocol):
     """What the control routes read and change on the server (a protocol, so control.py and server.py do not
     import each other): the adapters and faults it replaces are the server's own, read by every request."""
 
@@ -53,7 +53,7 @@ async def _body(request: Request) -> Any:
 
 
 class Control:
-    def __init__(self, srv: Served) -> None:
+    def __init__(self, srv: Controlled) -> None:
         self.srv = srv
 
     def routes(self) -> list[Route]:
