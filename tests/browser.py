@@ -120,11 +120,15 @@ INSPECT = """(() => {
   return {
     plots: [...document.querySelectorAll('svg.plot')].map(s => ({
       name: s.dataset.plot, size: box(s), title: s.querySelector(':scope > title')?.textContent,
-      series: s.querySelectorAll('g.series').length})),
+      series: s.querySelectorAll('g.series').length,
+      legend: [...s.querySelectorAll('.legend text')].map(t => t.textContent)})),
     cells: [...document.querySelectorAll('td[data-key]')].map(c => ({
       key: c.dataset.key, value: c.dataset.value ?? null, text: c.innerText,
       run: c.closest('tr')?.dataset.run ?? null, size: box(c)})),
     banners: [...document.querySelectorAll('[data-banner]')].map(b => [b.dataset.banner, b.innerText]),
+    notes: [...document.querySelectorAll('[data-note]')].map(n => [n.dataset.note, n.innerText]),
+    rows: [...document.querySelectorAll('td[data-row]')].map(c => [c.dataset.row, c.innerText]),
+    headings: [...document.querySelectorAll('h2')].map(h => h.innerText),
     scripts: document.scripts.length,
     width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight,
   };

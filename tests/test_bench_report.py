@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import random
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -433,9 +432,7 @@ def test_large_run_stays_small() -> None:
         }
         for _ in range(100_000)
     ]
-    start = time.monotonic()
     text = render_report([("a", results), ("b", results)])
-    assert time.monotonic() - start < 15
     assert len(text.encode()) < 400_000
 
 
@@ -507,7 +504,6 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         ),
     ]
     report = write_report(tmp_path / "report", runs)
-    started = time.monotonic()
     visit = open_page(tmp_path, report)
     seen = visit.seen
 
@@ -526,4 +522,3 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     compared = assert_numbers_match(visit, [r for _, r in runs])
     assert compared > 300
     assert visit.screenshot.stat().st_size > 10_000
-    assert time.monotonic() - started < 15

@@ -292,7 +292,7 @@ def test_unknown_key_points_at_the_key_and_suggests(tmp_path: Path) -> None:
         "fleet.yaml:4:16: pools[0].timeouts.conect: unknown key; did you mean 'connect'? (expected one of: "
         "connect, first_byte_stream, first_byte_nonstream, idle_gap, total, stall_after)",
         "fleet.yaml:5:1: auth: unknown key; did you mean 'keys'? (expected one of: listen, admin, keys, "
-        "pools, shutdown, keepalive_after, log)",
+        "pools, shutdown, keepalive_after, log, tenancy, kubernetes)",
     ]
 
 
@@ -544,7 +544,7 @@ def test_retries_scrape_health_routing(tmp_path: Path) -> None:
         "fleet.yaml:5:20: pools[0].health.path: must start with / and contain no spaces (got 'health')",
         "fleet.yaml:6:31: pools[0].routing.scorers.load: weight must be a finite number >= 0 (got -1.0)",
         "fleet.yaml:6:35: pools[0].routing.scorers.random: unknown scorer "
-        "(known: load, prefix, lora, session)",
+        "(known: load, prefix, lora, session, ring)",
         "fleet.yaml:9:29: pools[1].retries.backoff_base: must not exceed backoff_max",
         "fleet.yaml:10:13: pools[1].scrape.stale_after: must be at least interval",
     ]
@@ -583,7 +583,7 @@ def test_empty_pools_and_pools_without_endpoints(tmp_path: Path) -> None:
         "fleet.yaml:2:5: pools[0].endpoints",
         "fleet.yaml:4:26: pools[1].endpoints",
     ]
-    assert all("or workers that fleetgate starts" in line for line in lines)
+    assert all("workers that fleetgate starts, or discovery" in line for line in lines)
 
 
 WORKERS = """

@@ -126,6 +126,8 @@ def test_command_line_reports_the_error_phase(tmp_path: Path) -> None:
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
-    (line,) = [x for x in done.stdout.splitlines() if "phase=" in x]
+    # A hub id not in the cache is a download first (its own phase), which fails offline.
+    download, line = [x for x in done.stdout.splitlines() if "phase=" in x]
+    assert "phase=download model=nobody/no-such-model" in download
     assert line.startswith("ERROR ") and "[fleetgate.embedded] phase=error message=" in line
     assert "nobody/no-such-model does not exist here and could not be fetched" in line

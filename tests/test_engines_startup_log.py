@@ -115,8 +115,8 @@ def test_embedded_lines() -> None:
     # The engine's own phase lines (docs/embedded.md).
     tag = "INFO 11-21 15:50:32 [fleetgate.embedded] phase="
     assert EMBEDDED.parse_line(tag + "load model=/m device=cpu")[0].phase is Phase.LOAD
-    assert EMBEDDED.parse_line(tag + "loaded seconds=0.11")[0].phase is Phase.COMPILE
-    assert EMBEDDED.parse_line(tag + "kv_cache blocks=8192")[0].phase is Phase.COMPILE
+    assert EMBEDDED.parse_line(tag + "loaded seconds=0.11")[0].phase is Phase.WARMUP
+    assert EMBEDDED.parse_line(tag + "kv_cache blocks=8192")[0].phase is Phase.WARMUP
     assert EMBEDDED.parse_line(tag + "ready url=http://127.0.0.1:8000 model=demo")[0].phase is Phase.READY
     assert EMBEDDED.parse_line("some other line") == []
 

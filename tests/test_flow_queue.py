@@ -108,3 +108,62 @@ async def test_a_released_waiter_that_is_cancelled_gives_its_room_back() -> None
     t.cancel()
     await asyncio.gather(t, return_exceptions=True)
     assert q.has_room()
+
+
+async def _rounds(fair: bool, rounds: int = 20) -> dict[str, int]:
+    """Each round a noisy tenant sends 10 requests and a quiet one sends 1 (same size, same priority); the
+    saturated pool serves 2. Returns how many of each were served."""
+    room = Room(0)
+    q = FlowQueue("p", room, max_length=100_000, max_wait=60, fair=fair)
+    served: dict[str, int] = {"noisy": 0, "quiet": 0}
+
+    async def ask(tenant: str) -> None:
+        await q.admit(0, None, tenant, 100.0)
+        served[tenant] += 1
+
+    tasks = []
+    for r in range(rounds):
+        tasks += [asyncio.create_task(ask("noisy")) for _ in range(10)]
+        tasks.append(asyncio.create_task(ask("quiet")))
+        waiting = 11 + 9 * r  # 2 of each round's 11 leave
+        await settle(lambda: len(q) == waiting)  # noqa: B023
+        before = sum(served.values())
+        room.free = 2
+        q.kick()
+        room.free = 0  # the two released take the room until the next round
+        await settle(lambda: sum(served.values()) == before + 2)  # noqa: B023
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return served
+
+
+async def test_a_tenant_sending_ten_times_the_load_leaves_the_others_their_share() -> None:
+    fair = await _rounds(fair=True)
+    assert fair == {"noisy": 20, "quiet": 20}  # half the pool each: the quiet tenant's whole demand
+    fifo = await _rounds(fair=False)
+    assert fifo["quiet"] <= 4  # first come first served: the noisy backlog starves it
+
+
+async def test_fair_share_orders_by_tokens_not_requests() -> None:
+    """A tenant of big requests gets as many tokens as one of small requests, not as many requests."""
+    room = Room(0)
+    q = FlowQueue("p", room, max_length=1000, max_wait=60, fair=True)
+    order: list[str] = []
+
+    async def ask(tenant: str, tokens: float) -> None:
+        await q.admit(0, None, tenant, tokens)
+        order.append(tenant)
+
+    tasks = [asyncio.create_task(ask("big", 400.0)) for _ in range(3)]
+    tasks += [asyncio.create_task(ask("small", 100.0)) for _ in range(12)]
+    await settle(lambda: len(q) == 15)
+    room.free = 1
+    q.kick()
+    for n in range(1, 16):
+        await settle(functools.partial(reached, order, n))
+        q.done()
+    await asyncio.gather(*tasks)
+    # Start tags: big 0, 400, 800; small 0, 100, ..., 1100. One big request per four small ones.
+    b, s = "big", "small"
+    assert order == [b, s, s, s, s, b, s, s, s, s, b, s, s, s, s]

@@ -5,7 +5,6 @@ import datetime
 import json
 import random
 import re
-import time
 import uuid
 from typing import Any
 
@@ -313,16 +312,6 @@ def test_oneof_picks_each_branch() -> None:
     schema = {"oneOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}
     kinds = {type(generate(schema, random.Random(seed))).__name__ for seed in range(40)}
     assert kinds == {"str", "int", "NoneType"}
-
-
-def test_typical_tool_schema_is_fast() -> None:
-    rng = random.Random(0)
-    start = time.perf_counter()
-    for _ in range(500):
-        generate(SEARCH, rng)
-        generate(ITINERARY, rng)
-    # Budget is 0.2 ms per schema; the margin absorbs slow CI machines.
-    assert (time.perf_counter() - start) / 1000 < 1e-3
 
 
 # ---- property test over random schemas ------------------------------------------------------------

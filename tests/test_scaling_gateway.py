@@ -160,7 +160,8 @@ def test_failed_pool_answers_503_with_the_reason(gateway_factory: GatewayFactory
         chat(gw)
     assert e.value.status_code == 503
     message = e.value.response.json()["error"]["message"]
-    assert "failed 2 times in a row" in message and "no-such-flag" in message
+    # A rejected flag fails the same way every time: the pool fails at the first start, with the reason.
+    assert "the simulator cannot start: No such option: --no-such-flag" in message
     assert admin_pool(gw)["failure"]
     assert metric(gw, 'fleetgate_pool_failed{pool="sim"}') == 1
 
@@ -173,7 +174,7 @@ def test_a_pool_needing_more_gpus_than_the_machine_has_fails_at_once_with_the_re
     with pytest.raises(openai.APIStatusError) as e:
         chat(gw)
     assert e.value.status_code == 503
-    assert "need 1 GPU(s) each and this machine has 0" in e.value.response.json()["error"]["message"]
+    assert "needs 1 GPU(s) and this machine has 0" in e.value.response.json()["error"]["message"]
     assert httpx.get(f"{gw.url}/ready").status_code == 503
     assert admin_pool(gw)["workers"] == []  # nothing was started, nothing retried
 

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,20 +21,31 @@ app = typer.Typer(
     help="An OpenAI-compatible serving layer for fleets of vLLM servers.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 sim_app = typer.Typer(
     help="Run simulated vLLM servers: same API, metrics and KV events as vLLM 0.26, no GPU needed.",
     invoke_without_command=True,
     add_completion=False,
+    rich_markup_mode=None,
+    subcommand_metavar="[COMMAND [ARGS]...]",
 )
 app.add_typer(sim_app, name="sim")
 bench_app = typer.Typer(
     help="Load-test an OpenAI-compatible server: TTFT, ITL, throughput, goodput; results and a report.",
     invoke_without_command=True,
     add_completion=False,
+    rich_markup_mode=None,
+    subcommand_metavar="[COMMAND [ARGS]...]",
 )
 app.add_typer(bench_app, name="bench")
+keys_app = typer.Typer(
+    help="Issue, list, revoke and rotate API keys (stored hashed; running gateways see changes within a "
+    "second).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(keys_app, name="keys")
 
 
 def _version(value: bool) -> None:
@@ -180,6 +191,14 @@ def sim(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    if replicas == 1 and replica_index == 0 and startup > 0:
+        # A silent minute and a half looks like a hang: say what the wait is and how to skip it (once for
+        # a fleet of replicas: the first one says it).
+        typer.echo(
+            f"fleetgate sim: imitating vLLM's cold start ({startup / time_scale:.3g} s, profile {profile}) "
+            f"before listening on http://{host}:{port}; --startup-time 0 skips it.",
+            err=True,
+        )
     if replicas == 1:
         from fleetgate.sim.launch import run_one
 
@@ -193,19 +212,31 @@ def sim(
 @sim_app.command("profiles")
 def sim_profiles() -> None:
     """List the built-in simulator profiles."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from fleetgate.sim.profiles import load_profile, profile_names
 
-    table = Table("profile", "model", "KV tokens", "max seqs", "startup s", "derivation")
+    # Profile names are typed back: never cut. The model wraps, to keep 80 columns.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("profile", no_wrap=True)
+    for head in ("KV tokens", "seqs", "start s"):
+        table.add_column(head, justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    measured = []
     for name in profile_names():
         p = load_profile(name)
         kv = p.kv.num_gpu_blocks * p.kv.block_size
-        derivation = "measured" if p.derivation.startswith("Measured") else "derived"
+        if p.derivation.startswith("Measured"):
+            measured.append(name)
         startup = f"{p.startup.total(False):.0f}"
-        table.add_row(name, p.model, f"{kv:,}", str(p.limits.max_num_seqs), startup, derivation)
-    Console().print(table)
+        table.add_row(name, f"{kv:,}", str(p.limits.max_num_seqs), startup, p.model)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"Measured on the GPU: {', '.join(measured)}; the others are derived from it.", soft_wrap=False
+    )
 
 
 @sim_app.command("calibrate")
@@ -282,15 +313,25 @@ def bench(
     priority_header: Annotated[
         bool, typer.Option(help="Send x-fleetgate-priority with each tenant's priority.")
     ] = False,
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="A vLLM-format /metrics read before and after for prefix-cache hits "
+            "(default: the target's own; behind a gateway, a worker's).",
+        ),
+    ] = None,
 ) -> None:
-    """Load-test an OpenAI-compatible endpoint (vLLM, fleetgate, anything speaking the API)."""
+    """Load-test an OpenAI-compatible endpoint (vLLM, fleetgate, anything speaking the API).
+
+    Exit status: 0, or 2 for bad arguments, 3 when --slo is not met, 4 when every request failed."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
 
     from fleetgate.bench.cli_support import build_run
 
-    console = Console()
+    console = Console(emoji=False, highlight=False)
     if url is None or model is None:
         raise typer.BadParameter("--url and --model are required", param_hint="--url/--model")
     try:
@@ -308,7 +349,7 @@ def bench(
         raise typer.Exit(2) from None
     from fleetgate.bench.command import run
 
-    raise typer.Exit(run(cfg, slo_spec, out, console))
+    raise typer.Exit(run(cfg, slo_spec, out, console, metrics_url))
 
 
 @bench_app.command("compare")
@@ -322,15 +363,18 @@ def bench_compare(
     from fleetgate.bench.command import compare
 
     try:
-        compare(runs, out, Console())
+        compare(runs, out, Console(emoji=False))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
 
-def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
-    from fleetgate.api.serve import PortInUseError, run
+def _serve_config(cfg: FleetConfig, *, progress: bool = True, exit_on_failure: bool = False) -> None:
+    """Run until stopped. `exit_on_failure`: a pool of workers that failed ends the command (exit 1) with
+    the reason, rather than serving 503s (the one-liner's behaviour; a fleet file's other pools serve on)."""
+    from fleetgate.api.serve import PortInUseError, WorkersFailedError, run
     from fleetgate.routing.prompt import TokenizerError
+    from fleetgate.tenancy.runtime import MissingExtraError
 
     def announce() -> None:
         typer.echo(f"fleetgate gateway on http://{cfg.listen.host}:{cfg.listen.port}/v1 "
@@ -338,10 +382,15 @@ def _serve_config(cfg: FleetConfig, *, progress: bool = True) -> None:
 
     # Bars redraw in place: only where someone watches a terminal; plain log lines anywhere else.
     try:
-        run(cfg, progress=progress and sys.stdout.isatty(), announce=announce)
-    except (TokenizerError, PortInUseError) as e:
+        run(
+            cfg, progress=progress and sys.stdout.isatty(), announce=announce, exit_on_failure=exit_on_failure
+        )
+    except (TokenizerError, PortInUseError, MissingExtraError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except WorkersFailedError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @contextlib.contextmanager
@@ -410,7 +459,9 @@ def up(
 ) -> None:
     """Gateway and workers in one command: starts the pools' workers, scales them, stops them on Ctrl-C.
 
-    [bold]Example[/bold]: fleetgate up examples/sim-fleet.yaml
+    \b
+    Example:
+      fleetgate up examples/sim-fleet.yaml
     """
     from fleetgate.config import load_config
 
@@ -428,13 +479,31 @@ def serve(
     model: Annotated[
         str,
         typer.Argument(
-            help="Hub id or model directory; with --engine embedded also [bold]demo[/bold]; "
+            help="Hub id or model directory; with --engine embedded also 'demo'; "
             "with --engine sim a simulator profile (see `fleetgate sim profiles`)."
         ),
     ],
-    engine: Annotated[str, typer.Option(help="vllm, embedded or sim.")] = "vllm",
-    served_model_name: Annotated[str | None, typer.Option(help="Name clients use (default: MODEL).")] = None,
-    gpus: Annotated[str | None, typer.Option(help="GPUs the workers may use, e.g. 0,1.")] = None,
+    engine: Annotated[
+        str, typer.Option(metavar="[vllm|embedded|sim]", help="The engine workers run.")
+    ] = "vllm",
+    served_model_name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Name clients use (default: MODEL).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VLLM_API_KEY",
+            metavar="KEY",
+            help="Clients must send this key as a bearer token (as vLLM's --api-key).",
+        ),
+    ] = None,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="Jinja chat template (a file, or the template itself), as vLLM's."),
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(metavar="LIST", help="GPUs the workers may use, e.g. 0,1.")
+    ] = None,
     min_workers: Annotated[int, typer.Option(min=0, help="Workers kept when idle; 0 = scale to zero.")] = 1,
     max_workers: Annotated[int, typer.Option(min=1, help="Most workers.")] = 1,
     idle_timeout: Annotated[
@@ -442,50 +511,58 @@ def serve(
     ] = 300.0,
     host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port the gateway listens on.")] = 8000,
+    admin_host: AdminHostOpt = None,
     admin_port: AdminPortOpt = None,
 ) -> None:
     """Serve one model behind the gateway, with workers started, scaled and stopped for you.
 
-    The one-liner that replaces [bold]vllm serve MODEL[/bold]. Engine flags go after [bold]--[/bold]:
+    The one-liner that replaces `vllm serve MODEL`. Engine flags go after --. A worker that cannot start
+    for a reason a retry will not fix (no GPU, no vllm, a missing extra, a model not found, a flag the
+    engine rejects) ends it with one line and exit status 1.
 
-    fleetgate serve Qwen/Qwen2.5-7B-Instruct --max-workers 2 -- --max-model-len 8192
-
-    fleetgate serve demo --engine embedded            (a tiny demo model on the CPU)
-
-    fleetgate serve h200-llama-3.1-8b --engine sim --min-workers 0   (a simulated vLLM)
+    \b
+    Examples:
+      fleetgate serve Qwen/Qwen2.5-7B-Instruct -- --max-model-len 8192
+      fleetgate serve demo --engine embedded       (a tiny demo model, CPU)
+      fleetgate serve h200-llama-3.1-8b --engine sim --min-workers 0
     """
     from fleetgate.config import config_for_model
 
+    engine_args = list(ctx.args)
+    if chat_template is not None:
+        engine_args += ["--chat-template", chat_template]
     with _config_errors():
         cfg = config_for_model(
             model,
             engine=engine,
             served_model_name=served_model_name,
-            engine_args=list(ctx.args),
+            engine_args=engine_args,
             gpus=None if gpus is None else [g.strip() for g in gpus.split(",") if g.strip()],
             min_workers=min_workers,
             max_workers=max_workers,
             idle_timeout=idle_timeout,
+            api_key=api_key,
         )
-    _serve_config(_with_addresses(cfg, host, port, None, admin_port))
+    _serve_config(_with_addresses(cfg, host, port, admin_host, admin_port), exit_on_failure=True)
 
 
 @app.command("status")
 def status(
-    admin: Annotated[str, typer.Option(help="The gateway's admin address.")] = "http://127.0.0.1:8001",
+    admin: Annotated[
+        str, typer.Option(metavar="URL", help="The gateway's admin address (host:port or URL).")
+    ] = "http://127.0.0.1:8001",
 ) -> None:
     """Print the fleet: pools, their workers (state, startup phase, cold start) and endpoints."""
     from rich.console import Console
 
     from fleetgate.api.status import fetch_fleet, render_fleet
 
-    console = Console()
     try:
         fleet = fetch_fleet(admin)
     except OSError as e:
-        console.print(f"[red]error:[/red] cannot read {admin}/admin/fleet: {e}")
+        typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    render_fleet(fleet, console)
+    render_fleet(fleet, Console(emoji=False))
 
 
 @app.command("check-config")
@@ -505,8 +582,183 @@ def check_config(path: Annotated[Path, typer.Argument(help="The fleet file to va
     typer.echo(f"{path}: ok ({summary})")
 
 
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database", help="sqlite:///path or postgresql://... (default: --config's, then "
+                 "$FLEETGATE_DATABASE)."),
+]  # fmt: skip
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A fleet file (its tenancy.database).")]
+
+
+def _database(database: str | None, config: Path | None) -> str:
+    from fleetgate.tenancy.commands import NoDatabaseError, database_url
+
+    with _config_errors():
+        try:
+            return database_url(database, config)
+        except NoDatabaseError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key belongs to (logs, limits, usage).")],
+    name: Annotated[str, typer.Option(help="A name for this key (default: the tenant).")] = "",
+    priority: Annotated[int, typer.Option(help="Higher is served first; < 0 = sheddable.")] = 0,
+    model: Annotated[list[str] | None, typer.Option(help="Model it may use (repeatable).")] = None,
+    pool: Annotated[list[str] | None, typer.Option(help="Pool it may use (repeatable).")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight at once.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Spend per window (see --budget-unit).")] = None,
+    budget_unit: Annotated[str, typer.Option(help="tokens | usd.")] = "tokens",
+    budget_window: Annotated[str, typer.Option(help="day | week | month | total.")] = "month",
+    expires_in: Annotated[float | None, typer.Option(help="Seconds until the key stops working.")] = None,
+    meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata (repeatable).")] = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the key as JSON.")] = False,
+) -> None:
+    """Issue a key; its secret is printed once and never stored."""
+    import orjson
+    from pydantic import ValidationError
+
+    from fleetgate.tenancy.commands import create_key
+    from fleetgate.tenancy.requests import KeyRequest
+
+    url = _database(database, config)
+    try:
+        request = KeyRequest.model_validate({
+            "tenant": tenant, "name": name, "priority": priority, "models": model or [], "pools": pool or [],
+            "rpm": rpm, "tpm": tpm, "concurrency": concurrency, "expires_in": expires_in,
+            "budget": None if budget is None else
+                      {"amount": budget, "unit": budget_unit, "window": budget_window},
+            "metadata": dict(m.split("=", 1) for m in meta or [] if "=" in m),
+        })  # fmt: skip
+    except ValidationError as e:
+        singular = {"models": "model", "pools": "pool", "metadata": "meta"}
+        for err in e.errors(include_url=False):
+            names = [singular.get(str(p), str(p)) for p in err["loc"]]
+            flag = "--" + "-".join(names).replace("_", "-")  # the flag that set it
+            typer.echo(f"error: {flag}: {err['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
+    record, secret = create_key(url, request)
+    if json_out:
+        typer.echo(orjson.dumps({**record.view(), "key": secret}).decode())
+        return
+    typer.echo(f"key {record.id} for tenant {record.tenant}:\n\n    {secret}\n\nshown once; store it now.")
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The issued keys (never their secrets)."""
+    import orjson
+    from rich.console import Console
+
+    from fleetgate.tenancy.commands import list_keys, render_keys
+
+    records = list_keys(_database(database, config), tenant, all_keys)
+    if json_out:
+        typer.echo(orjson.dumps([r.view() for r in records]).decode())
+    else:
+        render_keys(records, Console())
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop a key; running gateways refuse it within a second."""
+    from fleetgate.tenancy.commands import revoke_key
+
+    if not revoke_key(_database(database, config), key_id):
+        typer.echo(f"error: no live key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A new secret for a key (same id, tenant and limits); the old secret stops working."""
+    from fleetgate.tenancy.commands import rotate_key
+
+    done = rotate_key(_database(database, config), key_id)
+    if done is None:
+        typer.echo(f"error: no live key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} rotated:\n\n    {done[1]}\n\nshown once; store it now.")
+
+
+@app.command("usage")
+def usage(
+    since: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD, UTC).")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Usage per tenant, model and day from the ledger: requests, prompt (cached apart) and output tokens,
+    cost, cache hits."""
+    import orjson
+    from rich.console import Console
+
+    from fleetgate.tenancy.commands import render_usage, usage_report
+
+    rows = usage_report(_database(database, config), since, tenant)
+    if json_out:
+        typer.echo(orjson.dumps(rows).decode())
+    else:
+        render_usage(rows, Console())
+
+
+_METAVARS = {"int": "INTEGER", "float": "FLOAT"}
+
+
+def _plain_metavars(command: Any) -> None:
+    """Help pages name values as people do (TEXT, INTEGER, MODEL), not as Python types (`<list[str]>`)."""
+    for param in command.params:
+        if param.metavar is not None or getattr(param, "is_flag", False):
+            continue
+        if param.param_type_name == "argument":
+            # Click's convention: MODEL in the usage line (typer writes {MODEL}), and no `<str>` after it.
+            name = (param.name or "value").upper() + ("..." if param.nargs != 1 else "")
+            param.metavar = name
+            param._usage_display_name = lambda name=name: name
+            param.display_type_rich = lambda ctx: None
+            continue
+        kind = param.type_descriptor
+        if kind.is_choice:
+            param.metavar = "[" + "|".join(str(c) for c in kind.choices or ()) + "]"
+        elif kind.is_path:
+            param.metavar = "PATH"
+        else:
+            param.metavar = _METAVARS.get(param.bare_type(), "TEXT")
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
+
+
+def command() -> Any:
+    """The command tree as it runs (and as tests render its help): a click command."""
+    cmd = typer.main.get_command(app)
+    _plain_metavars(cmd)
+    return cmd
+
+
 def main() -> None:
-    app()
+    command()()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -73,6 +73,11 @@ class AuthenticationError(OpenAIError):
     type = "AuthenticationError"
 
 
+class PermissionDeniedError(OpenAIError):
+    status = 403
+    type = "PermissionDeniedError"
+
+
 class NotFoundError(OpenAIError):
     status = 404
     type = "NotFoundError"

@@ -92,7 +92,10 @@ class Call:
     strip_usage: bool = False
     endpoint: Endpoint | None = None
     attempts: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # extra response headers
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # debug response headers
+    # Response headers the gateway adds (x-ratelimit-*, x-fleetgate-cache), whatever the endpoint.
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    events: int = 0  # stream events relayed: an aborted stream's output estimate
     # What the client got: the upstream's status, or the status of the error that ended its stream.
     status: int = 0
     usage: dict[str, Any] | None = None
@@ -126,6 +129,7 @@ def _response_headers(content_type: str, call: Call) -> list[tuple[bytes, bytes]
     return [
         (b"content-type", content_type.encode()),
         (b"x-request-id", call.request_id.encode()),
+        *call.extra_headers,
         *call.headers,
     ]
 
@@ -335,6 +339,7 @@ class Relay:
                         # Writing waits while the client does not read: only the total deadline bounds it.
                         cm.reschedule(loop_deadline)
                         sending = True
+                        call.events += 1
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                         sending = False
                 break

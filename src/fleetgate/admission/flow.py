@@ -2,10 +2,18 @@
 
 While the pool has room (`capacity()` > 0: some endpoint is below its saturation point) requests pass
 straight through and nothing is allocated. Once it is saturated, requests wait in priority order (higher
-first, first come first served within a priority) and are released one by one as room appears (`kick()`,
+first) and are released one by one as room appears (`kick()`,
 called when a request finishes and after each metrics scrape). Sheddable requests (priority < 0) are refused
 with 429 instead of waiting, and so is anything beyond the queue's length; the Retry-After they get grows
 with the queue's depth. A request that waits longer than `max_wait` gets 503.
+
+Within a priority, tenants share the pool by tokens (`fair=True`): start-time fair queuing, a virtual token
+clock per tenant. A waiting request's tag is max(the queue's virtual time, the tenant's previous request's
+finish tag) and its finish tag adds its estimated tokens; the smallest tag goes first and the virtual time
+moves to each released request's tag. A tenant sending ten times the load queues behind itself, while the
+others' requests carry the current virtual time and are served in turn: each backlogged tenant gets an
+equal share of tokens, whatever its rate. Without `fair`, first come first served within a priority. Tags
+start over whenever the queue empties, so the table never outgrows the tenants waiting.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ __all__ = ["FlowQueue"]
 @dataclass(order=True)
 class _Waiter:
     rank: int  # -priority: heapq pops the smallest
+    tag: float  # virtual start time (fair share); 0 without it
     seq: int
     future: asyncio.Future[None] = field(compare=False)
     since: float = field(compare=False, default=0.0)  # loop time it began waiting
@@ -40,8 +49,12 @@ class FlowQueue:
         max_length: int,
         max_wait: float,
         on_wait: Callable[[], None] = lambda: None,
+        fair: bool = False,
     ) -> None:
         self.pool = pool
+        self.fair = fair
+        self._virtual = 0.0  # the tag of the last request released
+        self._finish: dict[str, float] = {}  # tenant -> finish tag of its last queued request
         self.on_wait = on_wait  # a request began waiting: the autoscaler's cue when workers are cold
         self.capacity = capacity  # requests the pool can take now without them queueing at an endpoint
         self.max_length = max_length
@@ -81,9 +94,12 @@ class FlowQueue:
     def has_room(self) -> bool:
         return self.capacity() - self._released >= 1
 
-    async def admit(self, priority: int, max_wait: float | None = None) -> float:
+    async def admit(
+        self, priority: int, max_wait: float | None = None, tenant: str = "", tokens: float = 1.0
+    ) -> float:
         """Return when the request may go upstream (after how many seconds of waiting), or raise. A request
-        held for a cold start waits `max_wait` instead of the queue's own bound."""
+        held for a cold start waits `max_wait` instead of the queue's own bound. `tenant` and `tokens` (its
+        estimated size) give it its turn among its priority's tenants."""
         if not self._heap and self.has_room():
             return 0.0
         if priority < 0:
@@ -100,7 +116,7 @@ class FlowQueue:
             )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), started)
+        waiter = _Waiter(-priority, self._tag(tenant, tokens), next(self._seq), loop.create_future(), started)
         heapq.heappush(self._heap, waiter)
         self.kick()
         if not waiter.future.done():
@@ -121,6 +137,16 @@ class FlowQueue:
                 self._remove(waiter)
         return loop.time() - started
 
+    def _tag(self, tenant: str, tokens: float) -> float:
+        if not self.fair:
+            return 0.0
+        if not self._heap:  # nobody waits: every tenant starts level
+            self._finish.clear()
+            self._virtual = 0.0
+        start = max(self._virtual, self._finish.get(tenant, 0.0))
+        self._finish[tenant] = start + max(tokens, 1.0)
+        return start
+
     def kick(self) -> None:
         """Release waiters, best first, while there is room."""
         while self._heap and self.has_room():
@@ -128,6 +154,7 @@ class FlowQueue:
             if waiter.future.done():
                 continue
             waiter.future.set_result(None)
+            self._virtual = max(self._virtual, waiter.tag)
             self._released += 1
 
     def _remove(self, waiter: _Waiter) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from prometheus_client import generate_latest
 
+from fleetgate.api.admin_keys import handles, serve_tenancy
 from fleetgate.api.asgi import Receive, Scope, Send, error, reply
 from fleetgate.api.gateway import Gateway, Pool
 from fleetgate.protocol import NotFoundError
@@ -29,6 +30,7 @@ class AdminApp:
             self.gw.metrics.refresh({name: len(p.flow) for name, p in self.gw.pools.items()})
             if self.gw.workers is not None:
                 self.gw.workers.report()
+            self._kubernetes_metrics()
             body = generate_latest(self.gw.metrics.registry)
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -37,10 +39,24 @@ class AdminApp:
             now = time.monotonic()
             pools = {name: _pool_view(self.gw, p, now) for name, p in self.gw.pools.items()}
             await reply(send, 200, orjson.dumps({"draining": self.gw.draining, "pools": pools}), "admin")
+        elif handles(path):
+            await serve_tenancy(self.gw.tenancy.store, scope, receive, send)
         elif path == "/health":
             await reply(send, 200, b"", "admin")
         else:
             await error(send, NotFoundError(f"no route {path}"), "admin")
+
+    def _kubernetes_metrics(self) -> None:
+        now = time.monotonic()
+        m = self.gw.metrics
+        for name, p in self.gw.pools.items():
+            if p.source is not None:
+                h = p.source.health
+                down = None if h.down_since is None else now - h.down_since
+                m.discovery_status(name, h.connected, down, h.relists, h.events)
+        kube = self.gw.workers.kube if self.gw.workers is not None else None
+        if kube is not None:
+            m.scaling_leader.set(1 if kube.elector.is_leader else 0)
 
 
 def _pool_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
@@ -61,6 +77,7 @@ def _pool_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
         "queue": {"waiting": len(pool.flow), "shed": pool.flow.shed, "timed_out": pool.flow.timed_out},
         "sessions": len(pool.state.sessions),
         "endpoints": endpoints,
+        **({"discovery": pool.source.snapshot(now)} if pool.source is not None else {}),
         **_workers_view(gw, pool, now),
     }
 
@@ -74,4 +91,14 @@ def _workers_view(gw: Gateway, pool: Pool, now: float) -> dict[str, Any]:
         "workers": [w.snapshot(now) for w in gw.workers.workers(name)],
         "workers_desired": gw.workers.desired(name),
         "failure": wp.failure,
+        "blocked": wp.blocked(),
+        **(_leader_view(gw) if wp.kubernetes else {}),
     }
+
+
+def _leader_view(gw: Gateway) -> dict[str, Any]:
+    kube = gw.workers.kube if gw.workers is not None else None
+    if kube is None:
+        return {}
+    e = kube.elector
+    return {"scaling": {"leader": e.is_leader, "identity": e.identity, "holder": e.holder, "lease": e.name}}

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 from fleetgate.protocol import OpenAIError, PayloadTooLargeError
 
 if TYPE_CHECKING:
+    from fleetgate.admission.auth import Tenant
+    from fleetgate.api.translation import Translator
     from fleetgate.relay import Call
+    from fleetgate.tenancy.limiter import Ticket
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -51,6 +54,20 @@ class Exchange:
         self.serving: asyncio.Future[None] | None = None  # the relay's task
         self.handler: asyncio.Task[Any] | None = None  # the task answering it
         self.ended_by: OpenAIError | None = None  # set when the gateway itself ends the exchange
+        self.identity: Tenant | None = None  # who called (the key presented)
+        self.ticket: Ticket | None = None  # what admission charged to its limits, settled at the end
+        self.prompt_bytes = 0  # the prompt's size, for token estimates
+        self.max_output = 0  # output tokens the request may produce (max_tokens x n)
+        self.cache = ""  # the response cache's verdict: HIT, MISS, or "" when not asked
+        self.cache_key: str | None = None
+        # Set on the routes of another API (api/translation.py): what the client gets passes through it.
+        self.translator: Translator | None = None
+
+    def translate(self, translator: Translator, send: Send) -> None:
+        """Answer in another API's shape: `send` (a TranslatingSend around the one given) goes under every
+        message, so the status and progress recorded here stay the OpenAI answer's."""
+        self.translator = translator
+        self._send = send
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":

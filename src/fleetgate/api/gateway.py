@@ -4,7 +4,11 @@ from the fleet file, started and stopped by the lifespan."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +22,8 @@ from fleetgate.admission.limits import RequestLimits
 from fleetgate.api.asgi import Exchange
 from fleetgate.api.metrics import GatewayMetrics
 from fleetgate.config import FleetConfig, PoolConfig
+from fleetgate.fleet.k8s_discovery import DiscoveryHooks, EndpointSource
+from fleetgate.fleet.kube import Api, connect
 from fleetgate.fleet.kv_events import KVEventSubscriber
 from fleetgate.fleet.monitor import Monitor, MonitorSettings
 from fleetgate.fleet.prefix_index import ApproxIndex
@@ -27,8 +33,14 @@ from fleetgate.protocol import ServiceUnavailableError
 from fleetgate.relay import PoolRoute, Relay, RetryPolicy, Timeouts
 from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.router import PoolRouter
+from fleetgate.scaling.k8s_scaling import KubeScaling
+from fleetgate.scaling.kubernetes import PodTarget
+from fleetgate.scaling.leader import LeaseElector
+from fleetgate.scaling.load_board import LoadBoard
 from fleetgate.scaling.pools import WorkerFleet, WorkerPool
 from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
+from fleetgate.tenancy.rows import UsageRow
+from fleetgate.tenancy.runtime import Tenancy, Usage, cost
 
 __all__ = ["Gateway", "Pool", "pool_spec"]
 
@@ -40,7 +52,7 @@ def pool_spec(pc: PoolConfig) -> PoolSpec:
     wc = pc.workers
     assert wc is not None
     worker = WorkerSpec(
-        engine=wc.engine,
+        engine=wc.engine or "",
         model=wc.model,
         served_model_name=wc.served_name,
         engine_args=tuple(wc.engine_args),
@@ -89,6 +101,9 @@ class Pool:
     wants_prompt: bool = True
     loader: AdapterLoader | None = None  # set at start when the pool declares adapters
     workers: WorkerPool | None = None  # the pool's started workers, when it has `workers:`
+    source: EndpointSource | None = None  # where its endpoints come from, when it has `discovery:`
+    monitor: Monitor | None = None  # set at start
+    subscriber: KVEventSubscriber | None = None  # set at start when its endpoints publish KV events
 
 
 def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
@@ -125,6 +140,26 @@ def _on_change(pool: Pool) -> Callable[[Endpoint], None]:
     return changed
 
 
+def _discovery_hooks(pool: Pool, metrics: GatewayMetrics) -> DiscoveryHooks:
+    """What happens when discovery adds or drops one of the pool's endpoints (the monitor and subscriber
+    exist once the gateway has started)."""
+
+    def added(e: Endpoint) -> None:
+        if pool.monitor is not None:
+            pool.monitor.watch(e)
+        if pool.subscriber is not None:
+            pool.subscriber.watch(e)
+
+    def removed(e: Endpoint) -> None:
+        if pool.monitor is not None:
+            pool.monitor.unwatch(e)
+        if pool.subscriber is not None:
+            pool.subscriber.unwatch(e)
+        metrics.forget_endpoint(e.pool, e.name)
+
+    return DiscoveryHooks(added, removed, pool.flow.kick)
+
+
 class Gateway:
     """Everything one gateway holds; built by `create_app`, started and stopped by the lifespan."""
 
@@ -135,7 +170,14 @@ class Gateway:
         self.pools: dict[str, Pool] = {}
         self.model_pool: dict[str, Pool] = {}
         self.discover_pools: list[Pool] = []  # pools that serve whatever their upstreams list
-        self.keyring = Keyring((k.name, k.secret.get_secret_value(), k.priority) for k in config.keys)
+        self.tenancy = Tenancy(config)
+        self.keyring = Keyring(
+            ((k.name, k.secret.get_secret_value(), k.priority) for k in config.keys), self.tenancy.cache
+        )
+        self.metrics.tenant_label = self.tenancy.label
+        self.tenancy.on_write = self.metrics.usage_rows.labels("written").inc
+        self.tenancy.on_drop = self.metrics.usage_rows.labels("dropped").inc
+        self.tenancy.on_limited = lambda tenant, reason: self.metrics.limited.labels(tenant, reason).inc()
         # SIGTERM came: /ready fails, requests are still served (the pre-stop delay).
         self.draining = False
         # The pre-stop delay is over: new requests are refused while in-flight ones finish.
@@ -145,6 +187,7 @@ class Gateway:
         self.relay: Relay | None = None
         self.monitors: list[tuple[Monitor, list[Endpoint]]] = []
         self.subscribers: list[KVEventSubscriber] = []
+        self.kube: Api | None = None  # the API server's client, when a pool uses Kubernetes
         for pc in config.pools:
             self._add_pool(pc)
         started = [p.workers for p in self.pools.values() if p.workers is not None]
@@ -170,7 +213,11 @@ class Gateway:
         )
         self.fleet.pools[pc.name] = state
         t = pc.timeouts
-        router = PoolRouter(state, rc, pc.scrape.stale_after, pc.stall_after, self.metrics.route_decided)
+        kd = pc.discovery.kubernetes if pc.discovery is not None else None
+        router = PoolRouter(
+            state, rc, pc.scrape.stale_after, pc.stall_after, self.metrics.route_decided,
+            precise=kd is not None and kd.kv_events_port is not None,
+        )  # fmt: skip
         route = PoolRoute(
             name=pc.name,
             endpoints=endpoints,
@@ -183,7 +230,12 @@ class Gateway:
         )
         room = _room(router, endpoints)
         flow = FlowQueue(
-            pc.name, room, pc.limits.max_queue, pc.limits.max_queue_wait, on_wait=lambda: self._held()
+            pc.name,
+            room,
+            pc.limits.max_queue,
+            pc.limits.max_queue_wait,
+            on_wait=lambda: self._held(),
+            fair=self.config.tenancy.fair_share,
         )
         pool = Pool(
             pc,
@@ -197,8 +249,16 @@ class Gateway:
             and (rc.scorers.get("prefix", 0) > 0 or rc.scorers.get("session", 0) > 0),
         )
         if pc.workers is not None:
-            pool.workers = wp = WorkerPool(pool_spec(pc), endpoints, state, flow)
+            pool.workers = wp = WorkerPool(
+                pool_spec(pc), endpoints, state, flow, kubernetes=pc.workers.provider == "kubernetes"
+            )
             flow.capacity = lambda: wp.room(room())
+        if kd is not None:
+            pool.source = EndpointSource(
+                pc.name, kd, endpoints, state, _discovery_hooks(pool, self.metrics),
+                models=frozenset(pc.model_map()),
+                max_streams=pool.workers.max_streams if pool.workers is not None else None,
+            )  # fmt: skip
         self.pools[pc.name] = pool
         for public, upstream in pc.model_map().items():
             pool.upstream_model[public] = upstream
@@ -206,7 +266,7 @@ class Gateway:
         for adapter in pc.adapters:
             pool.upstream_model.setdefault(adapter.name, adapter.name)
             self.model_pool.setdefault(adapter.name, pool)
-        if not pc.models and pc.workers is None:
+        if not pc.model_map():
             self.discover_pools.append(pool)
 
     def _held(self) -> None:
@@ -215,6 +275,8 @@ class Gateway:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
+        # Keys are loaded before the first request is served.
+        await self.tenancy.start()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.relay = Relay(self.session, self.metrics)
@@ -228,20 +290,64 @@ class Gateway:
                 paths = {a.name: a.path for a in pc.adapters}
                 pool.loader = AdapterLoader(self.session, pool.route.endpoints, paths, pc.timeouts.total)
             monitor = Monitor(self.session, settings, _on_change(pool))
+            pool.monitor = monitor
             self.monitors.append((monitor, pool.route.endpoints))
             if pool.workers is not None:
                 pool.workers.monitor = monitor
-            if any(e.kv_events for e in pool.route.endpoints):
+            kd = pc.discovery.kubernetes if pc.discovery is not None else None
+            if any(e.kv_events for e in pool.route.endpoints) or (kd is not None and kd.kv_events_port):
                 rc = pc.routing
                 subscriber = KVEventSubscriber(pool.state.precise, rc.kv_events_topic, rc.kv_events_silence)
                 subscriber.start(pool.route.endpoints)
+                pool.subscriber = subscriber
                 self.subscribers.append(subscriber)
         # One round of probes before serving, so /ready and the first requests see the real fleet.
         await asyncio.gather(*(m.probe(e) for m, endpoints in self.monitors for e in endpoints))
         for m, endpoints in self.monitors:
             m.start(endpoints)
+        await self._start_kubernetes()
         if self.workers is not None:
             await self.workers.start()
+
+    async def _start_kubernetes(self) -> None:
+        """Discovery watches, and the scaling of Deployments with its leader election."""
+        sources = [p.source for p in self.pools.values() if p.source is not None]
+        if not sources:
+            return
+        kc = self.config.kubernetes
+        self.kube = api = await connect(kc)
+        for src in sources:
+            src.start(api, kc.watch_timeout, kc.retry_max)
+        # The first list before serving, when the API server answers soon; it keeps trying in the background.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(s.watch.synced.wait() for s in sources if s.watch is not None)),
+                kc.request_timeout,
+            )
+        targets: dict[str, tuple[PoolSpec, PodTarget]] = {}
+        for name, p in self.pools.items():
+            wc = p.config.workers
+            if p.workers is not None and p.source is not None and wc is not None and wc.deployment:
+                targets[name] = (
+                    p.workers.spec,
+                    PodTarget(wc.deployment, p.config.workers_namespace, p.source),
+                )
+        if not targets or self.workers is None:
+            return
+        le = kc.leader_election
+        first = next(iter(targets.values()))[1]
+        namespace = le.namespace or os.environ.get("POD_NAMESPACE") or first.namespace
+        identity = le.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaseElector(api, le.lease_name, namespace, identity, le.lease_duration, le.renew_interval)
+        board = LoadBoard(api, le.lease_name, namespace, identity, le.lease_duration)
+        fleet = self.workers
+        self.workers.kube = KubeScaling(
+            api, targets, elector, board, observe=fleet.observe, on_change=fleet.worker_changed,
+            on_blocked=fleet.blocked_changed, watch_timeout=kc.watch_timeout, retry_max=kc.retry_max,
+        )  # fmt: skip
+        for name in targets:
+            wp = fleet.pools[name]
+            wp.blocked = lambda name=name: fleet.kube.provider.blocked(name) if fleet.kube else None  # type: ignore[misc]
 
     def ready(self) -> bool:
         """Serving: some endpoint is routable, or some pool of workers can start one for a request."""
@@ -253,12 +359,18 @@ class Gateway:
     async def stop(self) -> None:
         if self.workers is not None:
             await self.workers.close()
+        for p in self.pools.values():
+            if p.source is not None:
+                await p.source.stop()
+        if self.kube is not None:
+            await self.kube.close()
         for m, _ in self.monitors:
             await m.stop()
         for sub in self.subscribers:
             await sub.stop()
         if self.session is not None:
             await self.session.close()
+        await self.tenancy.stop()  # after the drain: the ledger's last rows are written here
 
     # ---- lookups ---------------------------------------------------------------------------------------
     def pool_for(self, model: str) -> Pool | None:
@@ -273,6 +385,45 @@ class Gateway:
             # that is down does not hold up the answer.
             raise ServiceUnavailableError("the upstreams are not ready yet; retry shortly")
         return None
+
+    async def finish(self, x: Exchange) -> None:
+        """Settle what admission charged with the real usage, and queue the request's ledger row (no I/O
+        unless the limits live in Redis)."""
+        t = self.tenancy
+        call = x.call
+        used = Usage.of(call.usage if call is not None else None)
+        if used is None:
+            if x.gone and call is not None and call.endpoint is not None:
+                # The client left mid-answer: the engine read the prompt and made what was relayed.
+                used = Usage(math.ceil(x.prompt_bytes / 4), 0, call.events)
+            else:
+                used = Usage(0, 0, 0)
+        if x.cache == "HIT":
+            used = Usage(0, 0, 0)  # no engine worked for it
+        try:
+            if x.ticket is not None:
+                await t.settle(x.ticket, x.model, used)
+        finally:
+            if t.ledger is not None and x.identity is not None:
+                key = x.identity.key
+                t.record(
+                    UsageRow(
+                        at=time.time(),
+                        request_id=x.request_id,
+                        tenant=x.tenant,
+                        key_id=key.id if key is not None else None,
+                        model=x.model,
+                        pool=x.pool,
+                        endpoint=x.route,
+                        status=x.outcome,
+                        prompt_tokens=used.prompt,
+                        cached_tokens=used.cached,
+                        output_tokens=used.output,
+                        latency_ms=(time.monotonic() - x.arrived) * 1000,
+                        cache_hit=x.cache == "HIT",
+                        cost=cost(t.prices.get(x.model), used),
+                    )
+                )
 
     async def drain(self, deadline: float) -> None:
         """Let in-flight requests finish until `deadline` (monotonic); then end what is left with an error

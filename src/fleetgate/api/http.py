@@ -28,6 +28,8 @@ __all__ = ["ConnectionLimits", "guarded_protocol", "raise_fd_limit"]
 
 # File descriptors kept back from public connections: the admin port, upstream connections, logs, ZMQ.
 FD_RESERVE = 128
+# Seconds a refused connection is kept half-closed so the client can read its answer.
+LINGER = 2.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     _body_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0
     _in_headers = True
+    _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -87,17 +90,18 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_headers:
+        if self._refused:
+            return
+        counting = self._in_headers
+        if counting:
             self._header_bytes += len(data)
-            if self._header_bytes > self.limits.max_header_bytes:
-                error = OpenAIError(
-                    f"request headers are larger than {self.limits.max_header_bytes} bytes", status=431
-                )
-                self._refuse(
-                    "headers_too_large", _error_response(431, "Request Header Fields Too Large", error)
-                )
-                return
         super().data_received(data)
+        # Checked after parsing: a read that ends the headers also carries body bytes, which are not headers.
+        if counting and self._in_headers and self._header_bytes > self.limits.max_header_bytes:
+            error = OpenAIError(
+                f"request headers are larger than {self.limits.max_header_bytes} bytes", status=431
+            )
+            self._refuse("headers_too_large", _error_response(431, "Request Header Fields Too Large", error))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -138,8 +142,16 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, reason: str, response: bytes) -> None:
         self._cancel_timers()
         self.limits.refused(reason)
-        if not self.transport.is_closing():
-            self.transport.write(response)
+        if self.transport.is_closing():
+            return
+        self.transport.write(response)
+        # A lingering close: closing with unread bytes in the socket sends a reset, and the client's kernel
+        # then drops the answer it has not read yet. Stop writing, discard what still comes, close soon.
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
             self.transport.close()
 
     def _cancel_timers(self) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,6 +18,9 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 # Cold starts run from seconds (a simulator, a small model) to many minutes (a download and a compile).
 _STARTUP = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
 _GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+_PROBES = frozenset({"/health", "/ready"})
 
 
 class GatewayMetrics(RelayObserver):
@@ -53,10 +57,22 @@ class GatewayMetrics(RelayObserver):
         )  # fmt: skip
         self.tokens = Counter(
             "fleetgate_tokens",
-            "Tokens read from upstream usage, by direction (in, out) and tenant.",
+            "Tokens read from upstream usage, by direction (in, out, cached: prompt tokens served from the "
+            "prefix cache) and tenant.",
             ["pool", "direction", "tenant"],
             registry=r,
         )
+        # Tenants named in the fleet file keep their name as a label; issued keys' tenants (unbounded) do
+        # only when `tenancy.tenants` names them, else they count as "other".
+        self.tenant_label: Callable[[str], str] = lambda tenant: tenant
+        self.limited = Counter(
+            "fleetgate_rate_limited", "Requests refused by a key's or tenant's limits, by reason.",
+            ["tenant", "reason"], registry=r,
+        )  # fmt: skip
+        self.usage_rows = Counter(
+            "fleetgate_usage_rows", "Usage ledger rows by fate (written, dropped: the buffer was full).",
+            ["state"], registry=r,
+        )  # fmt: skip
         self.retries = Counter(
             "fleetgate_retries", "Attempts retried on another endpoint.", ["pool"], registry=r
         )
@@ -138,6 +154,52 @@ class GatewayMetrics(RelayObserver):
             "fleetgate_worker_restarts", "Workers restarted after a crash.", ["pool"], registry=r
         )
 
+        self.discovery_connected = Gauge(
+            "fleetgate_discovery_connected",
+            "1 while the pool's Kubernetes watch is connected; 0: the API server is unreachable and the "
+            "last known endpoints keep serving.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.discovery_down_seconds = Gauge(
+            "fleetgate_discovery_down_seconds", "Seconds the pool's Kubernetes watch has been disconnected.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.discovery_relists = Gauge(
+            "fleetgate_discovery_relists", "Relists after 410 Gone (an expired resourceVersion).", ["pool"],
+            registry=r,
+        )  # fmt: skip
+        self.discovery_events = Gauge(
+            "fleetgate_discovery_events",
+            "Watch events applied to the pool's endpoints.",
+            ["pool"],
+            registry=r,
+        )
+        self.scaling_leader = Gauge(
+            "fleetgate_scaling_leader", "1 on the gateway replica that holds the scaling Lease.", registry=r
+        )
+
+    def discovery_status(
+        self, pool: str, connected: bool, down_for: float | None, relists: int, events: int
+    ) -> None:
+        self.discovery_connected.labels(pool).set(1 if connected else 0)
+        self.discovery_down_seconds.labels(pool).set(down_for or 0.0)
+        self.discovery_relists.labels(pool).set(relists)
+        self.discovery_events.labels(pool).set(events)
+
+    def forget_endpoint(self, pool: str, endpoint: str) -> None:
+        """A discovered endpoint left for good (a deleted pod): drop its series, so pod churn does not grow
+        the scrape without end. Counters keep their history."""
+        series: list[tuple[Gauge, tuple[str, ...]]] = [
+            (self.healthy, (pool, endpoint)),
+            (self.in_flight, (pool, endpoint)),
+            (self.pending_prefill, (pool, endpoint)),
+            (self.kv_events_live, (pool, endpoint)),
+            *((self.load, (pool, endpoint, kind)) for kind in ("running", "waiting", "kv_usage")),
+        ]
+        for gauge, labels in series:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
     def route_decided(self, pool: str, reason: str) -> None:
         self.route_decisions.labels(pool, reason).inc()
 
@@ -198,14 +260,21 @@ class GatewayMetrics(RelayObserver):
         endpoint = call.endpoint.name if call is not None and call.endpoint is not None else "none"
         seconds = time.monotonic() - x.arrived
         usage = call.usage if call is not None else None
-        self.requests.labels(x.route, x.model, x.pool, endpoint, str(status), x.tenant).inc()
+        tenant = self.tenant_label(x.tenant)
+        self.requests.labels(x.route, x.model, x.pool, endpoint, str(status), tenant).inc()
         if call is not None:
             self.e2e.labels(x.pool).observe(seconds)
         if usage:
-            self.tokens.labels(x.pool, "in", x.tenant).inc(int(usage.get("prompt_tokens") or 0))
-            self.tokens.labels(x.pool, "out", x.tenant).inc(int(usage.get("completion_tokens") or 0))
-        if access.isEnabledFor(logging.INFO):
-            access.info(
+            self.tokens.labels(x.pool, "in", tenant).inc(int(usage.get("prompt_tokens") or 0))
+            self.tokens.labels(x.pool, "out", tenant).inc(int(usage.get("completion_tokens") or 0))
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and details.get("cached_tokens"):
+                self.tokens.labels(x.pool, "cached", tenant).inc(int(details["cached_tokens"]))
+        # Probes that pass arrive every few seconds from every kubelet and load balancer: debug, not info.
+        level = logging.DEBUG if x.route in _PROBES and status == 200 else logging.INFO
+        if access.isEnabledFor(level):
+            access.log(
+                level,
                 "request",
                 extra={
                     "request_id": x.request_id,

@@ -51,6 +51,8 @@ async def show_startups(fleet: WorkerFleet, console: Console) -> None:
                 assert bars is not None and w.timeline is not None
                 t = w.timeline
                 label = "waking" if t.ready_at is not None else t.phase.value
+                if t.progress is not None and t.ready_at is None:
+                    label += f" {t.progress:.0%}"
                 if w.restart_at is not None:
                     label = f"restart in {max(w.restart_at - time.monotonic(), 0):.0f} s"
                 if w.id not in tasks:

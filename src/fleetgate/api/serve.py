@@ -36,6 +36,14 @@ class PortInUseError(OSError):
     """An address the gateway must listen on is taken; the message says which flag moves it."""
 
 
+class WorkersFailedError(RuntimeError):
+    """A pool of started workers failed (`exit_on_failure`): the message says why and what to do."""
+
+
+# How often `exit_on_failure` looks at the pools (a failure is rare; nothing waits on this).
+_FAILURE_POLL = 0.2
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the gateway runs the shutdown sequence itself."""
 
@@ -81,10 +89,14 @@ def _uvicorn_config(
 
 
 async def serve(
-    config: FleetConfig, progress: bool = False, announce: Callable[[], None] = lambda: None
+    config: FleetConfig,
+    progress: bool = False,
+    announce: Callable[[], None] = lambda: None,
+    exit_on_failure: bool = False,
 ) -> None:
     """Serve until stopped; `progress` draws the workers' cold starts as bars (for a terminal); `announce`
-    runs once both addresses are bound. Raises PortInUseError before starting anything when one is taken."""
+    runs once both addresses are bound. Raises PortInUseError before starting anything when one is taken;
+    with `exit_on_failure`, stops and raises WorkersFailedError once a pool of workers has failed."""
     public_sock = bind(config.listen.host, config.listen.port, "--port")
     try:
         admin_sock = bind(config.admin.host, config.admin.port, "--admin-port")
@@ -117,12 +129,25 @@ async def serve(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, shutdown.on_term)
     loop.add_signal_handler(signal.SIGINT, shutdown.on_int)
+    watch: asyncio.Task[str] | None = None
+    if exit_on_failure and gw.workers is not None:
+        watch = asyncio.create_task(_first_failure(gw))
+
+        def stop_serving(task: asyncio.Task[str]) -> None:
+            if not task.cancelled():
+                shutdown.on_int()
+
+        watch.add_done_callback(stop_serving)
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
     try:
         await asyncio.gather(main.serve(sockets=[public_sock]), side.serve(sockets=[admin_sock]))
+        if watch is not None and watch.done() and not watch.cancelled():
+            raise WorkersFailedError(watch.result())
     finally:
+        if watch is not None:
+            watch.cancel()
         if bars is not None:
             bars.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +155,16 @@ async def serve(
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
         await shutdown.cancel()
+
+
+async def _first_failure(gw: Gateway) -> str:
+    """Why the first pool of workers that fails failed (the provider said it in the log already)."""
+    assert gw.workers is not None
+    while True:
+        for name, pool in gw.workers.pools.items():
+            if pool.failure is not None:
+                return pool.failure if len(gw.workers.pools) == 1 else f"pool {name}: {pool.failure}"
+        await asyncio.sleep(_FAILURE_POLL)
 
 
 class _Shutdown:
@@ -178,7 +213,12 @@ class _Shutdown:
                 await self.task
 
 
-def run(config: FleetConfig, progress: bool = False, announce: Callable[[], None] = lambda: None) -> None:
+def run(
+    config: FleetConfig,
+    progress: bool = False,
+    announce: Callable[[], None] = lambda: None,
+    exit_on_failure: bool = False,
+) -> None:
     import uvloop
 
-    uvloop.run(serve(config, progress, announce))
+    uvloop.run(serve(config, progress, announce, exit_on_failure))

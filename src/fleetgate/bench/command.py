@@ -8,10 +8,10 @@ import math
 import resource
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from rich.console import Console
 from rich.live import Live
@@ -21,31 +21,14 @@ from fleetgate.bench.load import Level
 from fleetgate.bench.records import RequestRecord
 from fleetgate.bench.report import load_results, write_report
 from fleetgate.bench.runner import RunConfig, run_level
-from fleetgate.bench.sizing import calibration_sample
-from fleetgate.bench.stats import SLO, by_key, summarize
-from fleetgate.tokenizer import Tokenizer
+from fleetgate.bench.stats import SLO, by_key, late_levels, summarize
+from fleetgate.bench.target import measure_ratio, prefix_cache_delta, read_prefix_counters, server_root
 
 # Exit codes a script can branch on.
 EXIT_SLO_MISSED = 3
-LAG_LIMIT = 0.010
-
-
-def measure_ratio(url: str, model: str, api_key: str | None) -> tuple[float, str]:
-    """Target tokens per fleetgate-tokenizer token, from the target's /tokenize (1.0 when it has none)."""
-    base = url.rstrip("/").removesuffix("/v1")
-    sample = calibration_sample()
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.post(
-            f"{base}/tokenize", json={"model": model, "prompt": sample}, headers=headers, timeout=30
-        )
-        if r.status_code == 200:
-            count = int(r.json()["count"])
-            ours = Tokenizer().count(sample)
-            return count / ours, f"measured with {base}/tokenize ({count} tokens for {ours})"
-        return 1.0, f"{base}/tokenize answered {r.status_code}: sizes use fleetgate's tokenizer"
-    except (httpx.HTTPError, ValueError, KeyError) as e:
-        return 1.0, f"{base}/tokenize unavailable ({type(e).__name__}): sizes use fleetgate's tokenizer"
+EXIT_ALL_FAILED = 4
+# Error kinds listed in the terminal when requests failed, each with one example message.
+ERROR_LINES = 5
 
 
 def _progress_table(level: Level, elapsed: float, totals: list[int], planned: str) -> Table:
@@ -74,16 +57,25 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
-    """Run every level, write the results and the report; the process exit code."""
+def _target_key(cfg: RunConfig) -> str | None:
+    """The key for the target's own routes: --api-key, else the first tenant's (a gateway with keys)."""
+    return cfg.api_key or next((t.api_key for t in cfg.workload.tenants if t.api_key), None)
+
+
+def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console, metrics_url: str | None = None) -> int:
+    """Run every level, write the results and the report; the process exit code. `metrics_url`: where the
+    target's vLLM-format /metrics is (default: the target's own), read before and after for prefix hits."""
     raise_fd_limit()
+    key = _target_key(cfg)
     ratio, tokenize_note = (
-        (1.0, "token-id prompts")
+        (1.0, "token-id prompts of exact length")
         if cfg.workload.token_ids
-        else measure_ratio(cfg.url, cfg.model, cfg.api_key)
+        else measure_ratio(cfg.url, cfg.model, key)
     )
     cfg = dataclasses.replace(cfg, sizer_ratio=ratio)
-    console.print(f"[dim]prompt sizes: {tokenize_note}[/dim]")
+    console.print(f"[dim]{tokenize_note}[/dim]")
+    metrics_url = metrics_url or f"{server_root(cfg.url)}/metrics"
+    prefix_before = read_prefix_counters(metrics_url, key)
     planned = f"{cfg.duration:g} s" if cfg.duration is not None else f"{cfg.num_requests} requests"
     all_records: list[RequestRecord] = []
     levels: list[dict[str, Any]] = []
@@ -107,9 +99,10 @@ def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
                     "by_priority": by_key(records, "priority", duration, slo),
                 }
             )
+    prefix = prefix_cache_delta(metrics_url, prefix_before, read_prefix_counters(metrics_url, key))
     summary = summarize(all_records, total_duration, slo)
-    lag_p99 = summary["lag"].get("p99", 0.0)
-    behind = bool(lag_p99 and lag_p99 > LAG_LIMIT)
+    requests = [r.to_json() for r in all_records]
+    late = late_levels(requests, cfg.processes)
     met = None if slo.empty else bool(summary["slo_attainment"] >= slo.attainment)
     results = {
         "fleetgate_bench": 1,
@@ -136,19 +129,30 @@ def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
         "levels": levels,
         "summary": summary,
         "slo": {**slo.to_json(), "met": met, "attainment": None if slo.empty else summary["slo_attainment"]},
-        "behind_schedule": behind,
-        "requests": [r.to_json() for r in all_records],
+        "behind_schedule": bool(late),
+        "late_levels": {cfg.levels[i].label: lag for i, lag in late.items()},
+        "prefix_cache": prefix,
+        "requests": requests,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_bytes(orjson.dumps(_finite(results), option=orjson.OPT_INDENT_2))
     report = write_report(out_dir, [(out_dir.name, _finite(results))])
     console.print(summary_table(levels))
-    if behind:
+    if late:
+        where = ", ".join(f"{cfg.levels[i].label} (lag p99 {lag * 1000:.0f} ms)" for i, lag in late.items())
         console.print(
-            f"[yellow]the load generator fell behind its schedule (lag p99 {lag_p99 * 1000:.1f} ms > 10 ms): "
-            "add --processes or lower the load[/yellow]"
+            f"[yellow]the load generator fell behind its schedule at {where}: add --processes or lower "
+            "the load[/yellow]"
         )
+    if prefix.get("hit_rate") is not None:
+        console.print(
+            f"prefix cache (from {metrics_url}): {prefix['hit_rate']:.1%} of prompt tokens were hits"
+        )
+    _print_errors(all_records, console)
     console.print(f"results: {out_dir / 'results.json'}\nreport:  {report}")
+    if all_records and not any(r.ok for r in all_records):
+        console.print(f"[red]every one of the {len(all_records)} requests failed[/red]")
+        return EXIT_ALL_FAILED
     if met is False:
         console.print(
             f"[red]SLO not met: {summary['slo_attainment']:.1%} of requests met it, "
@@ -156,6 +160,21 @@ def run(cfg: RunConfig, slo: SLO, out_dir: Path, console: Console) -> int:
         )
         return EXIT_SLO_MISSED
     return 0
+
+
+def _print_errors(records: list[RequestRecord], console: Console) -> None:
+    """Failed requests by kind, each with one example message: the terminal says what went wrong."""
+    failed = [r for r in records if not r.ok]
+    if not failed:
+        return
+    kinds = Counter((r.status, r.error or f"http_{r.status}") for r in failed)
+    console.print(f"[red]{len(failed)} of {len(records)} requests failed[/red]:")
+    for (status, kind), count in kinds.most_common(ERROR_LINES):
+        example = next((r.error_message for r in failed if (r.status, r.error or f"http_{r.status}") ==
+                        (status, kind) and r.error_message), "")  # fmt: skip
+        where = "no response" if status == 0 else f"HTTP {status}"
+        line = f"  {count:>6} x {kind} ({where})" + (f": {example[:200]}" if example else "")
+        console.print(line, markup=False, highlight=False)
 
 
 def _finite(obj: Any) -> Any:

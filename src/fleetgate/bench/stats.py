@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,3 +127,34 @@ def by_key(
         if value is not None:
             groups.setdefault(str(value), []).append(r)
     return {k: summarize(v, duration, slo) for k, v in sorted(groups.items())}
+
+
+# A request sent later than this after its scheduled time counts as late.
+LAG_LIMIT = 0.010
+# A level is behind schedule when more than this share of its requests (and at least LATE_MIN) were late.
+LATE_SHARE = 0.05
+LATE_MIN = 3
+
+
+def late_levels(requests: Iterable[Mapping[str, Any]], processes: int = 1) -> dict[int, float]:
+    """Levels whose schedule the load generator could not keep, with the lag p99 of their counted requests.
+
+    The first send of each generator process in a level pays for opening connections, and on a short level
+    at a low rate those few dominate a p99: they are left out, and a level is behind only when late sends
+    are a pattern (more than LATE_SHARE of the rest, at least LATE_MIN), as when the generator saturates.
+    """
+    by_level: dict[int, list[tuple[float, float]]] = {}
+    for q in requests:
+        if q.get("excluded"):
+            continue
+        scheduled, sent, level = q.get("scheduled"), q.get("sent"), q.get("level", 0)
+        if isinstance(scheduled, int | float) and isinstance(sent, int | float) and isinstance(level, int):
+            by_level.setdefault(level, []).append((float(scheduled), float(sent)))
+    out: dict[int, float] = {}
+    for level, sends in sorted(by_level.items()):
+        counted = sorted(sends)[max(processes, 1) :]
+        lags = sorted(sent - scheduled for scheduled, sent in counted)
+        late = sum(lag > LAG_LIMIT for lag in lags)
+        if late >= LATE_MIN and late > LATE_SHARE * len(lags):
+            out[level] = quantile(lags, 0.99)
+    return out

@@ -17,6 +17,12 @@ Modules: `problems` (errors at key paths), `secrets`, `fields` (shared field rul
 
 from fleetgate.config.endpoints import EndpointConfig, ModelEntry, normalize_url
 from fleetgate.config.fleet import FleetConfig
+from fleetgate.config.kubernetes import (
+    DiscoveryConfig,
+    KubernetesConfig,
+    KubernetesDiscovery,
+    LeaderElectionConfig,
+)
 from fleetgate.config.load import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_FILE,
@@ -36,9 +42,17 @@ from fleetgate.config.pool import (
 )
 from fleetgate.config.presets import config_for_model, config_from_upstreams
 from fleetgate.config.problems import ConfigError, ConfigWarning, Problem
-from fleetgate.config.routing import SCORERS, RoutingConfig, SaturationConfig, SessionConfig
+from fleetgate.config.routing import SCORERS, RingConfig, RoutingConfig, SaturationConfig, SessionConfig
 from fleetgate.config.secrets import resolve_secret
 from fleetgate.config.server import AdminConfig, KeyConfig, ListenConfig, LogConfig, ShutdownConfig
+from fleetgate.config.tenancy import (
+    BudgetConfig,
+    LedgerConfig,
+    PriceConfig,
+    ResponseCacheConfig,
+    ScopeLimitsConfig,
+    TenancyConfig,
+)
 from fleetgate.config.workers import ScalingConfig, WorkersConfig
 
 __all__ = [
@@ -47,25 +61,36 @@ __all__ = [
     "SCORERS",
     "AdapterConfig",
     "AdminConfig",
+    "BudgetConfig",
     "ConfigError",
     "ConfigWarning",
+    "DiscoveryConfig",
     "EndpointConfig",
     "FleetConfig",
     "HealthConfig",
     "KeyConfig",
+    "KubernetesConfig",
+    "KubernetesDiscovery",
+    "LeaderElectionConfig",
+    "LedgerConfig",
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
     "ModelEntry",
     "PoolConfig",
+    "PriceConfig",
     "Problem",
+    "ResponseCacheConfig",
     "RetriesConfig",
+    "RingConfig",
     "RoutingConfig",
     "SaturationConfig",
     "ScalingConfig",
+    "ScopeLimitsConfig",
     "ScrapeConfig",
     "SessionConfig",
     "ShutdownConfig",
+    "TenancyConfig",
     "TimeoutsConfig",
     "WorkersConfig",
     "config_for_model",

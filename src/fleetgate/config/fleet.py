@@ -8,9 +8,11 @@ from typing import Self
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fleetgate.config.fields import STRICT, seconds
+from fleetgate.config.kubernetes import KubernetesConfig
 from fleetgate.config.pool import PoolConfig
 from fleetgate.config.problems import ConfigError, Loc, Problem, explain, invalid
 from fleetgate.config.server import AdminConfig, KeyConfig, ListenConfig, LogConfig, ShutdownConfig
+from fleetgate.config.tenancy import TenancyConfig
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
@@ -27,6 +29,10 @@ class FleetConfig(BaseModel):
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     keepalive_after: float = seconds(10.0, "Seconds a request waits before SSE keep-alive comments start.")
     log: LogConfig = Field(default_factory=LogConfig)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig, description="The API server, for pools with Kubernetes discovery."
+    )
 
     @field_validator("keys", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fleetgate.config.endpoints import EndpointConfig, ModelEntry
 from fleetgate.config.fields import STRICT, check_name, seconds
+from fleetgate.config.kubernetes import DiscoveryConfig
 from fleetgate.config.problems import Loc, invalid
 from fleetgate.config.routing import RoutingConfig
 from fleetgate.config.workers import WorkersConfig
@@ -139,6 +140,9 @@ class PoolConfig(BaseModel):
     workers: WorkersConfig | None = Field(
         default=None, description="Workers fleetgate starts itself (instead of endpoints)."
     )
+    discovery: DiscoveryConfig | None = Field(
+        default=None, description="Endpoints found at run time (Kubernetes) instead of a fixed list."
+    )
     priority_header: bool = Field(default=False, description="Honour x-fleetgate-priority from clients.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
@@ -155,12 +159,18 @@ class PoolConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems: list[tuple[Loc, str]] = []
-        if not self.endpoints and self.workers is None:
+        if not self.endpoints and self.workers is None and self.discovery is None:
             problems.append(
-                (("endpoints",), "a pool needs at least one endpoint, or workers that fleetgate starts")
+                (
+                    ("endpoints",),
+                    "a pool needs at least one endpoint, workers that fleetgate starts, or discovery",
+                )
             )
         if self.endpoints and self.workers is not None:
             problems.append((("workers",), "give either endpoints or workers, not both"))
+        if self.endpoints and self.discovery is not None:
+            problems.append((("discovery",), "give either endpoints or discovery, not both"))
+        problems.extend(self._kubernetes_problems())
         seen: dict[str, int] = {}
         for i, ep in enumerate(self.endpoints):
             for field, value in (("url", ep.url), ("name", ep.name)):
@@ -191,6 +201,34 @@ class PoolConfig(BaseModel):
             raise invalid(*problems)
         return self
 
+    def _kubernetes_problems(self) -> list[tuple[Loc, str]]:
+        wc = self.workers
+        if wc is None:
+            return []
+        if wc.provider == "local" and self.discovery is not None:
+            return [(("discovery",), "local workers are found by fleetgate itself; drop discovery")]
+        if wc.provider != "kubernetes":
+            return []
+        if self.discovery is None:
+            return [
+                (
+                    ("discovery",),
+                    "provider: kubernetes needs discovery.kubernetes (the pods' endpoints say when one is "
+                    "ready)",
+                )
+            ]
+        if not wc.served_name and not self.models:
+            return [(("workers", "served_model_name"), "name the model the pods serve (or list models)")]
+        return []
+
+    @property
+    def workers_namespace(self) -> str:
+        """The namespace of a kubernetes pool's Deployment."""
+        wc = self.workers
+        if wc is not None and wc.namespace is not None:
+            return wc.namespace
+        return self.discovery.kubernetes.namespace if self.discovery is not None else "default"
+
     @property
     def stall_after(self) -> float:
         """timeouts.stall_after, or a default that a healthy endpoint's probes always beat."""
@@ -199,14 +237,14 @@ class PoolConfig(BaseModel):
 
     def _first_name(self) -> str | None:
         named = next((m.name for m in self.models if m.name is not None), None)
-        return named if named is not None or self.workers is None else self.workers.served_name
+        return named if named is not None or self.workers is None else (self.workers.served_name or None)
 
     def model_map(self) -> dict[str, str]:
         """Public model name -> the name sent upstream, for the names this pool lists (a pool of workers
         always serves its workers' name)."""
         first = self._first_name()
         out: dict[str, str] = {}
-        if self.workers is not None:
+        if self.workers is not None and self.workers.served_name:
             out[self.workers.served_name] = self.workers.served_name
         for m in self.models:
             upstream = m.name if m.name is not None else (m.target or first)

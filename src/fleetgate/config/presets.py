@@ -40,9 +40,11 @@ def config_for_model(
     min_workers: int,
     max_workers: int,
     idle_timeout: float,
+    api_key: str | None = None,
 ) -> FleetConfig:
     """The one-liner (`fleetgate serve MODEL`): one pool "default" of started workers; everything else
-    default. Raises ConfigError naming the flag."""
+    default. `api_key` (vLLM's --api-key) makes the gateway take only that bearer key, as tenant "default".
+    Raises ConfigError naming the flag."""
     workers: dict[str, Any] = {
         "engine": engine,
         "model": model,
@@ -56,6 +58,8 @@ def config_for_model(
     if gpus is not None:
         workers["gpus"] = list(gpus)
     data: dict[str, Any] = {"pools": [{"name": "default", "workers": workers}]}
+    if api_key is not None:
+        data["keys"] = [{"name": "default", "key": api_key}]
     return _from_command_line(data)
 
 
@@ -83,6 +87,8 @@ def _flag_for(loc: Loc) -> str:
             return f"--upstream #{i + 1}"
         case ("pools", 0, "endpoints", *_):
             return "--upstream"
+        case ("keys", *_):
+            return "--api-key"
         case ("listen", field, *_):
             return f"--{field}"
         case _:

@@ -12,6 +12,22 @@ from fleetgate.config.problems import Loc, invalid
 
 # The scorers the picker knows (routing/ registers one per name) and their default weights.
 SCORERS: dict[str, float] = {"load": 1.0, "prefix": 2.0, "lora": 1.0, "session": 1.0}
+# Scorers that are off unless listed: `ring` (consistent hashing of prefixes, for several gateway replicas).
+OPTIONAL_SCORERS = frozenset({"ring"})
+
+
+class RingConfig(BaseModel):
+    """The `ring` scorer: replicas agree where a prefix goes without sharing state (docs/routing.md)."""
+
+    model_config = STRICT
+
+    prefix_blocks: int = Field(default=4, ge=1, description="Blocks deep the prefix key that is hashed.")
+    load_bound: float = Field(
+        default=1.25,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="An owner takes at most this times the mean in-flight count; beyond, the next one.",
+    )
 
 
 class SaturationConfig(BaseModel):
@@ -67,6 +83,7 @@ class RoutingConfig(BaseModel):
     kv_events_silence: float = seconds(10.0, "Seconds without events after a request: index cleared.")
     saturation: SaturationConfig = Field(default_factory=SaturationConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
+    ring: RingConfig = Field(default_factory=RingConfig)
     prefill_tokens_per_request: int = Field(
         default=2048, ge=1, description="Pending prompt tokens that weigh like one queued request."
     )
@@ -86,8 +103,9 @@ class RoutingConfig(BaseModel):
     def _known(cls, scorers: dict[str, float]) -> dict[str, float]:
         problems: list[tuple[Loc, str]] = []
         for name, weight in scorers.items():
-            if name not in SCORERS:
-                problems.append(((name,), f"unknown scorer (known: {', '.join(SCORERS)})"))
+            if name not in SCORERS and name not in OPTIONAL_SCORERS:
+                known = ", ".join([*SCORERS, *sorted(OPTIONAL_SCORERS)])
+                problems.append(((name,), f"unknown scorer (known: {known})"))
             elif not (weight >= 0 and weight != float("inf")):
                 problems.append(((name,), f"weight must be a finite number >= 0 (got {weight})"))
         if problems:

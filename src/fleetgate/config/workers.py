@@ -24,13 +24,27 @@ class ScalingConfig(BaseModel):
 
 
 class WorkersConfig(BaseModel):
-    """Workers fleetgate starts itself (child processes on 127.0.0.1) instead of fixed endpoints."""
+    """Workers fleetgate starts itself: child processes on 127.0.0.1 (provider local), or the pods of a
+    Kubernetes Deployment it scales through the /scale subresource (provider kubernetes)."""
 
     model_config = STRICT
 
-    engine: Literal["vllm", "embedded", "sim"] = Field(description="vllm | embedded | sim.")
+    provider: Literal["local", "kubernetes"] = Field(
+        default="local", description="local (child processes) | kubernetes (a Deployment's pods)."
+    )
+    deployment: str | None = Field(
+        default=None, description="kubernetes: the Deployment whose replicas fleetgate sets."
+    )
+    namespace: str | None = Field(
+        default=None, description="kubernetes: its namespace (default: the pool's discovery namespace)."
+    )
+    engine: Literal["vllm", "embedded", "sim"] | None = Field(
+        default=None,
+        description="vllm | embedded | sim (required for local; the Deployment says for kubernetes).",
+    )
     model: str = Field(
-        min_length=1, description="Hub id or directory; `demo` (embedded); a simulator profile (sim)."
+        default="",
+        description="Hub id or directory; `demo` (embedded); a simulator profile (sim). Required for local.",
     )
     served_model_name: str | None = Field(default=None, description="Name the workers serve (default model).")
     engine_args: list[str] = Field(default_factory=list, description="Extra flags for the engine.")
@@ -95,11 +109,19 @@ class WorkersConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems: list[tuple[Loc, str]] = []
+        if self.provider == "local" and self.engine is None:
+            problems.append((("engine",), "required for local workers (vllm | embedded | sim)"))
+        if self.provider == "local" and not self.model:
+            problems.append((("model",), "required for local workers"))
+        if self.provider == "kubernetes" and self.deployment is None:
+            problems.append((("deployment",), "required with provider: kubernetes"))
+        if self.provider == "local" and (self.deployment or self.namespace):
+            problems.append((("deployment",), "only with provider: kubernetes"))
         if self.min_workers > self.max_workers:
             problems.append((("min_workers",), f"must not exceed max_workers ({self.max_workers})"))
         if self.backoff_base > self.backoff_cap:
             problems.append((("backoff_base",), "must not exceed backoff_cap"))
-        if self.sleep and self.engine == "embedded":
+        if self.sleep and self.engine == "embedded" and self.provider == "local":
             problems.append((("sleep",), "the embedded engine has no sleep mode (vllm and sim have)"))
         if self.hf_token_env is not None and self.hf_token_file is not None:
             problems.append((("hf_token_file",), "give only one of hf_token_env, hf_token_file"))
@@ -125,4 +147,4 @@ class WorkersConfig(BaseModel):
     def worker_gpus(self) -> int:
         if self.gpus_per_worker is not None:
             return self.gpus_per_worker
-        return 1 if self.engine == "vllm" else 0
+        return 1 if self.engine == "vllm" and self.provider == "local" else 0

@@ -7,12 +7,15 @@ name from `fleetgate.engines.registry.ENGINES`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
+    "Diagnosis",
     "Engine",
     "Launch",
     "LaunchArgs",
@@ -35,7 +38,8 @@ class Phase(StrEnum):
     INIT = "init"  # interpreter, imports, config, engine process spawn
     DOWNLOAD = "download"  # weights fetched from the hub
     LOAD = "load"  # weights read into device memory
-    COMPILE = "compile"  # torch.compile, CUDA graph capture, profiling and warm-up
+    COMPILE = "compile"  # torch.compile, CUDA graph capture, profiling and warm-up (vLLM)
+    WARMUP = "warmup"  # KV cache reserved, server warming up: engines that compile nothing
     READY = "ready"  # the server says it listens
 
 
@@ -72,6 +76,40 @@ def match_rules(rules: Sequence[LineRule], line: str) -> list[LogEvent]:
             event = LogEvent(rule.phase, ago=0.0 if seconds is None else float(seconds), progress=progress)
             return [event] if rule.then is None else [event, LogEvent(rule.then)]
     return []
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A log line that means the worker can never start as launched (no GPU, a missing package, a model
+    that cannot be found, a flag the engine rejects, not enough memory): retrying will not help. `message`
+    is what to tell the user, in command-line words; `{0}`.. and `{name}` take the match's groups."""
+
+    pattern: re.Pattern[str]
+    message: str
+
+    def explain(self, line: str) -> str | None:
+        m = self.pattern.search(line)
+        if m is None:
+            return None
+        groups = [_unquote(g) for g in m.groups()]
+        named = {k: _unquote(v) for k, v in m.groupdict().items()}
+        return self.message.format(*groups, **named)
+
+
+def _unquote(value: str | None) -> str:
+    """A matched group as text: JSON strings (the embedded engine's log values) are decoded."""
+    value = (value or "").strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        with contextlib.suppress(ValueError):
+            return str(json.loads(value))
+    return value
+
+
+def diagnose(rules: Sequence[Diagnosis], line: str) -> str | None:
+    for rule in rules:
+        if (message := rule.explain(line)) is not None:
+            return message
+    return None
 
 
 @dataclass(frozen=True)
@@ -114,10 +152,16 @@ class Engine:
     command: Callable[[LaunchArgs], Launch]
     rules: Sequence[LineRule]  # how its log shows startup phases
     sleeps: bool  # answers POST /sleep and /wake_up (with the dev-mode gate)
+    fatal: Sequence[Diagnosis] = ()  # log lines that mean a restart would fail the same way
+    missing: str = ""  # what to do when its program is not found
 
     def parse_line(self, line: str) -> list[LogEvent]:
         """The startup phases one line of the engine's output shows (none for most lines)."""
         return match_rules(self.rules, line)
+
+    def diagnose(self, line: str) -> str | None:
+        """Why the worker cannot start, when this line says so; else None."""
+        return diagnose(self.fatal, line)
 
 
 def serve_flags(args: LaunchArgs) -> list[str]:

@@ -5,10 +5,11 @@ It prints vLLM's own startup log, so vLLM's parser reads it, and honours vLLM's 
 
 from __future__ import annotations
 
+import re
 import sys
 
 from fleetgate.engines import vllm
-from fleetgate.engines.base import Engine, Launch, LaunchArgs, make_launch, serve_flags
+from fleetgate.engines.base import Diagnosis, Engine, Launch, LaunchArgs, make_launch, serve_flags
 
 __all__ = ["ENGINE", "command"]
 
@@ -18,4 +19,12 @@ def command(args: LaunchArgs) -> Launch:
     return make_launch([*argv, *args.engine_args], args)
 
 
-ENGINE = Engine(name="sim", command=command, rules=vllm.RULES, sleeps=True)
+# `fleetgate sim` says "error: ..." for a bad profile or value, click "Error: ..." for an unknown flag.
+FATAL = (
+    Diagnosis(
+        re.compile(r"^(?:error|Error): (.+)"),
+        "the simulator cannot start: {0} (see fleetgate sim --help)",
+    ),
+)
+
+ENGINE = Engine(name="sim", command=command, rules=vllm.RULES, sleeps=True, fatal=FATAL)

@@ -84,19 +84,32 @@ class KVEventSubscriber:
         self.topic = topic.encode()
         self.silence = silence
         self._ctx = zmq.asyncio.Context()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
         self.batches = 0
         self.resets = 0
 
     def start(self, endpoints: Sequence[Endpoint]) -> None:
         for e in endpoints:
-            if e.kv_events:
-                self._tasks.append(asyncio.create_task(self._listen(e), name=f"kv-events {e.name}"))
+            self.watch(e)
+
+    def watch(self, e: Endpoint) -> None:
+        """Follow one endpoint's events (one discovered at run time, too)."""
+        if e.kv_events and e not in self._tasks:
+            self._tasks[e] = asyncio.create_task(self._listen(e), name=f"kv-events {e.name}")
+
+    def unwatch(self, e: Endpoint) -> None:
+        """An endpoint left the pool: stop listening and forget what it held."""
+        task = self._tasks.pop(e, None)
+        if task is not None:
+            task.cancel()
+        self.index.clear(e.name)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._ctx.destroy(linger=0)

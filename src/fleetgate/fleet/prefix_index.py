@@ -10,6 +10,7 @@ prompt's keys answers for every endpoint at once and stops where the longest mat
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,12 +26,30 @@ class BlockIndex:
     def __init__(self) -> None:
         self.holders: dict[int, int] = {}
         self._bits: dict[str, int] = {}
+        self._next = 0  # the next bit never handed out
+        self._free: list[int] = []  # bit positions of forgotten endpoints (a heap: lowest reused first)
 
     def bit(self, endpoint: str) -> int:
         b = self._bits.get(endpoint)
         if b is None:
-            b = self._bits[endpoint] = 1 << len(self._bits)
+            if self._free:
+                b = 1 << heapq.heappop(self._free)
+            else:
+                b = 1 << self._next
+                self._next += 1
+            self._bits[endpoint] = b
         return b
+
+    def clear(self, endpoint: str) -> None:
+        """Drop everything the endpoint holds."""
+
+    def forget(self, endpoint: str) -> None:
+        """The endpoint left the pool for good (a deleted pod): clear it and free its bit for another, so
+        masks stay as wide as the pool is, not as the number of pods it ever had."""
+        self.clear(endpoint)
+        b = self._bits.pop(endpoint, None)
+        if b is not None:
+            heapq.heappush(self._free, b.bit_length() - 1)
 
     def _set(self, key: int, bit: int) -> None:
         self.holders[key] = self.holders.get(key, 0) | bit
@@ -95,9 +114,15 @@ class ApproxIndex(BlockIndex):
             self._unset(old, bit)
 
     def clear(self, endpoint: str) -> None:
-        bit = self.bit(endpoint)
-        for key in self._lru.pop(endpoint, ()):
-            self._unset(key, bit)
+        keys = self._lru.pop(endpoint, ())
+        bit = self._bits.get(endpoint)  # not self.bit(): clearing must not hand a forgotten name a bit
+        if bit is not None:
+            for key in keys:
+                self._unset(key, bit)
+
+    def forget(self, endpoint: str) -> None:
+        super().forget(endpoint)
+        self._capacity.pop(endpoint, None)
 
 
 @dataclass(slots=True)
@@ -186,7 +211,13 @@ class PreciseIndex(BlockIndex):
                 self._unset(block.key, bit)
 
     def clear(self, endpoint: str) -> None:
-        bit = self.bit(endpoint)
-        for key in self._refs.pop(endpoint, {}):
-            self._unset(key, bit)
+        keys = self._refs.pop(endpoint, {})
+        bit = self._bits.get(endpoint)  # not self.bit(): clearing must not hand a forgotten name a bit
+        if bit is not None:
+            for key in keys:
+                self._unset(key, bit)
         self._blocks.pop(endpoint, None)
+
+    def forget(self, endpoint: str) -> None:
+        super().forget(endpoint)
+        self._refs.pop(endpoint, None)

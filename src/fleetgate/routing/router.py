@@ -27,14 +27,18 @@ class PoolRouter:
         stale_after: float,
         stall_after: float,
         on_decision: Callable[[str, str], None] = lambda pool, reason: None,
+        *,
+        precise: bool = False,  # endpoints will publish KV events (discovered ones, not listed yet)
     ) -> None:
         self.state = state
         self.config = config
         self.block_size = config.block_size
         settings = ScorerSettings(
             stale_after=stale_after,
-            precise=any(e.kv_events for e in state.endpoints),
+            precise=precise or any(e.kv_events for e in state.endpoints),
             prefill_tokens_per_request=config.prefill_tokens_per_request,
+            ring_prefix_blocks=config.ring.prefix_blocks,
+            ring_load_bound=config.ring.load_bound,
         )
         scorers: list[tuple[str, Scorer, float]] = [
             (name, SCORERS[name](state, settings), weight) for name, weight in config.scorers.items()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.routing.request import RouteRequest
+from fleetgate.routing.ring import RingScorer
 
 __all__ = ["SCORERS", "LoadScorer", "LoraScorer", "PrefixScorer", "ScorerSettings", "SessionScorer"]
 
@@ -20,6 +21,8 @@ class ScorerSettings:
     stale_after: float = 1.0  # seconds after which scraped figures are not trusted
     precise: bool = False  # prefix hits from KV events where they flow
     prefill_tokens_per_request: int = 2048  # pending prefill tokens that weigh like one queued request
+    ring_prefix_blocks: int = 4  # the ring scorer's key: the prefix this many blocks deep
+    ring_load_bound: float = 1.25  # the ring scorer's bound on an owner's share of in-flight requests
 
 
 class LoadScorer:
@@ -112,12 +115,17 @@ class SessionScorer:
         return [1.0 if e.name == bound else 0.0 for e in endpoints]
 
 
+def _ring(pool: PoolState, settings: ScorerSettings) -> RingScorer:
+    return RingScorer(pool, settings.ring_prefix_blocks, settings.ring_load_bound)
+
+
 ScorerFactory = Callable[
-    [PoolState, ScorerSettings], "LoadScorer | PrefixScorer | LoraScorer | SessionScorer"
+    [PoolState, ScorerSettings], "LoadScorer | PrefixScorer | LoraScorer | SessionScorer | RingScorer"
 ]
 SCORERS: Mapping[str, ScorerFactory] = {
     "load": LoadScorer,
     "prefix": PrefixScorer,
     "lora": LoraScorer,
     "session": SessionScorer,
+    "ring": _ring,
 }

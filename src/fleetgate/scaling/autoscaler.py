@@ -102,6 +102,20 @@ class Decision:
     actions: tuple[Action, ...]
 
 
+def _describe(action: Action) -> str:
+    if isinstance(action, Start):
+        return f"start {action.count}"
+    return f"{type(action).__name__.lower()} {action.worker_id}"
+
+
+def _why(spec: PoolSpec, awake: int, desired: int) -> str:
+    if desired > awake:
+        return "load" if desired > spec.min_workers else f"min_workers {spec.min_workers}"
+    if desired == 0:
+        return f"idle for {spec.idle_timeout:g} s"
+    return "load fell"
+
+
 class ScalingPolicy:
     """One pool's scaling decisions. Feed observations in time order."""
 
@@ -246,6 +260,13 @@ class Autoscaler:
             decision = self.policies[name].decide(obs)
             self.desired[name] = decision.desired
             decisions[name] = decision
+            if decision.actions:
+                awake = sum(w.state in _AWAKE for w in obs.workers)
+                what = ", ".join(_describe(a) for a in decision.actions)
+                # Scaling is what an operator asks about afterwards ("why did it stop?"): always logged.
+                log.info("pool %s: scaling %d -> %d worker(s) (%s; %d queued, %d running): %s",
+                         name, awake, decision.desired, _why(spec, awake, decision.desired), obs.queued,
+                         obs.running, what)  # fmt: skip
             for action in decision.actions:
                 await self._apply(spec, action)
         return decisions

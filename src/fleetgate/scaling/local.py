@@ -6,7 +6,13 @@ until too many failures in a row mark the pool failed. Stops, sleeps and wakes c
 autoscaler) and change the worker's state first, so the gateway stops routing before anything else happens.
 
 Children run in their own session: a Ctrl-C in the terminal reaches only fleetgate, which then stops them
-in order; their whole process group is signalled, so engine subprocesses (vLLM's EngineCore) go too.
+in order; their whole process group is signalled, so engine subprocesses (vLLM's EngineCore) go too. Should
+fleetgate itself be killed, a reaper process (`fleetgate.scaling.reaper`) sees its pipe close and ends them:
+no worker outlives its supervisor.
+
+A start that fails for a reason a restart would repeat (the engine's log says so: no GPU, a missing package,
+a model not found, a rejected flag, not enough memory; or its program is not installed) fails the pool at
+once with that reason, rather than after `max_failures` restarts.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +36,7 @@ from typing import BinaryIO
 
 import httpx
 
-from fleetgate.engines.base import Engine, LaunchArgs
+from fleetgate.engines.base import Engine, LaunchArgs, Phase
 from fleetgate.engines.registry import ENGINES
 from fleetgate.scaling.gpus import GpuInventory
 from fleetgate.scaling.spec import PoolSpec, WorkerSpec
@@ -49,6 +56,8 @@ SLEEP_TIMEOUT = 300.0
 READER_DRAIN = 2.0
 # Log lines quoted in a failure reason.
 REASON_LINES = 5
+# A download's progress is logged each time it passes another this many percent.
+DOWNLOAD_LOG_STEP = 0.1
 _LINE_SPLIT = re.compile(r"[\r\n]")
 
 
@@ -91,6 +100,10 @@ def _exit_reason(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _steps(progress: float | None) -> int:
+    return int((progress or 0.0) / DOWNLOAD_LOG_STEP)
+
+
 def _with_tail(reason: str, tail: list[str]) -> str:
     lines = [line for line in tail if line.strip()][-REASON_LINES:]
     return reason + ("; last log lines:\n" + "\n".join(lines) if lines else "")
@@ -122,6 +135,7 @@ class LocalProvider:
         self._failed: dict[str, str] = {}
         self._ids: dict[str, itertools.count[int]] = {}
         self._http = httpx.AsyncClient(timeout=PROBE_TIMEOUT)
+        self._reaper: asyncio.subprocess.Process | None = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # The backstop for an interpreter that exits without close(): no worker may outlive us.
         atexit.register(self._kill_all)
@@ -241,6 +255,10 @@ class LocalProvider:
         """Stop every worker (no drain: the gateway drains its streams before it closes the provider)."""
         await asyncio.gather(*(self.stop(wid) for wid in list(self._workers)))
         await self._http.aclose()
+        if self._reaper is not None and self._reaper.stdin is not None:
+            self._reaper.stdin.close()  # nothing left to reap: it exits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reaper.wait(), READER_DRAIN)
         atexit.unregister(self._kill_all)
 
     # ---- internals ---------------------------------------------------------------------------------------
@@ -284,6 +302,9 @@ class LocalProvider:
         while not run.stop_requested.is_set():
             await self._run_once(w, engine, run)
             if run.stop_requested.is_set():
+                return
+            if w.diagnosis is not None:
+                self._fail(w, w.diagnosis)
                 return
             t = w.timeline
             if t is not None and t.ready_at is not None and time.monotonic() - t.ready_at >= spec.backoff_cap:
@@ -332,6 +353,7 @@ class LocalProvider:
         )
         w.timeline = StartupTimeline(time.monotonic())
         w.tail.clear()
+        w.diagnosis = None
         try:
             logfile = await asyncio.to_thread(w.log_path.open, "ab")
         except OSError as e:
@@ -341,7 +363,7 @@ class LocalProvider:
             logfile.write(f"---- fleetgate: starting {w.id}: {launch.describe()}\n".encode())
             if run.stop_requested.is_set():  # stopped while the token was read
                 return
-            log.info("starting %s: %s", w.id, launch.describe())
+            log.info("starting %s (its output: %s): %s", w.id, w.log_path, launch.describe())
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *launch.argv,
@@ -352,11 +374,17 @@ class LocalProvider:
                     start_new_session=True,
                 )
             except OSError as e:
-                w.last_error = f"cannot start {launch.argv[0]}: {e}"
+                w.last_error = f"cannot start {launch.argv[0]}: {e.strerror or e}"
+                if isinstance(e, FileNotFoundError):
+                    # Not installed: no restart will find it.
+                    w.diagnosis = f"`{launch.argv[0]}` is not installed here (not on PATH)" + (
+                        f": {engine.missing}" if engine.missing else ""
+                    )
                 logfile.write(f"---- fleetgate: {w.last_error}\n".encode())
                 return
             run.proc = proc
             w.pid = proc.pid
+            await self._reap_on_death(proc.pid)
             self._changed(w)
             assert proc.stdout is not None
             reader = asyncio.create_task(self._read_log(w, engine, proc.stdout, logfile))
@@ -368,10 +396,13 @@ class LocalProvider:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(reader, READER_DRAIN)
                 run.proc = None
+                self._tell_reaper(f"-{proc.pid}")
             how = timed_out or _exit_reason(proc.returncode)
             logfile.write(f"---- fleetgate: {w.id} {how}\n".encode())
             if not run.stop_requested.is_set():
                 w.last_error = _with_tail(how, list(w.tail))
+                if w.diagnosis is not None:
+                    log.error("%s cannot start: %s (its log: %s)", w.id, w.diagnosis, w.log_path)
         finally:
             logfile.close()
 
@@ -462,12 +493,38 @@ class LocalProvider:
             w.tail.append(line)
             if t is None or t.ready_at is not None:
                 continue
+            if w.diagnosis is None:
+                # Only before ready: a worker that served and then crashed is restarted as usual.
+                w.diagnosis = engine.diagnose(line)
             events = engine.parse_line(line)
             if events:
-                before = t.phase
+                before, progress = t.phase, t.progress
                 t.feed(events, now)
                 if t.phase is not before:
                     self._changed(w)
+                elif t.phase is Phase.DOWNLOAD and _steps(t.progress) > _steps(progress):
+                    log.info("%s: download %.0f%% (%.0f s since start)", w.id, 100 * (t.progress or 0.0),
+                                 now - t.segments[0].start)  # fmt: skip
+
+    async def _reap_on_death(self, pgid: int) -> None:
+        """Register a worker's process group with the reaper (started on first use)."""
+        if self._reaper is None or self._reaper.returncode is not None:
+            try:
+                self._reaper = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "fleetgate.scaling.reaper",
+                    stdin=asyncio.subprocess.PIPE, start_new_session=True,
+                )  # fmt: skip
+            except OSError as e:
+                log.warning(
+                    "cannot start the worker reaper (%s): workers would outlive a killed fleetgate", e
+                )
+                return
+        self._tell_reaper(f"+{pgid}")
+
+    def _tell_reaper(self, line: str) -> None:
+        reaper = self._reaper
+        if reaper is not None and reaper.stdin is not None and not reaper.stdin.is_closing():
+            reaper.stdin.write(f"{line}\n".encode())
 
     def _kill_all(self) -> None:
         for run in self._runs.values():

@@ -15,10 +15,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fleetgate.admission.flow import FlowQueue
 from fleetgate.fleet.monitor import Monitor
@@ -29,6 +29,9 @@ from fleetgate.scaling.gpus import GpuInventory, discover_gpus
 from fleetgate.scaling.local import LocalProvider
 from fleetgate.scaling.spec import PoolSpec, RuleKind
 from fleetgate.scaling.worker import StartupTimeline, Worker, WorkerState
+
+if TYPE_CHECKING:
+    from fleetgate.scaling.k8s_scaling import KubeScaling
 
 __all__ = ["PoolsObserver", "WorkerFleet", "WorkerPool"]
 
@@ -69,6 +72,9 @@ class WorkerPool:
     seen: dict[str, _Seen] = field(default_factory=dict)
     starting: dict[str, StartupTimeline] = field(default_factory=dict)  # cold starts under way, by worker
     last_cold_start: float | None = None  # seconds the last completed cold start took
+    # Pods of a Deployment (provider kubernetes): their endpoints come from discovery, not from here.
+    kubernetes: bool = False
+    blocked: Callable[[], str | None] = lambda: None  # why no worker can come up (a pod stuck Pending)
 
     @property
     def max_streams(self) -> int | None:
@@ -79,10 +85,21 @@ class WorkerPool:
         """No worker can take a request now: one that arrives is held while one starts or wakes."""
         return not any(e.enabled for e in self.endpoints)
 
+    def problem(self) -> str | None:
+        """What a request must hear at once instead of waiting: the pool failed, or no worker can start."""
+        if self.failure is not None:
+            return f"pool '{self.spec.name}' failed: {self.failure}"
+        if self.cold():
+            blocked = self.blocked()
+            if blocked is not None:
+                return f"pool '{self.spec.name}' has no worker ready and cannot start one: {blocked}"
+        return None
+
     def room(self, base: float) -> float:
         """The flow queue's gate: hold requests while no worker is ready (rather than answer 503), and
-        keep each worker under the concurrency rule's cap. A failed pool lets them go to hear why."""
-        if self.failure is not None:
+        keep each worker under the concurrency rule's cap. A failed or blocked pool lets them go to hear
+        why."""
+        if self.problem() is not None:
             return math.inf
         live = [e for e in self.endpoints if e.routable()]
         if not live:
@@ -114,7 +131,10 @@ class WorkerPool:
         return PoolLoad(
             queued=len(self.flow),
             oldest_wait=self.flow.oldest_wait(),
-            in_flight={wid: e.in_flight for wid, e in self.by_worker.items()},
+            # A pod's endpoint is named after the pod, its worker id.
+            in_flight={e.name: e.in_flight for e in self.endpoints}
+            if self.kubernetes
+            else {wid: e.in_flight for wid, e in self.by_worker.items()},
             last_active=self.last_active,
         )
 
@@ -136,10 +156,15 @@ class WorkerFleet:
         self.observer = observer
         self._groups: list[_Group] = []
         self._provider_of: dict[str, LocalProvider] = {}
+        self.kube: KubeScaling | None = None  # the Kubernetes pools' scaling, set by the gateway
 
     async def start(self) -> None:
+        if self.kube is not None:
+            await self.kube.start()
         keyed: dict[tuple[tuple[str, ...] | None, str], list[WorkerPool]] = {}
         for wp in self.pools.values():
+            if wp.kubernetes:
+                continue
             keyed.setdefault((wp.spec.gpus, wp.spec.log_dir), []).append(wp)
         for (gpus, log_dir), members in keyed.items():
             # NVML blocks on the driver: off the loop.
@@ -149,10 +174,12 @@ class WorkerFleet:
                 need = wp.spec.worker.gpus_per_worker
                 if need > len(found):
                     # It could never start one: fail now with the reason rather than retry every tick.
+                    # In both vocabularies: the one-liner's flags and the fleet file's keys.
                     wp.failure = (
-                        f"its workers need {need} GPU(s) each and this machine has {len(found)} (from "
-                        "NVML or CUDA_VISIBLE_DEVICES); list them under workers.gpus, or serve on the CPU "
-                        "with engine: embedded"
+                        f"each {wp.spec.worker.engine} worker needs {need} GPU(s) and this machine has "
+                        f"{len(found)} (NVML and CUDA_VISIBLE_DEVICES see no more): serve on the CPU with "
+                        "--engine embedded (engine: embedded in a fleet file), or name the GPUs with --gpus "
+                        "(workers.gpus)"
                     )
                     log.error("pool %s failed: %s", wp.spec.name, wp.failure)
             specs = [wp.spec for wp in members if wp.failure is None]
@@ -168,12 +195,19 @@ class WorkerFleet:
         """A request is held: decide now, not at the next tick."""
         for g in self._groups:
             g.autoscaler.nudge()
+        if self.kube is not None:
+            self.kube.nudge()
 
     def workers(self, pool: str | None = None) -> Iterator[Worker]:
         for g in self._groups:
             yield from g.provider.list(pool)
+        if self.kube is not None:
+            yield from self.kube.provider.list(pool)
 
     def desired(self, pool: str) -> int:
+        if self.kube is not None and pool in self.kube.autoscaler.pools:
+            replicas = self.kube.provider.replicas(pool)
+            return self.kube.autoscaler.desired[pool] if self.kube.elector.is_leader else (replicas or 0)
         return next((g.autoscaler.desired[pool] for g in self._groups if pool in g.autoscaler.pools), 0)
 
     def report(self) -> None:
@@ -193,8 +227,19 @@ class WorkerFleet:
                     await g.task
             await g.autoscaler.close()
             await g.provider.close()
+        if self.kube is not None:
+            await self.kube.close()
 
     # ---- the provider's and the autoscaler's callbacks ----------------------------------------------------
+    def observe(self, pool: str) -> PoolLoad:
+        return self._observe(pool)
+
+    def worker_changed(self, w: Worker) -> None:
+        self._changed(w)
+
+    def blocked_changed(self, pool: str) -> None:
+        self.pools[pool].flow.kick()  # held requests go to hear why (or wait on, the block lifted)
+
     def _observe(self, pool: str) -> PoolLoad:
         return self.pools[pool].load()
 
@@ -205,6 +250,12 @@ class WorkerFleet:
             wp.starting[w.id] = w.timeline
         else:
             wp.starting.pop(w.id, None)
+        if wp.kubernetes:
+            # Discovery owns a pod's endpoint (the provider cordons the ones it drains).
+            if w.state in (WorkerState.STOPPED, WorkerState.FAILED):
+                wp.seen.pop(w.id, None)
+            wp.flow.kick()
+            return
         if w.state is WorkerState.READY:
             self._add(wp, w)
             wp.flow.kick()

@@ -91,6 +91,7 @@ class Worker:
     gpus: tuple[str, ...]
     state: WorkerState = WorkerState.STARTING
     port: int = 0
+    host: str = "127.0.0.1"  # a pod's IP for Kubernetes workers
     pid: int | None = None
     timeline: StartupTimeline | None = None
     failures: int = 0  # consecutive: reset once a start has held for backoff_cap seconds
@@ -99,6 +100,7 @@ class Worker:
     wakes: int = 0
     last_wake_seconds: float | None = None
     last_error: str | None = None
+    diagnosis: str | None = None  # why this start cannot succeed, read off its log; restarts would not help
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
 
     @property
@@ -107,7 +109,8 @@ class Worker:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def snapshot(self, now: float) -> dict[str, object]:
         """For /admin/fleet and `fleetgate status`; `now` is monotonic time."""
@@ -123,6 +126,10 @@ class Worker:
             "progress": None if t is None else t.progress,
             "phases_s": {} if t is None else {p.value: round(d, 3) for p, d in t.durations(now).items()},
             "cold_start_s": None if t is None or t.total is None else round(t.total, 3),
+            # Seconds since this start began, while it is under way.
+            "starting_s": None
+            if t is None or t.ready_at is not None
+            else round(now - t.segments[0].start, 1),
             "restart_in_s": None if self.restart_at is None else round(max(self.restart_at - now, 0.0), 3),
             "restarts": self.restarts,
             "failures": self.failures,

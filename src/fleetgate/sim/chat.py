@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fleetgate.protocol import BadRequestError, OpenAIError, Usage, random_id
-from fleetgate.sim.choices import Choice, Crash, merge
+from fleetgate.sim.choices import Choice, Crash, merge, sampling_seed
 from fleetgate.sim.core import SimCore
 from fleetgate.sim.engine import EngineRequest
 from fleetgate.sim.scripts import Script, ToolStream, json_script, pick_tool, tool_script
@@ -49,7 +49,7 @@ class ChatRoutes(SimCore):
             choices: list[Choice] = []
             stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
             for i in range(req.n):
-                seed = None if req.seed is None else req.seed + i
+                seed = sampling_seed(req.seed, i, req.temperature, prompt, lora)
                 rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
                 script: Script | None = None
                 tool = pick_tool(tools, mode, named, last_role)

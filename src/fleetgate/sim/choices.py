@@ -4,7 +4,8 @@ merged token batches of several choices."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from fleetgate.sim.engine import EngineRequest
@@ -81,3 +82,14 @@ async def merge(choices: list[Choice]) -> AsyncIterator[tuple[Choice, list[int],
     finally:
         for t in tasks:
             t.cancel()
+
+
+def sampling_seed(
+    seed: int | None, index: int, temperature: float | None, prompt: Sequence[int], lora: str | None
+) -> int | None:
+    """The seed of one choice's text. At temperature 0 vLLM decodes greedily: the same prompt (and adapter)
+    gives the same text whatever the seed, in every choice; otherwise choice i of a seeded request uses
+    seed + i, and an unseeded one a fresh seed (None)."""
+    if temperature == 0:
+        return zlib.crc32(b"".join(t.to_bytes(4, "little") for t in prompt) + (lora or "").encode())
+    return None if seed is None else seed + index

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fleetgate.protocol import BadRequestError, OpenAIError, Usage, random_id
-from fleetgate.sim.choices import Choice, Crash, merge
+from fleetgate.sim.choices import Choice, Crash, merge, sampling_seed
 from fleetgate.sim.core import SimCore
 from fleetgate.tokenizer import IM_END
 from fleetgate.worker import render
@@ -36,7 +36,7 @@ class CompletionRoutes(SimCore):
             for pi, p in enumerate(prompts):
                 max_tokens = resolve_max_tokens(req.max_tokens or 16, len(p), self.s.engine.max_model_len)
                 for i in range(req.n):
-                    seed = None if req.seed is None else req.seed + i
+                    seed = sampling_seed(req.seed, i, req.temperature, p, lora)
                     er = self._new_request(p, max_tokens, seed, req.ignore_eos, lora, req.n, None)
                     choices.append(Choice(pi * req.n + i, er, stops, self.tokenizer.token_text))
             reqs = [c.req for c in choices]

@@ -15,6 +15,7 @@ from fleetgate.sim.chat import ChatRoutes
 from fleetgate.sim.completions import CompletionRoutes
 from fleetgate.sim.control import Control
 from fleetgate.sim.embeddings import EmbeddingRoutes
+from fleetgate.sim.pooling import Pooling
 from fleetgate.sim.responses import ResponsesRoutes
 from fleetgate.tokenizer import Tokenizer, render_chat
 from fleetgate.worker import render
@@ -44,6 +45,7 @@ class SimServer(ChatRoutes, CompletionRoutes, ResponsesRoutes, EmbeddingRoutes):
             ]
         else:
             routes.append(Route("/v1/embeddings", self.embeddings, methods=["POST"]))
+            routes += Pooling(self).routes()
         routes += Control(self).routes()
 
         @contextlib.asynccontextmanager

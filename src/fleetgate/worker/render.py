@@ -286,9 +286,15 @@ def response_body(
     temperature: float,
     top_p: float,
     usage: Usage,
+    calls: list[dict[str, Any]] | None = None,
+    tool_choice: Any = "none",
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """A Responses body; `calls` (function_call items) stand in for the message when the model called."""
     output: list[dict[str, Any]] = []
-    if status != "in_progress":
+    if status != "in_progress" and calls:
+        output = calls
+    elif status != "in_progress":
         content: list[dict[str, Any]] = [
             {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
         ]
@@ -313,8 +319,8 @@ def response_body(
         "output": output,
         "parallel_tool_calls": True,
         "temperature": temperature,
-        "tool_choice": "none",
-        "tools": [],
+        "tool_choice": tool_choice,
+        "tools": tools or [],
         "top_p": top_p,
         "background": False,
         "max_output_tokens": max_output_tokens,

@@ -103,6 +103,8 @@ class ResponsesRequest(Body):
     temperature: float | None = None
     top_p: float | None = None
     stream: bool | None = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class TokenizeRequest(Body):

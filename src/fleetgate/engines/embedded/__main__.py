@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 _EPILOG = """\
 Readiness: the engine prints one line per startup phase on stdout,
   INFO MM-DD HH:MM:SS [fleetgate.embedded] phase=ready url=http://HOST:PORT model=NAME
-(phases: load, loaded, kv_cache, ready, stopped; on failure phase=error message="..." and exit status 2).
+(phases: download (hub ids not yet cached), load, loaded, kv_cache, ready, stopped; on failure
+phase=error message="..." and exit status 2).
 GET /health answers 200 once ready. SIGINT or SIGTERM stops it (exit status 0).
 
 Examples:
@@ -95,6 +96,11 @@ def parse_args(argv: Sequence[str] | None = None) -> EngineSettings:
     )
     add("--seed", type=int, default=0, help="seed for requests that give none (default: 0)")
     add(
+        "--chat-template",
+        metavar="FILE",
+        help="Jinja chat template: a file, or the template itself (default: the tokenizer's)",
+    )
+    add(
         "--cpu-threads",
         type=int,
         metavar="N",
@@ -128,14 +134,20 @@ def _serve(settings: EngineSettings) -> int:
     from fleetgate.engines.embedded import demo, loader
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    # transformers' switch turns the hub client's bars off too: a download's progress is what a user
+    # waiting on a cold start wants to see (the supervisor reads it off the bars), so they come back.
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    from huggingface_hub.utils.tqdm import enable_progress_bars
+
+    enable_progress_bars()
     try:
         if settings.demo:
             path = demo.ensure(Path(settings.model) if settings.model else None)
             names = settings.served_model_names or [demo.DEMO_NAME]
             settings = dataclasses.replace(settings, model=str(path), served_model_names=names)
             print(demo.NOTICE, file=sys.stderr, flush=True)
-        path = loader.locate(settings.model)
+        path = loader.locate(settings.model, on_download=lambda: phase("download", model=settings.model))
+        template = None if settings.chat_template is None else loader.chat_template(settings.chat_template)
         plan = loader.plan(settings, path)
         threads = loader.cpu_threads(plan, settings.cpu_threads)
         phase(
@@ -144,7 +156,7 @@ def _serve(settings: EngineSettings) -> int:
             weights_gib=round(plan.weights_bytes / 2**30, 3), threads=threads,
         )  # fmt: skip
         started = time.monotonic()
-        tokenizer = loader.load_tokenizer(path)
+        tokenizer = loader.load_tokenizer(path, template)
         model = loader.load_model(plan)
     except loader.LoadError as e:
         phase("error", message=str(e))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -58,7 +59,9 @@ class Plan:
         return self.num_blocks * self.block_size
 
 
-def locate(model: str) -> Path:
+def locate(model: str, on_download: Callable[[], None] = lambda: None) -> Path:
+    """The model's directory: `model` itself, or a hub id downloaded into the hub cache (`on_download`
+    runs first, so the download shows as a phase of its own)."""
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -68,6 +71,7 @@ def locate(model: str) -> Path:
         return path
     if not _HUB_ID.match(model) or model.startswith("."):
         raise LoadError(f"model directory {path} does not exist")
+    on_download()
     try:
         from huggingface_hub import snapshot_download
 
@@ -283,7 +287,19 @@ def load_model(p: Plan) -> Any:
     return model.to(p.device).eval()
 
 
-def load_tokenizer(path: Path) -> Any:
+def chat_template(value: str) -> str:
+    """vLLM's --chat-template: a file holding the template, or the template itself. Text that looks like
+    a path (no Jinja in it) must be a file that exists, as in vLLM."""
+    if "{" in value or "\n" in value:
+        return value
+    file = Path(value).expanduser()
+    try:
+        return file.read_text()
+    except OSError as e:
+        raise LoadError(f"--chat-template {value}: cannot read it ({e.strerror or e})") from None
+
+
+def load_tokenizer(path: Path, template: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     try:
@@ -292,4 +308,6 @@ def load_tokenizer(path: Path) -> Any:
         raise LoadError(f"cannot load the tokenizer in {path}: {e}") from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise LoadError(f"the tokenizer in {path} has no tokenizer.json: the engine needs a fast tokenizer")
+    if template is not None:
+        tokenizer.chat_template = template
     return tokenizer

@@ -25,6 +25,7 @@ class EngineSettings:
     seed: int = 0
     cpu_threads: int | None = None  # None: all cores the process may use but one, which serves HTTP
     demo: bool = False
+    chat_template: str | None = None  # a file, or the template itself (vLLM's --chat-template)
 
     @property
     def model_name(self) -> str:

@@ -1,0 +1,250 @@
+"""Hostile and unusual input through the real gateway: every answer in OpenAI's error shape, every answer
+counted and logged once with its tenant, and no stricter than vLLM where clients rely on vLLM."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, free_port, spawn_sim, until
+
+MODEL = "llama-8b"
+
+
+def samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        out += [(s.labels, float(s.value)) for s in family.samples if s.name == name]
+    return out
+
+
+def total(url: str, name: str, **labels: str) -> float:
+    return sum(v for ls, v in samples(url, name) if all(ls.get(k) == w for k, w in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    proc = spawn_sim(tmp_path_factory.mktemp("sim"), "--served-model-name", MODEL, "--time-scale", "20")
+    yield proc
+    proc.stop()
+
+
+def fleet(sim: SimProcess, extra: str = "", pool: str = "", log: str = "json") -> str:
+    return f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+log: {{format: {log}, level: info}}
+{extra}
+pools:
+  - name: main
+    models: [{MODEL}]
+    endpoints: [{sim.url}]
+{pool}
+"""
+
+
+def access_lines(gw: GatewayProcess) -> list[dict[str, object]]:
+    out = []
+    for line in gw.log.read_text().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("msg") == "request":
+                out.append(record)
+    return out
+
+
+def assert_openai_error(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    return dict(error)
+
+
+def test_malformed_tool_calls_never_fail_the_gateway(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    gw = gateway_factory(fleet(sim))
+    bad_messages = [
+        [{"role": "assistant", "tool_calls": [{"function": [None, None]}]}, {"role": "user", "content": "x"}],
+        [{"role": "assistant", "tool_calls": 5}, {"role": "user", "content": "x"}],
+        [{"role": "assistant", "tool_calls": [{"function": {"name": 3, "arguments": {"a": [1]}}}]}],
+        [{"role": "user", "content": [{"type": "text", "text": None}, 7]}],
+    ]
+    for messages in bad_messages:
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 2}
+        )
+        assert r.status_code < 500, r.text
+        assert r.headers["content-type"].startswith("application/json")
+    r = httpx.post(
+        f"{gw.url}/v1/responses",
+        json={
+            "model": MODEL,
+            "input": [{"type": "function_call", "arguments": [None]}],
+            "max_output_tokens": 2,
+        },
+    )
+    assert r.status_code < 500, r.text
+
+
+def test_errors_the_gateway_makes_are_counted_and_logged_once(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    gw = gateway_factory(fleet(sim, "keys: [{name: web, key: sk-web-1}]"))
+    auth = {"authorization": "Bearer sk-web-1"}
+    cases = [
+        (httpx.post(f"{gw.url}/v1/completions", content=b"{not json", headers=auth), 400),
+        (httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x"}), 401),
+        (httpx.get(f"{gw.url}/v1/nothing-here", headers=auth), 404),
+        (
+            httpx.post(
+                f"{gw.url}/v1/completions",
+                json={"model": MODEL, "prompt": "x", "max_tokens": -3},
+                headers={**auth, "x-request-id": "neg-1"},
+            ),
+            400,
+        ),
+    ]
+    for r, status in cases:
+        assert_openai_error(r, status)
+    until(lambda: len(access_lines(gw)) >= 4, "four access-log lines")
+    lines = access_lines(gw)
+    assert sorted(int(str(line["status"])) for line in lines) == [400, 400, 401, 404]
+    assert next(line for line in lines if line["request_id"] == "neg-1")["tenant"] == "web"
+    for code, count in (("400", 2), ("401", 1), ("404", 1)):
+        assert total(gw.admin, "fleetgate_requests_total", status=code) == count
+
+
+def test_values_vllm_accepts_pass_and_limits_of_the_operator_hold(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    gw = gateway_factory(fleet(sim, pool="    limits: {max_n: 2}"))
+    for body in (
+        {"stream": None, "max_tokens": 2},
+        {"max_tokens": "2"},
+        {"max_tokens": 2.0},
+        {"max_tokens": 2, "stream": "false"},
+    ):
+        r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", **body})
+        assert r.status_code == 200, (body, r.text)
+        assert r.json()["usage"]["completion_tokens"] <= 2
+    for bad in ({"max_tokens": "eight"}, {"max_tokens": 2.5}, {"stream": "maybe"}):
+        assert_openai_error(
+            httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", **bad}), 400
+        )
+    ok = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1, "n": 2})
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 2
+    error = assert_openai_error(
+        httpx.post(
+            f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1, "n": 50}
+        ),
+        400,
+    )
+    assert error["param"] == "n" and "2" in str(error["message"])
+
+
+def test_unknown_models_request_ids_and_authorization_headers_cannot_abuse_the_gateway(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    gw = gateway_factory(fleet(sim, log="text"))
+    huge = "m" * 10_000
+    error = assert_openai_error(
+        httpx.post(f"{gw.url}/v1/completions", json={"model": huge, "prompt": "x"}), 404
+    )
+    assert len(str(error["message"])) < 400
+    forged = "abc status=200 tenant=admin"
+    r = httpx.post(
+        f"{gw.url}/v1/completions",
+        json={"model": MODEL, "prompt": "x", "max_tokens": 1},
+        headers={"x-request-id": forged},
+    )
+    assert r.status_code == 200
+    until(lambda: "request_id=" in gw.log.read_text() and "abc" in gw.log.read_text(), "the access line")
+    line = next(ln for ln in gw.log.read_text().splitlines() if "abc" in ln)
+    assert f"request_id={json.dumps(forged)}" in line
+    assert line.count("status=") == 2 and line.count("tenant=") == 2  # the forged ones stay inside quotes
+    # Two Authorization headers: ambiguous, refused (the last one must not silently win).
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
+            b"Authorization: Bearer b\r\nConnection: close\r\n\r\n"
+        )
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert b"Authorization" in reply and b'"error"' in reply
+
+
+def test_tenants_label_requests_and_streams_count_tokens_without_include_usage(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    gw = gateway_factory(fleet(sim, "keys: [{name: web, key: sk-web-1}, {name: batch, key: sk-batch-1}]"))
+    web = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-web-1", max_retries=0)
+    chunks = list(
+        web.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=5,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert all(c.choices for c in chunks)  # no usage-only chunk the client did not ask for
+    assert all(c.usage is None for c in chunks)
+    assert total(gw.admin, "fleetgate_tokens_total", tenant="web", direction="out") == 5
+    asked = list(
+        web.completions.create(
+            model=MODEL,
+            prompt="x",
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert asked[-1].usage is not None and asked[-1].usage.completion_tokens == 3
+    batch = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-batch-1", max_retries=0)
+    batch.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={"ignore_eos": True})
+    assert total(gw.admin, "fleetgate_tokens_total", tenant="web", direction="out") == 8
+    assert total(gw.admin, "fleetgate_tokens_total", tenant="batch", direction="out") == 2
+    assert total(gw.admin, "fleetgate_requests_total", tenant="web", status="200") == 2
+    until(lambda: len(access_lines(gw)) >= 3, "three access lines")
+    assert sorted(str(line["tenant"]) for line in access_lines(gw)) == ["batch", "web", "web"]
+    tenants = {ls["tenant"] for ls, _ in samples(gw.admin, "fleetgate_requests_total")}
+    assert tenants <= {"web", "batch", "anonymous", "none"}
+
+
+def test_discovery_with_an_upstream_down_answers_404_for_unknown_models(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    gw = gateway_factory(upstreams=[sim.url, down])
+    assert_openai_error(httpx.post(f"{gw.url}/v1/completions", json={"model": "nope", "prompt": "x"}), 404)
+    r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
+    assert r.status_code == 200
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "fleetgate", "gateway", "--upstream", "http://127.0.0.1:9", "--host",
+             "127.0.0.1", "--port", str(port), "--admin-port", str(free_port())],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert str(port) in out.stderr and "--port" in out.stderr
