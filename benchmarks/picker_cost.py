@@ -18,7 +18,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-from fleetgate.config import RoutingConfig
+from fleetgate.api.gateway import routing_settings
+from fleetgate.config import parse_config
+from fleetgate.fleet.prefix_index import ApproxIndex
+from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.request import RouteRequest
@@ -78,7 +81,8 @@ def main() -> None:
 
     rows.append(("multi-turn, builtin (new turn only)", median_ms(next_turn, repeat)))
 
-    state = PoolState("p", [])
+    pc = parse_config("pools: [{name: p, endpoints: [http://x]}]").pools[0]
+    state = PoolState("p", [], ApproxIndex(pc.routing.index_blocks), SessionTable(pc.routing.session.ttl))
     for i in range(args.endpoints):
         e = Endpoint(f"e{i}", f"http://e{i}", "p")
         e.probe_ok()
@@ -87,7 +91,7 @@ def main() -> None:
     assert info is not None
     for e in state.endpoints:
         state.approx.record(e.name, info.keys)
-    router = PoolRouter(state, RoutingConfig(), stale_after=1.0, stall_after=3.0)
+    router = PoolRouter(state, routing_settings(pc))
     rows.append(
         (
             f"pick over {args.endpoints} endpoints, {len(info.keys)} blocks held",

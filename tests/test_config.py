@@ -149,8 +149,13 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
     }
     assert pool.stall_after == 5.0
     assert pool.retries.model_dump() == {"attempts": 3, "backoff_base": 0.05, "backoff_max": 1.0}
-    assert pool.health.model_dump() == {"interval": 1.0, "timeout": 2.0, "path": "/health"}
-    assert pool.scrape.model_dump() == {"interval": 0.1, "stale_after": 1.0}
+    assert pool.health.model_dump() == {
+        "interval": 1.0,
+        "timeout": 2.0,
+        "path": "/health",
+        "discovery_interval": 5.0,
+    }
+    assert pool.scrape.model_dump() == {"interval": 0.1, "stale_after": 1.0, "timeout": 1.0}
     assert pool.routing.scorers == SCORERS
     routing = pool.routing
     assert (routing.picker, routing.tokenizer, routing.block_size, routing.debug_headers) == (

@@ -14,6 +14,7 @@ from fleetgate.config import KubernetesConfig, KubernetesDiscovery
 from fleetgate.fleet.k8s_discovery import DiscoveryHooks, EndpointSource, addresses_from_slices
 from fleetgate.fleet.kube import Api, connect
 from fleetgate.fleet.prefix_index import ApproxIndex
+from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.state import Endpoint, PoolState
 from tests.k8s_fake import FakeKube, Obj
 
@@ -70,7 +71,7 @@ class Recorder:
 
 def source(cfg: KubernetesDiscovery, rec: Recorder) -> tuple[EndpointSource, list[Endpoint], PoolState]:
     endpoints: list[Endpoint] = []
-    state = PoolState("p", endpoints, approx=ApproxIndex(1000))
+    state = PoolState("p", endpoints, ApproxIndex(1000), SessionTable(600))
     return EndpointSource("p", cfg, endpoints, state, rec.hooks(), models=frozenset({"m"})), endpoints, state
 
 

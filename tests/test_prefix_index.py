@@ -204,7 +204,7 @@ def batch(*events: Mapping[str, object]) -> bytes:
 
 def test_a_gap_a_restart_or_garbage_clears_the_endpoint_and_events_make_it_live_again() -> None:
     index = PreciseIndex()
-    sub = KVEventSubscriber(index)
+    sub = KVEventSubscriber(index, "", 10.0)
     e = Endpoint("e", "http://x", "p", kv_events="tcp://127.0.0.1:1")
     ids = list(range(32))
     store = {"type": "BlockStored", "block_hashes": [1, 2], "parent_block_hash": None, "token_ids": ids,
@@ -223,7 +223,7 @@ def test_a_gap_a_restart_or_garbage_clears_the_endpoint_and_events_make_it_live_
 
 
 def test_silence_after_work_was_sent_distrusts_the_index() -> None:
-    sub = KVEventSubscriber(PreciseIndex(), silence=5.0)
+    sub = KVEventSubscriber(PreciseIndex(), "", 5.0)
     e = Endpoint("e", "http://x", "p", kv_events="tcp://127.0.0.1:1")
     sub.receive(e, 0, batch())
     sub.check_silence(e, now=e.kv_event_at + 100)

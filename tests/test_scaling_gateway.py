@@ -232,6 +232,8 @@ def test_concurrency_rule_caps_streams_per_worker_and_cold_pools_hold() -> None:
     from fleetgate.admission.flow import FlowQueue
     from fleetgate.api.gateway import pool_spec
     from fleetgate.config import parse_config
+    from fleetgate.fleet.prefix_index import ApproxIndex
+    from fleetgate.fleet.sessions import SessionTable
     from fleetgate.fleet.state import Endpoint, PoolState
     from fleetgate.scaling.pools import WorkerPool
 
@@ -240,7 +242,8 @@ def test_concurrency_rule_caps_streams_per_worker_and_cold_pools_hold() -> None:
     ).pools[0]
     assert pc.workers is not None
     endpoints: list[Endpoint] = []
-    wp = WorkerPool(pool_spec(pc), endpoints, PoolState("p", endpoints), FlowQueue("p", float, 8, 1))
+    state = PoolState("p", endpoints, ApproxIndex(16), SessionTable(60))
+    wp = WorkerPool(pool_spec(pc), endpoints, state, FlowQueue("p", float, 8, 1))
     assert wp.cold() and wp.room(float("inf")) == 0  # held, not refused
     e = Endpoint(name="p-1", url="http://127.0.0.1:1", pool="p", max_streams=wp.max_streams)
     e.probe_ok()

@@ -36,7 +36,7 @@ from fleetgate.protocol import (
     error_from_body,
 )
 from fleetgate.routing.request import RouteRequest
-from fleetgate.routing.router import PoolRouter
+from fleetgate.routing.router import Lease, PoolRouter
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -48,19 +48,23 @@ class ClientStalled(Exception):
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float = 2.0
-    first_byte_stream: float = 30.0
-    first_byte_nonstream: float = 300.0
-    idle_gap: float = 60.0
-    total: float = 900.0
-    stall_after: float = 5.0  # an endpoint without any sign of life this long counts as frozen
+    """A pool's `timeouts:` (defaults in config/pool.py), in seconds."""
+
+    connect: float
+    first_byte_stream: float
+    first_byte_nonstream: float
+    idle_gap: float
+    total: float
+    stall_after: float  # an endpoint without any sign of life this long counts as frozen
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 3
-    backoff_base: float = 0.05
-    backoff_max: float = 1.0
+    """A pool's `retries:` (defaults in config/pool.py)."""
+
+    attempts: int
+    backoff_base: float
+    backoff_max: float
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         return float(min(self.backoff_max, self.backoff_base * 2.0**attempt) * rng.uniform(0.5, 1.5))
@@ -134,12 +138,11 @@ def _response_headers(content_type: str, call: Call) -> list[tuple[bytes, bytes]
     ]
 
 
-def _debug_headers(call: Call, route: PoolRoute, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
-    hit = route.router.hit_ratio(call.route, endpoint)
+def _debug_headers(lease: Lease) -> list[tuple[bytes, bytes]]:
     return [
-        (b"x-fleetgate-endpoint", endpoint.name.encode()),
-        (b"x-fleetgate-route", call.route.reason.encode()),
-        (b"x-fleetgate-prefix-hit", f"{hit:.3f}".encode()),
+        (b"x-fleetgate-endpoint", lease.endpoint.name.encode()),
+        (b"x-fleetgate-route", lease.reason.encode()),
+        (b"x-fleetgate-prefix-hit", f"{lease.hit_ratio:.3f}".encode()),
     ]
 
 
@@ -161,16 +164,20 @@ class Relay:
         tried: set[str] = set()
         last_error: OpenAIError | None = None
         for attempt in range(max(1, route.retries.attempts)):
-            endpoint = route.router.pick(call.route, route.endpoints, frozenset(tried))
-            if endpoint is None:
+            lease = route.router.pick(call.route, route.endpoints, frozenset(tried))
+            if lease is None:
                 break
-            tried.add(endpoint.name)
-            call.endpoint = endpoint
+            tried.add(lease.endpoint.name)
+            call.endpoint = lease.endpoint
             call.attempts = attempt + 1
             if route.debug_headers:
-                call.headers = _debug_headers(call, route, endpoint)
-            outcome = await self._try(call, route, endpoint, send, deadline)
+                call.headers = _debug_headers(lease)
+            try:
+                outcome = await self._try(call, route, lease, send, deadline)
+            finally:
+                lease.release()
             if outcome is None:
+                route.router.observed(call.route, call.usage)
                 return
             last_error = outcome
             delay = route.retries.backoff(attempt, self.rng)
@@ -183,11 +190,12 @@ class Relay:
         raise ServiceUnavailableError(f"no endpoint of pool '{route.name}' can take the request now")
 
     async def _try(
-        self, call: Call, route: PoolRoute, endpoint: Endpoint, send: Send, deadline: float
+        self, call: Call, route: PoolRoute, lease: Lease, send: Send, deadline: float
     ) -> OpenAIError | None:
-        """One attempt: None when the client got an answer, or the retryable error that stopped it."""
+        """One attempt on the leased endpoint: None when the client got an answer, or the retryable error
+        that stopped it. The caller releases the lease."""
         t = route.timeouts
-        endpoint.in_flight += 1
+        endpoint = lease.endpoint
         resp: aiohttp.ClientResponse | None = None
         try:
             try:
@@ -211,8 +219,8 @@ class Relay:
                 endpoint.transport_failed(f"{type(e).__name__}: {e}")
                 self.observer.attempt_failed(endpoint, "transport")
                 return BadGatewayError(f"upstream {endpoint.name} failed: {type(e).__name__}")
-            route.router.prefill_done(call.route, endpoint)
-            endpoint.last_alive = time.monotonic()
+            lease.started()
+            endpoint.answered_at = time.monotonic()
             if resp.status in RETRY_STATUSES:
                 body = await resp.read()
                 if resp.status >= 500:
@@ -230,8 +238,6 @@ class Relay:
                 await self._whole(call, resp, send, deadline)
             return None
         finally:
-            endpoint.in_flight -= 1
-            route.router.prefill_done(call.route, endpoint)
             if resp is not None:
                 resp.close()
 
@@ -318,7 +324,7 @@ class Relay:
                         if not chunk:
                             break
                         now = time.monotonic()
-                        endpoint.last_alive = now
+                        endpoint.answered_at = now
                         buf += chunk
                         cut = buf.rfind(b"\n\n")
                         if cut < 0:

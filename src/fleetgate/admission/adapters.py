@@ -38,7 +38,7 @@ class AdapterLoader:
         session: aiohttp.ClientSession,
         endpoints: Sequence[Endpoint],
         paths: Mapping[str, str],
-        timeout: float = 120.0,
+        timeout: float,  # seconds one load may take (the pool's timeouts.total)
     ) -> None:
         self.session = session
         self.endpoints = endpoints

@@ -31,8 +31,10 @@ from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.state import Endpoint, FleetState, PoolState
 from fleetgate.protocol import ServiceUnavailableError
 from fleetgate.relay import PoolRoute, Relay, RetryPolicy, Timeouts
+from fleetgate.routing.capacity import Saturation
 from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.router import PoolRouter
+from fleetgate.routing.settings import RoutingSettings
 from fleetgate.scaling.k8s_scaling import KubeScaling
 from fleetgate.scaling.kubernetes import PodTarget
 from fleetgate.scaling.leader import LeaseElector
@@ -42,7 +44,7 @@ from fleetgate.scaling.spec import PoolSpec, RuleKind, ScalingRule, WorkerSpec
 from fleetgate.tenancy.rows import UsageRow
 from fleetgate.tenancy.runtime import Tenancy, Usage, cost
 
-__all__ = ["Gateway", "Pool", "pool_spec"]
+__all__ = ["Gateway", "Pool", "pool_spec", "routing_settings"]
 
 log = logging.getLogger("fleetgate.gateway")
 
@@ -87,6 +89,21 @@ def pool_spec(pc: PoolConfig) -> PoolSpec:
     )
 
 
+def routing_settings(pc: PoolConfig) -> RoutingSettings:
+    """The fleet file's `routing:` (with the scrape and stall settings) as the router's plain values."""
+    rc = pc.routing
+    sat = rc.saturation
+    return RoutingSettings(
+        scorers=dict(rc.scorers),
+        strategy=rc.picker,
+        saturation=Saturation(sat.max_waiting, sat.max_kv_usage, pc.scrape.stale_after, pc.stall_after),
+        block_size=rc.block_size,
+        prefill_tokens_per_request=rc.prefill_tokens_per_request,
+        ring_prefix_blocks=rc.ring.prefix_blocks,
+        ring_load_bound=rc.ring.load_bound,
+    )
+
+
 @dataclass
 class Pool:
     config: PoolConfig
@@ -122,11 +139,7 @@ def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
             if not e.routable() or e.frozen(now, sat.stall_after):
                 continue
             routable = True
-            load = e.fresh_load(now, sat.stale_after)
-            if load is None:
-                return float("inf")
-            if load.kv_usage < sat.max_kv_usage:
-                total += max(0.0, sat.max_waiting - e.queued(load))
+            total += sat.room(e, now)
         return total if routable else float("inf")
 
     return room
@@ -208,16 +221,11 @@ class Gateway:
             for e in pc.endpoints
         ]
         rc = pc.routing
-        state = PoolState(
-            pc.name, endpoints, approx=ApproxIndex(rc.index_blocks), sessions=SessionTable(rc.session.ttl)
-        )
+        state = PoolState(pc.name, endpoints, ApproxIndex(rc.index_blocks), SessionTable(rc.session.ttl))
         self.fleet.pools[pc.name] = state
         t = pc.timeouts
         kd = pc.discovery.kubernetes if pc.discovery is not None else None
-        router = PoolRouter(
-            state, rc, pc.scrape.stale_after, pc.stall_after, self.metrics.route_decided,
-            precise=kd is not None and kd.kv_events_port is not None,
-        )  # fmt: skip
+        router = PoolRouter(state, routing_settings(pc), self.metrics.route_decided)
         route = PoolRoute(
             name=pc.name,
             endpoints=endpoints,
@@ -245,8 +253,7 @@ class Gateway:
             flow,
             RequestLimits(pc.limits.max_tokens_default, pc.limits.max_tokens_cap, pc.limits.max_n),
             session_header=rc.session.header.encode(),
-            wants_prompt=rc.picker != "round_robin"
-            and (rc.scorers.get("prefix", 0) > 0 or rc.scorers.get("session", 0) > 0),
+            wants_prompt=router.needs_prompt,
         )
         if pc.workers is not None:
             pool.workers = wp = WorkerPool(
@@ -283,8 +290,9 @@ class Gateway:
         # Each pool is watched with its own health and scrape settings.
         for pool in self.pools.values():
             pc = pool.config
+            h, sc = pc.health, pc.scrape
             settings = MonitorSettings(
-                pc.health.interval, pc.health.timeout, pc.health.path, pc.scrape.interval
+                h.interval, h.timeout, h.path, h.discovery_interval, sc.interval, sc.timeout
             )
             if pc.adapters:
                 paths = {a.name: a.path for a in pc.adapters}

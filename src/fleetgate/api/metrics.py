@@ -102,6 +102,12 @@ class GatewayMetrics(RelayObserver):
         self.queue_depth = Gauge(
             "fleetgate_queue_depth", "Requests waiting in the pool's flow queue.", ["pool"], registry=r
         )
+        # Per pool, present at zero endpoints: with queue_depth, the demand an external autoscaler (KEDA, HPA)
+        # scales on; the per-endpoint series vanish with the last pod.
+        self.pool_in_flight = Gauge(
+            "fleetgate_pool_in_flight", "Requests the gateway has in flight at the pool's endpoints.",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.queue_wait = Histogram(
             "fleetgate_queue_wait_seconds", "Time requests waited in the flow queue (those that waited).",
             ["pool"], buckets=_LATENCY, registry=r,
@@ -205,9 +211,11 @@ class GatewayMetrics(RelayObserver):
 
     def refresh(self, queues: Mapping[str, int] | None = None) -> None:
         """Copy endpoint state into gauges; called at scrape time, never on the request path."""
+        in_flight = dict.fromkeys(queues or {}, 0)
         for pool, depth in (queues or {}).items():
             self.queue_depth.labels(pool).set(depth)
         for e in self.fleet.endpoints():
+            in_flight[e.pool] = in_flight.get(e.pool, 0) + e.in_flight
             self.pending_prefill.labels(e.pool, e.name).set(e.pending_prefill)
             if e.kv_events is not None:
                 self.kv_events_live.labels(e.pool, e.name).set(1 if e.kv_live else 0)
@@ -217,6 +225,8 @@ class GatewayMetrics(RelayObserver):
                 self.load.labels(e.pool, e.name, "running").set(e.load.running)
                 self.load.labels(e.pool, e.name, "waiting").set(e.load.waiting)
                 self.load.labels(e.pool, e.name, "kv_usage").set(e.load.kv_usage)
+        for pool, n in in_flight.items():
+            self.pool_in_flight.labels(pool).set(n)
 
     # ---- worker pools' reports (scaling.pools.PoolsObserver) ---------------------------------------------
     def worker_restarted(self, pool: str, count: int) -> None:

@@ -91,6 +91,9 @@ class HealthConfig(BaseModel):
     interval: float = seconds(1.0, "Seconds between checks of one endpoint.")
     timeout: float = seconds(2.0, "Seconds a check may take before it counts as failed.")
     path: str = Field(default="/health", description="Path appended to the endpoint URL.")
+    discovery_interval: float = seconds(
+        5.0, "Seconds between reads of /v1/models (models and LoRA adapters) on a healthy endpoint."
+    )
 
     @field_validator("path")
     @classmethod
@@ -107,6 +110,7 @@ class ScrapeConfig(BaseModel):
 
     interval: float = seconds(0.1, "Seconds between scrapes of one endpoint.")
     stale_after: float = seconds(1.0, "Seconds after which an endpoint's figures are not trusted.")
+    timeout: float = seconds(1.0, "Seconds one scrape may take.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

@@ -9,11 +9,17 @@ from pydantic import BaseModel, Field, field_validator
 
 from fleetgate.config.fields import STRICT, seconds
 from fleetgate.config.problems import Loc, invalid
+from fleetgate.routing.scorers import SCORERS as REGISTRY
 
-# The scorers the picker knows (routing/ registers one per name) and their default weights.
-SCORERS: dict[str, float] = {"load": 1.0, "prefix": 2.0, "lora": 1.0, "session": 1.0}
-# Scorers that are off unless listed: `ring` (consistent hashing of prefixes, for several gateway replicas).
-OPTIONAL_SCORERS = frozenset({"ring"})
+
+def default_scorers() -> dict[str, float]:
+    """Every registered scorer on by default, at the weight it declares (those declaring 0, like `ring`, are
+    off unless listed): routing/scorers.py is the one list of names."""
+    return {name: s.default_weight for name, s in REGISTRY.items() if s.default_weight > 0}
+
+
+# The default weights, by name (read-only: a fleet file's `scorers` replaces the whole set).
+SCORERS: dict[str, float] = default_scorers()
 
 
 class RingConfig(BaseModel):
@@ -65,7 +71,7 @@ class RoutingConfig(BaseModel):
     model_config = STRICT
 
     scorers: dict[str, float] = Field(
-        default_factory=lambda: dict(SCORERS), description="Scorer name -> weight (>= 0)."
+        default_factory=default_scorers, description="Scorer name -> weight (>= 0)."
     )
     picker: Literal["max", "weighted_random", "round_robin"] = Field(
         default="max", description="max | weighted_random | round_robin (ignores scorers)."
@@ -103,9 +109,8 @@ class RoutingConfig(BaseModel):
     def _known(cls, scorers: dict[str, float]) -> dict[str, float]:
         problems: list[tuple[Loc, str]] = []
         for name, weight in scorers.items():
-            if name not in SCORERS and name not in OPTIONAL_SCORERS:
-                known = ", ".join([*SCORERS, *sorted(OPTIONAL_SCORERS)])
-                problems.append(((name,), f"unknown scorer (known: {known})"))
+            if name not in REGISTRY:
+                problems.append(((name,), f"unknown scorer (known: {', '.join(REGISTRY)})"))
             elif not (weight >= 0 and weight != float("inf")):
                 problems.append(((name,), f"weight must be a finite number >= 0 (got {weight})"))
         if problems:

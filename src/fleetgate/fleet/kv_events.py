@@ -79,7 +79,7 @@ def apply_batch(index: PreciseIndex, endpoint: str, events: Sequence[Any]) -> in
 class KVEventSubscriber:
     """One SUB socket per endpoint that publishes events; started and stopped with the gateway."""
 
-    def __init__(self, index: PreciseIndex, topic: str = "", silence: float = 10.0) -> None:
+    def __init__(self, index: PreciseIndex, topic: str, silence: float) -> None:
         self.index = index
         self.topic = topic.encode()
         self.silence = silence

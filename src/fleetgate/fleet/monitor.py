@@ -20,17 +20,18 @@ from fleetgate.fleet.state import Endpoint
 from fleetgate.fleet.vllm_metrics import MetricsParseError, parse_vllm_metrics
 
 log = logging.getLogger("fleetgate.fleet")
-# /v1/models changes only when adapters load or servers restart; a few seconds is fresh enough.
-DISCOVERY_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
 class MonitorSettings:
-    health_interval: float = 1.0
-    health_timeout: float = 2.0
-    health_path: str = "/health"
-    scrape_interval: float = 0.1
-    scrape_timeout: float = 1.0
+    """A pool's `health:` and `scrape:` (defaults in config/pool.py), in seconds."""
+
+    health_interval: float
+    health_timeout: float
+    health_path: str
+    discovery_interval: float  # /v1/models is read again this often (adapters load, servers restart)
+    scrape_interval: float
+    scrape_timeout: float
 
 
 class Monitor:
@@ -90,7 +91,7 @@ class Monitor:
                 await self.discover(e)
                 e.probe_ok()
             elif status == 200:
-                if not e.models or time.monotonic() - e.discovered_at > DISCOVERY_INTERVAL:
+                if not e.models or time.monotonic() - e.discovered_at > self.s.discovery_interval:
                     await self.discover(e)
                 e.probe_ok()
             else:
@@ -130,8 +131,8 @@ class Monitor:
                     body = await r.read()
                 if status == 200:
                     e.load = parse_vllm_metrics(body)
-                    e.load_at = e.last_alive = time.monotonic()
-                    e.in_flight_at_scrape = e.in_flight
+                    e.load_at = e.alive_at = time.monotonic()
+                    e.sent_at_scrape = e.sent
                     misses = 0
                     self.on_change(e)
                 else:

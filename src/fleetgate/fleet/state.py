@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from fleetgate.config import RoutingConfig
 from fleetgate.fleet.prefix_index import ApproxIndex, PreciseIndex
 from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.vllm_metrics import VLLMLoad
@@ -23,50 +23,54 @@ FAILURES_TO_OPEN = 3
 
 @dataclass(eq=False)
 class Endpoint:
-    """One upstream server (a vLLM, a simulator, a RunPod or Cloud Run URL)."""
+    """One upstream server (a vLLM, a simulator, a RunPod or Cloud Run URL).
 
+    Each group of fields has one writer, named on the group; everyone else only reads."""
+
+    # Identity, from the fleet file or the worker that started it: written once, when it is built.
     name: str
     url: str  # scheme://host[:port][/path prefix], no trailing slash
     pool: str
     api_key: str | None = None
     weight: float = 1.0
+    kv_events: str | None = None  # the ZMQ address of its KV-cache events, when it publishes them
+    # The circuit breaker, through its methods below: the monitor's probes open and close it, the relay's
+    # failed attempts open it.
     breaker: Breaker = Breaker.OPEN  # nothing is routable before its first good health check
     failures: int = 0
     last_error: str | None = None
-    in_flight: int = 0
+    # The monitor (fleet/monitor.py): scrapes, model discovery, probes.
     load: VLLMLoad | None = None
     load_at: float = 0.0  # monotonic time of the last good scrape
+    sent_at_scrape: int = 0  # `sent` when `load` was read: requests sent since count as waiting
     models: frozenset[str] = frozenset()  # names its /v1/models lists (base models and adapters)
     adapters: frozenset[str] = frozenset()  # the LoRA adapters among them (entries with a parent)
     discovered_at: float = 0.0  # monotonic time `models` was last read
+    alive_at: float = 0.0  # monotonic time a probe or scrape last answered
+    # The relay: monotonic time the endpoint last sent a byte of a response.
+    answered_at: float = 0.0
+    # The router's leases (routing/router.py): what this gateway committed there.
+    in_flight: int = 0
+    sent: int = 0  # requests ever picked for it (never decreases, unlike in_flight)
     # Prompt tokens this gateway sent that the endpoint has not started answering and does not have cached:
     # prefill work queued there that its metrics do not show yet.
     pending_prefill: int = 0
-    in_flight_at_scrape: int = 0  # in_flight when `load` was read: requests sent since count as waiting
-    kv_events: str | None = None  # the ZMQ address of its KV-cache events, when it publishes them
+    # monotonic time of the first request sent here after its last event batch (0: none since); events
+    # that stay away after work was sent mean the subscription is broken. The router sets it, the KV-event
+    # subscriber clears it when a batch comes.
+    awaiting_events_since: float = 0.0
+    # The KV-event subscriber (fleet/kv_events.py).
     kv_live: bool = False  # events flow and the precise index is complete since they started
     kv_seq: int = -1  # sequence number of the last event batch
     kv_event_at: float = 0.0  # monotonic time of the last event batch
-    # monotonic time of the first request sent here after its last event batch (0: none since); events
-    # that stay away after work was sent mean the subscription is broken
-    awaiting_events_since: float = 0.0
-    # monotonic time of its last sign of life: a health probe or scrape answered, a byte of a response
-    last_alive: float = 0.0
-    # A started worker: off while it drains (it finishes its streams, takes no new ones)
-    enabled: bool = True
+    # The pool of started workers (scaling/pools.py).
+    enabled: bool = True  # off while it drains (it finishes its streams, takes no new ones)
     max_streams: int | None = None  # the `concurrency` rule's cap: at the cap it takes nothing more
 
-    def queued(self, load: VLLMLoad) -> float:
-        """vLLM's queue as `load` read it, plus what we sent since: vLLM has not reported those yet."""
-        return load.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
-
-    def saturated(self, now: float, stale_after: float, max_waiting: float, max_kv_usage: float) -> bool:
-        """Its queue or its KV cache says more work now only waits (or preempts), or the figures it reports
-        stopped coming (a frozen process keeps its last ones: they must not make it look idle)."""
-        load = self.fresh_load(now, stale_after)
-        if load is None:
-            return self.stale(now, stale_after)
-        return self.queued(load) >= max_waiting or load.kv_usage >= max_kv_usage
+    @property
+    def last_alive(self) -> float:
+        """Its last sign of life: a health probe or scrape answered, a byte of a response."""
+        return max(self.alive_at, self.answered_at)
 
     def stale(self, now: float, stale_after: float) -> bool:
         """It reports vLLM's metrics, but the last reading is too old to trust."""
@@ -109,7 +113,7 @@ class Endpoint:
     def probe_ok(self) -> None:
         self.breaker = Breaker.CLOSED
         self.failures = 0
-        self.last_alive = time.monotonic()
+        self.alive_at = time.monotonic()
 
     def probe_failed(self, error: str) -> None:
         self.breaker = Breaker.OPEN
@@ -149,13 +153,23 @@ class PoolState:
     """A pool's endpoints and what routing remembers about them."""
 
     name: str
-    endpoints: list[Endpoint] = field(default_factory=list)
-    approx: ApproxIndex = field(default_factory=lambda: ApproxIndex(RoutingConfig().index_blocks))
+    endpoints: list[Endpoint]
+    approx: ApproxIndex
+    sessions: SessionTable
     precise: PreciseIndex = field(default_factory=PreciseIndex)
-    sessions: SessionTable = field(default_factory=lambda: SessionTable(RoutingConfig().session.ttl))
 
     def routable(self) -> list[Endpoint]:
         return [e for e in self.endpoints if e.routable()]
+
+    def cached(self, keys: Sequence[int], endpoints: Sequence[Endpoint]) -> list[int]:
+        """For each endpoint, how many leading blocks of `keys` it holds: what its KV-cache events say
+        where they flow (precise), otherwise what this gateway routed there (approximate)."""
+        names = [e.name for e in endpoints]
+        hits = self.approx.match(keys, names)
+        if any(e.kv_live for e in endpoints):
+            exact = self.precise.match(keys, names)
+            hits = [x if e.kv_live else h for e, x, h in zip(endpoints, exact, hits, strict=True)]
+        return hits
 
 
 @dataclass

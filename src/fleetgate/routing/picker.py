@@ -2,8 +2,8 @@
 method that ranks endpoints; retries and failover belong to the relay, waiting to the flow queue.
 
 Filters, in order: routable (breaker closed, awake), not tried yet for this request, serves the model, not
-frozen (no sign of life for `stall_after` s), and not saturated (or reporting stale figures), unless every
-candidate is (then those with current figures, ranked by load). Strategies: `max` (highest weighted sum,
+frozen (no sign of life for `stall_after` s), and open: its queue not `max_waiting` requests longer than the
+shortest one's, its figures not stale (`capacity.Saturation.open`). Strategies: `max` (highest weighted sum,
 random among ties), `weighted_random` (chance proportional to the sum), `round_robin` (scorers ignored; the
 baseline benchmarks compare against).
 """
@@ -14,45 +14,34 @@ import itertools
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from fleetgate.fleet.state import Endpoint
+from fleetgate.routing.capacity import Saturation
 from fleetgate.routing.request import RouteRequest
+from fleetgate.routing.settings import Strategy
 
-__all__ = ["Picker", "RouteRequest", "Saturation", "Scorer", "Strategy"]
-
-Strategy = Literal["max", "weighted_random", "round_robin"]
+__all__ = ["Choice", "Picker", "RouteRequest", "Scorer", "Strategy"]
 
 
 class Scorer(Protocol):
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]: ...
 
 
-@dataclass(frozen=True)
-class Saturation:
-    """When an endpoint counts as full: more work sent there would only wait in its queue (or preempt)."""
-
-    max_waiting: float = 5.0
-    max_kv_usage: float = 0.8
-    stale_after: float = 1.0
-    stall_after: float = 5.0
-
-    def of(self, e: Endpoint, now: float) -> bool:
-        return e.saturated(now, self.stale_after, self.max_waiting, self.max_kv_usage)
+Choice = tuple[Endpoint, str]  # the endpoint and what decided it (a scorer's name, tie, only_choice, ...)
 
 
 class Picker:
     def __init__(
         self,
         scorers: Sequence[tuple[str, Scorer, float]],
-        strategy: Strategy = "max",
-        saturation: Saturation | None = None,
+        strategy: Strategy,
+        saturation: Saturation,
         rng: random.Random | None = None,
     ) -> None:
         self.scorers = [(name, s, w) for name, s, w in scorers if w > 0]
         self.strategy = strategy
-        self.saturation = saturation or Saturation()
+        self.saturation = saturation
         self.rng = rng or random.Random()
         self._turn = itertools.count()
 
@@ -73,35 +62,28 @@ class Picker:
 
     def pick(
         self, request: RouteRequest, endpoints: Sequence[Endpoint], exclude: frozenset[str] = frozenset()
-    ) -> Endpoint | None:
-        """The best routable endpoint that serves the model and was not tried yet; None if there is none.
-        Sets `request.reason` to what decided it."""
+    ) -> Choice | None:
+        """The best routable endpoint that serves the model and was not tried yet, and what decided it;
+        None if there is none."""
         pool = self.candidates(request, endpoints, exclude)
         if not pool:
             return None
         if len(pool) > 1:
-            now = time.monotonic()
-            free = [e for e in pool if not self.saturation.of(e, now)]
-            # All full: those whose figures are current first (stale ones may be frozen).
-            pool = free or [e for e in pool if not e.stale(now, self.saturation.stale_after)] or pool
+            pool = self.saturation.open(pool, time.monotonic())
         if self.strategy == "round_robin":
-            request.reason = "round_robin"
-            return pool[next(self._turn) % len(pool)]
+            return pool[next(self._turn) % len(pool)], "round_robin"
         if len(pool) == 1:
-            request.reason = "only_choice"
-            return pool[0]
+            return pool[0], "only_choice"
         columns = [(name, weight, scorer.score(request, pool)) for name, scorer, weight in self.scorers]
         totals = [sum(w * col[i] for _, w, col in columns) for i in range(len(pool))]
         if self.strategy == "weighted_random":
-            request.reason = "weighted_random"
             if sum(totals) <= 0:
-                return self.rng.choice(pool)
-            return self.rng.choices(pool, weights=totals)[0]
+                return self.rng.choice(pool), "weighted_random"
+            return self.rng.choices(pool, weights=totals)[0], "weighted_random"
         best = max(totals)
         ties = [i for i, t in enumerate(totals) if t >= best - 1e-12]
         won = ties[0] if len(ties) == 1 else self.rng.choice(ties)
-        request.reason = _reason(columns, totals, won) if len(ties) == 1 else "tie"
-        return pool[won]
+        return pool[won], _reason(columns, totals, won) if len(ties) == 1 else "tie"
 
 
 def _reason(columns: list[tuple[str, float, list[float]]], totals: list[float], won: int) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["RouteRequest"]
 
@@ -15,7 +15,3 @@ class RouteRequest:
     keys: Sequence[int] = ()  # the prompt's block keys (fleet.prefix_keys)
     tokens: int = 0  # prompt length in tokens (estimated)
     session: Hashable | None = None  # a conversation's identity, from a header or its history
-    # Filled while routing: leading blocks each endpoint holds (prefix scorer), and the decision.
-    hits: dict[str, int] = field(default_factory=dict)
-    reason: str = ""
-    pending: int = 0  # prompt tokens counted as pending prefill at the chosen endpoint

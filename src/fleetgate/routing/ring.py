@@ -15,9 +15,11 @@ import bisect
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.routing.request import RouteRequest
+from fleetgate.routing.settings import RoutingSettings
 
 __all__ = ["HashRing", "RingScorer"]
 
@@ -67,11 +69,14 @@ class HashRing:
 
 
 class RingScorer:
-    """1 for the prompt's ring owner, 0 for the others (no prefix keys: 0 for all)."""
+    """1 for the prompt's ring owner, 0 for the others (no prefix keys: 0 for all). Off unless listed."""
 
-    def __init__(self, pool: PoolState, prefix_blocks: int, load_bound: float) -> None:
-        self.prefix_blocks = prefix_blocks
-        self.load_bound = load_bound
+    needs: ClassVar[frozenset[Literal["prompt", "session"]]] = frozenset({"prompt"})
+    default_weight: ClassVar[float] = 0.0
+
+    def __init__(self, pool: PoolState, settings: RoutingSettings) -> None:
+        self.prefix_blocks = settings.ring_prefix_blocks
+        self.load_bound = settings.ring_load_bound
         self.ring = HashRing()
 
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:

@@ -24,6 +24,7 @@ from fleetgate.admission.flow import FlowQueue
 from fleetgate.fleet.monitor import Monitor
 from fleetgate.fleet.state import Endpoint, PoolState
 from fleetgate.protocol import ServiceUnavailableError
+from fleetgate.routing.capacity import stream_room
 from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad
 from fleetgate.scaling.gpus import GpuInventory, discover_gpus
 from fleetgate.scaling.local import LocalProvider
@@ -104,8 +105,7 @@ class WorkerPool:
         live = [e for e in self.endpoints if e.routable()]
         if not live:
             return 0.0
-        cap = self.max_streams
-        return base if cap is None else min(base, float(sum(cap - e.in_flight for e in live)))
+        return min(base, sum(stream_room(e) for e in live))
 
     def hold_timeout(self) -> float:
         """How long a request waits for a worker to start when none is ready."""
