@@ -29,8 +29,8 @@ from fleetgate.bench.workloads import (
     length_dist,
     make_workload,
 )
-from fleetgate.sim.requests import ChatCompletionRequest, CompletionRequest, ResponsesRequest, validate
 from fleetgate.tokenizer import render_chat
+from fleetgate.worker.requests import ChatCompletionRequest, CompletionRequest, ResponsesRequest, validate
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

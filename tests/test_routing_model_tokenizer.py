@@ -13,7 +13,7 @@ from fleetgate.engines.embedded import demo
 from fleetgate.engines.embedded.prompts import message_dict, render_chat
 from fleetgate.fleet.prefix_keys import token_keys
 from fleetgate.routing.prompt import PromptHasher
-from fleetgate.sim.requests import ChatMessage
+from fleetgate.worker.requests import ChatMessage
 
 SYSTEM = {"role": "system", "content": "You answer travel questions for a booking site. " * 20}
 HISTORY = [

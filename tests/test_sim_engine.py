@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from fleetgate.sim.engine import FINISHED, RUNNING, Engine, EngineArgs, EngineRequest
-from fleetgate.sim.metrics import EngineStats
+from fleetgate.sim.engine import Engine, EngineArgs, EngineRequest
 from fleetgate.sim.profiles import load_profile
 from fleetgate.tokenizer import IM_END, TextSampler, Tokenizer
+from fleetgate.worker.metrics import EngineStats
+from fleetgate.worker.scheduler import Status
 
 
 class Clock:
@@ -44,7 +45,7 @@ def step(engine: Engine, clock: Clock) -> list[tuple[EngineRequest, int]]:
     batch = engine.schedule()
     clock.t += engine.step_seconds(batch)
     engine.postprocess(batch, clock.t)
-    return [(s.req, s.tokens) for s in batch]
+    return [(s.seq, s.tokens) for s in batch]
 
 
 def run_until_idle(engine: Engine, clock: Clock, limit: int = 100000) -> int:
@@ -63,7 +64,7 @@ def test_outputs_exactly_max_tokens_under_ignore_eos() -> None:
         engine.add(r)
     run_until_idle(engine, clock)
     for r in reqs:
-        assert r.state == FINISHED
+        assert r.state == Status.FINISHED
         assert r.finish_reason == "length"
         assert len(r.output) == 7
         assert r.pending == r.output  # every token reached the channel
@@ -146,7 +147,7 @@ def test_a_third_lora_waits_while_two_are_active() -> None:
     for r in (a, b, c):
         engine.add(r)
     step(engine, clock)
-    assert a.state == RUNNING and b.state == RUNNING
+    assert a.state == Status.RUNNING and b.state == Status.RUNNING
     assert c in engine.waiting and c.deferred
     assert engine.waiting_by_reason() == (0, 1)
     assert engine.lora_state() == (["a", "b"], ["c"])
@@ -160,7 +161,7 @@ def test_same_lora_shares_a_slot() -> None:
     for r in reqs:
         engine.add(r)
     step(engine, clock)
-    assert all(r.state == RUNNING for r in reqs)
+    assert all(r.state == Status.RUNNING for r in reqs)
 
 
 def test_max_num_seqs_bounds_the_batch() -> None:

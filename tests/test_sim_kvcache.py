@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetgate.sim.kvcache import KVCache, chain_hashes, lora_key
+from fleetgate.worker.kvcache import KVCache, chain_hashes, lora_key
 
 
 def test_chain_hashes_depend_on_the_whole_prefix() -> None:

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetgate.sim.engine import Engine, EngineArgs, EngineRequest
-from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile, StepModel, load_profile
 from fleetgate.tokenizer import TextSampler, Tokenizer
+from fleetgate.worker.metrics import EngineStats
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def run_closed_loop(
         clock.t += engine.step_seconds(batch)
         engine.postprocess(batch, clock.t)
         for s in batch:
-            req = s.req
+            req = s.seq
             key = req.rid
             if req.pending:
                 req.pending.clear()

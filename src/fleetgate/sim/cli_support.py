@@ -11,7 +11,7 @@ from fleetgate.sim.engine import EngineArgs
 from fleetgate.sim.faults import Faults, parse_error_rates
 from fleetgate.sim.kv_publisher import KVEventsConfig
 from fleetgate.sim.profiles import load_profile
-from fleetgate.sim.server import SimSettings
+from fleetgate.sim.settings import SimSettings
 
 _PER_REPLICA = ("--replicas", "--port", "--seed", "--replica-index")
 

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from fleetgate.protocol import BadRequestError, InvalidUserInputError, NotFoundError, OpenAIError
-from fleetgate.sim.engine import EngineRequest
+from fleetgate.sim.engine import Engine, EngineRequest
 from fleetgate.sim.faults import Faults
-from fleetgate.sim.kvcache import chain_hashes, lora_key
-from fleetgate.sim.replies import reply_error, reply_json
-from fleetgate.sim.requests import Body, ChatMessage, LoadLoRARequest, ToolDef, UnloadLoRARequest, validate
-from fleetgate.tokenizer import render_chat
-
-if TYPE_CHECKING:
-    from fleetgate.sim.server import SimServer
+from fleetgate.sim.profiles import Profile
+from fleetgate.sim.settings import SimSettings
+from fleetgate.tokenizer import Tokenizer, render_chat
+from fleetgate.worker.kvcache import chain_hashes, lora_key
+from fleetgate.worker.replies import reply_error, reply_json
+from fleetgate.worker.requests import (
+    Body,
+    ChatMessage,
+    LoadLoRARequest,
+    ToolDef,
+    UnloadLoRARequest,
+    parse_json,
+    validate,
+)
 
 
 class MatchRequest(Body):
@@ -29,8 +36,24 @@ class MatchRequest(Body):
     lora: str | None = None
 
 
+class Controlled(Protocol):
+    """What the control routes read and change on the server (a protocol, so control.py and server.py do not
+    import each other): the adapters and faults it replaces are the server's own, read by every request."""
+
+    s: SimSettings
+    profile: Profile
+    engine: Engine
+    tokenizer: Tokenizer
+    loras: dict[str, str]
+    faults: Faults
+
+
+async def _body(request: Request) -> Any:
+    return parse_json(await request.body())
+
+
 class Control:
-    def __init__(self, srv: SimServer) -> None:
+    def __init__(self, srv: Controlled) -> None:
         self.srv = srv
 
     def routes(self) -> list[Route]:
@@ -59,7 +82,7 @@ class Control:
     # ---- LoRA ------------------------------------------------------------------------------------------
     async def load_lora(self, request: Request) -> Response:
         try:
-            req = validate(LoadLoRARequest, await self.srv._body(request))
+            req = validate(LoadLoRARequest, await _body(request))
             if req.lora_name in self.srv.loras and not req.load_inplace:
                 raise InvalidUserInputError(
                     f"The lora adapter '{req.lora_name}' has already been loaded. If you want to load the "
@@ -71,13 +94,13 @@ class Control:
                 )
         except OpenAIError as e:
             return reply_error(e)
-        await asyncio.sleep(self.srv.profile.lora_load_seconds / self.srv._scale)
+        await asyncio.sleep(self.srv.profile.lora_load_seconds / self.srv.s.engine.time_scale)
         self.srv.loras[req.lora_name] = req.lora_path
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     async def unload_lora(self, request: Request) -> Response:
         try:
-            req = validate(UnloadLoRARequest, await self.srv._body(request))
+            req = validate(UnloadLoRARequest, await _body(request))
             if req.lora_name not in self.srv.loras:
                 raise NotFoundError(f"The lora adapter '{req.lora_name}' cannot be found.")
         except OpenAIError as e:
@@ -142,7 +165,7 @@ class Control:
     async def admin_match(self, request: Request) -> Response:
         """How many tokens of a prompt this server has cached now, and its queue: an oracle's inputs."""
         try:
-            req = validate(MatchRequest, await self.srv._body(request))
+            req = validate(MatchRequest, await _body(request))
             tok = self.srv.tokenizer
             if req.messages is not None:
                 messages = [m.model_dump(exclude_none=True) for m in req.messages]
@@ -175,7 +198,7 @@ class Control:
     async def admin_faults(self, request: Request) -> Response:
         if request.method == "POST":
             try:
-                body = await self.srv._body(request)
+                body = await _body(request)
                 self.srv.faults = Faults.model_validate({**self.srv.faults.model_dump(), **body})
             except OpenAIError as e:
                 return reply_error(e)

@@ -1,10 +1,10 @@
 """The simulated engine: vLLM V1's iteration-level loop in three verbs (schedule, run, postprocess).
 
 Each step admits waiting requests within `max_num_seqs` and a token budget of `max_num_batched_tokens`
-(chunked prefill), allocates KV blocks, reuses cached prefix blocks, preempts the newest running request when
-blocks run out, defers requests whose LoRA adapter would exceed `max_loras`, and takes as long as the
-profile's step model says. Time runs on absolute deadlines divided by the time scale, so a slow event loop
-catches up instead of drifting.
+(chunked prefill), allocates KV blocks, reuses cached prefix blocks, preempts the newest running request
+when blocks run out and defers requests whose LoRA adapter would exceed `max_loras` (the worker kit's
+scheduler, shared with the embedded engine), and takes as long as the profile's step model says. Time
+runs on absolute deadlines divided by the time scale, so a slow event loop catches up instead of drifting.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetgate.sim.kvcache import Block, KVCache, chain_hashes, lora_key
-from fleetgate.sim.metrics import EngineStats
 from fleetgate.sim.profiles import Profile
 from fleetgate.tokenizer import IM_END, TextSampler
+from fleetgate.worker.kvcache import Block, KVCache, lora_key
+from fleetgate.worker.metrics import EngineStats
+from fleetgate.worker.scheduler import FINISHED, RUNNING, Limits, Scheduler, Status, Work
 
-WAITING, RUNNING, FINISHED = 0, 1, 2
 # A late event loop may run steps back to back to catch up, but never owes more than this much wall time.
 _MAX_LAG = 0.25
 
@@ -49,7 +49,7 @@ class EngineRequest:
     finish_reason: str | None = None
     waiter: asyncio.Future[None] | None = None
     # engine state
-    state: int = WAITING
+    state: Status = Status.WAITING
     output: list[int] = field(default_factory=list)
     computed: int = 0
     blocks: list[Block] = field(default_factory=list)
@@ -73,6 +73,9 @@ class EngineRequest:
         if lo >= p:
             return self.output[lo - p : hi - p]
         return self.prompt[lo:] + self.output[: hi - p]
+
+    def append(self, token: int) -> None:
+        self.output.append(token)
 
     def notify(self) -> None:
         w = self.waiter
@@ -110,12 +113,6 @@ class EngineArgs:
     time_scale: float = 1.0
 
 
-@dataclass(slots=True)
-class _Scheduled:
-    req: EngineRequest
-    tokens: int
-
-
 class Engine:
     def __init__(
         self,
@@ -130,9 +127,11 @@ class Engine:
         self.args = args
         self.sampler = sampler
         self.stats = stats
-        self.kv = KVCache(args.num_gpu_blocks, args.block_size, args.enable_prefix_caching)
-        self.waiting: deque[EngineRequest] = deque()
-        self.running: list[EngineRequest] = []
+        # The calibrator drives schedule/postprocess itself on a virtual clock; servers use the loop's.
+        self._clock = clock or _loop_time
+        kv = KVCache(args.num_gpu_blocks, args.block_size, args.enable_prefix_caching)
+        limits = Limits(args.max_num_seqs, args.max_num_batched_tokens, args.block_size, args.max_loras)
+        self.sched: Scheduler[EngineRequest] = Scheduler(kv, limits, stats, self._clock)
         self.sleep_level = 0
         self._publish = publish
         self._work = asyncio.Event()
@@ -141,9 +140,19 @@ class Engine:
         self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         self._scale = args.time_scale
-        # The calibrator drives schedule/postprocess itself on a virtual clock; servers use the loop's.
-        self._clock = clock or _loop_time
         self._lora_seen: tuple[list[str], list[str]] = ([], [])
+
+    @property
+    def kv(self) -> KVCache:
+        return self.sched.kv
+
+    @property
+    def waiting(self) -> deque[EngineRequest]:
+        return self.sched.waiting
+
+    @property
+    def running(self) -> list[EngineRequest]:
+        return self.sched.running
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,21 +166,14 @@ class Engine:
 
     # ---- requests --------------------------------------------------------------------------------------
     def add(self, req: EngineRequest) -> None:
-        lora = lora_key(req.lora) if req.lora else 0
-        req.hashes = chain_hashes(req.prompt, self.args.block_size, lora)
-        self.waiting.append(req)
-        self.stats.on_arrival(req)
+        self.sched.add(req)
         self._work.set()
 
     def abort(self, req: EngineRequest, reason: str = "abort") -> None:
         """Stop a request: the client left ("abort") or a stop string ended it ("stop")."""
         if req.state == FINISHED:
             return
-        if req.state == RUNNING:
-            self.running.remove(req)
-        else:
-            with contextlib.suppress(ValueError):
-                self.waiting.remove(req)
+        self.sched.remove(req)
         self._finish(req, reason, self._now())
 
     # ---- sleep mode ------------------------------------------------------------------------------------
@@ -226,12 +228,12 @@ class Engine:
         # Idle time is not owed to anyone: the next step starts now, it does not catch up.
         self._deadline = loop.time()
 
-    def step_seconds(self, batch: list[_Scheduled]) -> float:
+    def step_seconds(self, batch: list[Work[EngineRequest]]) -> float:
         tokens = decode_ctx = 0
         decode_sq = pairs = 0.0
         knee = self.profile.step.KNEE
         for s in batch:
-            req = s.req
+            req = s.seq
             tokens += s.tokens
             ctx = req.computed
             if ctx >= len(req.prompt):
@@ -244,74 +246,8 @@ class Engine:
             tokens, len(batch), decode_ctx, decode_sq, pairs, self.args.enforce_eager
         )
 
-    # ---- schedule --------------------------------------------------------------------------------------
-    def _preempt(self, req: EngineRequest) -> None:
-        self.running.remove(req)
-        self.kv.free(req.blocks)
-        req.blocks = []
-        req.computed = 0
-        req.committed = 0
-        req.state = WAITING
-        self.waiting.appendleft(req)
-        self.stats.preemptions += 1
-
-    def schedule(self) -> list[_Scheduled]:
-        args = self.args
-        budget = args.max_num_batched_tokens
-        batch: list[_Scheduled] = []
-        preempted = False
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = min(req.total_len - req.computed, budget)
-            while not self.kv.grow(req.blocks, req.computed + n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted = True
-                if victim is req:
-                    break
-            if req.state != RUNNING:
-                continue
-            batch.append(_Scheduled(req, n))
-            budget -= n
-            i += 1
-        active_loras = {r.lora for r in self.running if r.lora}
-        skipped: list[EngineRequest] = []
-        now = self._now()
-        while self.waiting and budget > 0 and not preempted and len(self.running) < args.max_num_seqs:
-            req = self.waiting[0]
-            if req.lora and req.lora not in active_loras and len(active_loras) >= args.max_loras:
-                req.deferred = True
-                skipped.append(self.waiting.popleft())
-                continue
-            if not req.blocks:
-                # vLLM always recomputes at least the last prompt token, so a hit stops one short.
-                usable = (req.total_len - 1) // args.block_size
-                hit = self.kv.longest_hit(req.hashes[:usable])
-                req.blocks = self.kv.touch(req.hashes[:hit])
-                req.committed = hit
-                req.computed = hit * args.block_size
-                if req.cached_tokens < 0:
-                    req.cached_tokens = req.computed
-                    self.stats.on_prefix_query(len(req.prompt), req.computed)
-            n = min(req.total_len - req.computed, budget)
-            if not self.kv.grow(req.blocks, req.computed + n):
-                self.kv.free(req.blocks)
-                req.blocks = []
-                req.computed = req.committed = 0
-                break
-            self.waiting.popleft()
-            req.state = RUNNING
-            req.deferred = False
-            if not req.scheduled_at:
-                req.scheduled_at = now
-            if req.lora:
-                active_loras.add(req.lora)
-            self.running.append(req)
-            batch.append(_Scheduled(req, n))
-            budget -= n
-        self.waiting.extendleft(reversed(skipped))
-        return batch
+    def schedule(self) -> list[Work[EngineRequest]]:
+        return self.sched.schedule()
 
     # ---- postprocess -----------------------------------------------------------------------------------
     def _next_token(self, req: EngineRequest) -> tuple[int, str | None]:
@@ -321,39 +257,24 @@ class Engine:
         token = req.script[i] if i < len(req.script) else self.sampler.draw(req.rng)
         return token, ("length" if i + 1 >= req.max_tokens else None)
 
-    def postprocess(self, batch: list[_Scheduled], now: float) -> None:
-        bs = self.args.block_size
+    def postprocess(self, batch: list[Work[EngineRequest]], now: float) -> None:
         stored: list[tuple[EngineRequest, int, int]] = []
-        for s in batch:
-            req = s.req
+        for w in batch:
+            req = w.seq
             if req.state != RUNNING:
                 continue
-            req.computed += s.tokens
-            full = req.computed // bs
-            if full > req.committed:
-                stored.append((req, req.committed, full))
-                for j in range(req.committed, full):
-                    self.kv.commit(req.blocks[j], req.hashes[j])
-                req.committed = full
-            if req.computed < req.total_len:
+            span = self.sched.computed(w)
+            if span is not None:
+                stored.append((req, *span))
+            if not w.last:
                 continue  # prefill goes on next step
             token, reason = self._next_token(req)
-            req.output.append(token)
+            self.sched.append(req, token, now)
             if req.stop is not None and token != IM_END and req.stop(token):
                 reason = "stop"
-            if req.total_len % bs == 0:
-                lora = lora_key(req.lora) if req.lora else 0
-                tail = req.token_slice(req.total_len - bs, req.total_len)
-                parent = req.hashes[-1] if req.hashes else None
-                req.hashes += chain_hashes(tail, bs, lora, parent)
-            if not req.first_token_at:
-                req.first_token_at = now
-            else:
-                self.stats.on_token_gap(now - req.last_token_at)
-            req.last_token_at = now
             req.pending.append(token)
             if reason is not None:
-                self.running.remove(req)
+                self.sched.remove(req)
                 self._finish(req, reason, now)
             else:
                 req.notify()
@@ -377,24 +298,17 @@ class Engine:
             self._publish(items)
 
     def _finish(self, req: EngineRequest, reason: str, now: float) -> None:
-        req.state = FINISHED
         req.finish_reason = reason
-        if req.blocks:
-            self.kv.free(req.blocks)
-            req.blocks = []
-        self.stats.on_finish(req, reason, now)
+        self.sched.finish(req, reason, now)
         req.notify()
         self._work.set()
 
     # ---- introspection (admin endpoint, metrics) -------------------------------------------------------
     def kv_usage(self) -> float:
-        return self.kv.usage()
+        return self.sched.kv_usage()
 
     def waiting_by_reason(self) -> tuple[int, int]:
-        deferred = sum(1 for r in self.waiting if r.deferred)
-        return len(self.waiting) - deferred, deferred
+        return self.sched.waiting_by_reason()
 
     def lora_state(self) -> tuple[list[str], list[str]]:
-        running = list(dict.fromkeys(r.lora for r in self.running if r.lora))
-        waiting = list(dict.fromkeys(r.lora for r in self.waiting if r.lora))
-        return running, waiting
+        return self.sched.lora_state()

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from fleetgate.sim.server import VERSION, SimServer, SimSettings
+from fleetgate.sim.server import VERSION, SimServer
+from fleetgate.sim.settings import SimSettings
 from fleetgate.sim.startup_log import RECORDED_ROUTES, StartupPlan, startup_lines
 
 

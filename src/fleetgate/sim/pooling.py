@@ -20,12 +20,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fleetgate.protocol import BadRequestError, OpenAIError, random_id
-from fleetgate.sim.replies import reply_error, reply_json
-from fleetgate.sim.requests import Body, parse_json, validate
+from fleetgate.sim.core import SimCore
+from fleetgate.worker.replies import reply_error, reply_json
+from fleetgate.worker.requests import Body, parse_json, validate
 
 if TYPE_CHECKING:
     from fleetgate.sim.engine import EngineRequest
-    from fleetgate.sim.server import SimServer
 
 
 class RerankRequest(Body):
@@ -68,7 +68,7 @@ def overlap(a: Sequence[int], b: Sequence[int]) -> float:
 
 
 class Pooling:
-    def __init__(self, srv: SimServer) -> None:
+    def __init__(self, srv: SimCore) -> None:
         self.srv = srv
 
     def routes(self) -> list[Route]:

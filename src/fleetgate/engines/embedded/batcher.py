@@ -2,10 +2,10 @@
 
 Every step takes the running sequences (one decode token each, or the next chunk of a long prompt) and
 admits waiting ones while `max_num_seqs`, the token budget and free KV blocks allow, so a request that
-arrives mid-decode joins the very next step. Blocks come from the simulator's KV block manager (prefix
-caching by block-hash chain, LRU eviction, vLLM's rules); when they run out the newest sequence is
-preempted and recomputed later. The event loop hands work in through thread-safe queues and gets each
-step's output back in one call.
+arrives mid-decode joins the very next step. Scheduling and blocks are the worker kit's, shared with the
+simulator (prefix caching by block-hash chain, LRU eviction, vLLM's rules); when blocks run out the newest
+sequence is preempted and recomputed later. The event loop hands work in through thread-safe queues and
+gets each step's output back in one call.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from fleetgate.engines.embedded.metrics import Stats
 from fleetgate.engines.embedded.output import TextOutput
 from fleetgate.engines.embedded.runner import Chunk, ModelRunner
 from fleetgate.engines.embedded.sampling import Row, Sampler, SamplingParams
-from fleetgate.sim.kvcache import Block, KVCache, chain_hashes
+from fleetgate.worker.kvcache import Block, KVCache
+from fleetgate.worker.scheduler import FINISHED, RUNNING, Limits, Scheduler, Status, Work
 
 log = logging.getLogger("fleetgate.embedded")
-
-WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,9 @@ class Sequence:
     params_n: int = 1
     arrival: float = 0.0
     output: list[int] = field(default_factory=list)
-    state: str = WAITING
+    state: Status = Status.WAITING
+    lora: str | None = None  # no adapters here; the shared scheduler reads it
+    deferred: bool = False
     blocks: list[Block] = field(default_factory=list)
     hashes: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose keys and values are in the cache
@@ -93,6 +94,13 @@ class Sequence:
     @property
     def total_len(self) -> int:
         return len(self.ids)
+
+    def token_slice(self, lo: int, hi: int) -> list[int]:
+        return self.ids[lo:hi]
+
+    def append(self, token: int) -> None:
+        self.output.append(token)
+        self.ids.append(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +128,10 @@ class Engine:
         self.limits = limits
         self.stats = stats
         self.eos_ids = eos_ids
-        self.kv = KVCache(limits.num_blocks, limits.block_size, limits.enable_prefix_caching)
+        kv = KVCache(limits.num_blocks, limits.block_size, limits.enable_prefix_caching)
+        shared = Limits(limits.max_num_seqs, limits.max_num_batched_tokens, limits.block_size)
+        self.sched: Scheduler[Sequence] = Scheduler(kv, shared, stats.engine, time.monotonic, stats.lock)
         self.masks = Masks(vocab_size)
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
         self.sleep_level = 0  # never asleep; the metrics say awake, as vLLM's do
         self._inbox: deque[list[Sequence]] = deque()
         self._aborts: deque[Sequence] = deque()
@@ -132,6 +140,18 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[tuple[SequenceStream, Delta]] = []
+
+    @property
+    def kv(self) -> KVCache:
+        return self.sched.kv
+
+    @property
+    def waiting(self) -> deque[Sequence]:
+        return self.sched.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.sched.running
 
     # ---- called from the event loop ----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -177,29 +197,24 @@ class Engine:
     def _take_inbox(self) -> None:
         while self._inbox:
             for seq in self._inbox.popleft():
-                seq.hashes = chain_hashes(seq.prompt, self.limits.block_size, 0)
-                self.waiting.append(seq)
-                with self.stats.lock:
-                    self.stats.engine.on_arrival(seq)
+                self.sched.add(seq)
         while self._aborts:
             seq = self._aborts.popleft()
-            if seq.state == RUNNING:
-                self.running.remove(seq)
-            elif seq.state == WAITING and seq in self.waiting:
-                self.waiting.remove(seq)
             if seq.state != FINISHED:
+                self.sched.remove(seq)
                 self._finish(seq, "abort", time.monotonic())
 
     def step(self) -> None:
-        work = self.schedule()
+        work = self.sched.schedule()
         if not work:
             return
         chunks = [
-            Chunk(seq.ids[seq.computed : seq.computed + n], seq.computed, [b.id for b in seq.blocks], last)
-            for seq, n, last in work
-        ]
+            Chunk(w.seq.token_slice(w.seq.computed, w.seq.computed + w.tokens), w.seq.computed,
+                  [b.id for b in w.seq.blocks], w.last)
+            for w in work
+        ]  # fmt: skip
         logits = self.runner.run(chunks)
-        sampled = [seq for seq, _, last in work if last]
+        sampled = [w.seq for w in work if w.last]
         tokens = self._sample(logits, sampled) if sampled else []
         with self.stats.lock:
             self.stats.engine.on_iteration(sum(len(c.tokens) for c in chunks))
@@ -207,64 +222,6 @@ class Engine:
             self.postprocess(work, dict(zip(sampled, tokens, strict=True)), time.monotonic())
         # The block manager records vLLM's KV events for a publisher; this engine publishes none, so they go.
         self.kv.drain_events()
-
-    # ---- schedule --------------------------------------------------------------------------------------
-    def _release(self, seq: Sequence) -> None:
-        self.kv.free(seq.blocks)
-        seq.blocks = []
-        seq.computed = seq.committed = 0
-
-    def _preempt(self, seq: Sequence) -> None:
-        """Give a sequence's blocks back; it waits at the head of the queue and recomputes its context."""
-        self.running.remove(seq)
-        self._release(seq)
-        seq.state = WAITING
-        self.waiting.appendleft(seq)
-        self.stats.engine.preemptions += 1
-
-    def _reuse_prefix(self, seq: Sequence) -> None:
-        # At least the last token is always computed, since its logits are needed.
-        usable = (seq.total_len - 1) // self.limits.block_size
-        hit = self.kv.longest_hit(seq.hashes[:usable])
-        seq.blocks = self.kv.touch(seq.hashes[:hit])
-        seq.committed = hit
-        seq.computed = hit * self.limits.block_size
-        if seq.cached_tokens < 0:
-            seq.cached_tokens = seq.computed
-            with self.stats.lock:
-                self.stats.engine.on_prefix_query(len(seq.prompt), seq.computed)
-
-    def schedule(self) -> list[tuple[Sequence, int, bool]]:
-        """(sequence, tokens to compute, whether to sample after them) for this step."""
-        budget = self.limits.max_num_batched_tokens
-        work: list[tuple[Sequence, int, bool]] = []
-        preempted = False
-        for seq in list(self.running):
-            if seq.state != RUNNING or budget <= 0:
-                continue
-            n = min(seq.total_len - seq.computed, budget)
-            while seq.state == RUNNING and not self.kv.grow(seq.blocks, seq.computed + n):
-                self._preempt(self.running[-1])
-                preempted = True
-            if seq.state == RUNNING:
-                work.append((seq, n, seq.computed + n == seq.total_len))
-                budget -= n
-        now = time.monotonic()
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.limits.max_num_seqs:
-            seq = self.waiting[0]
-            if not seq.blocks:
-                self._reuse_prefix(seq)
-            n = min(seq.total_len - seq.computed, budget)
-            if not self.kv.grow(seq.blocks, seq.computed + n):
-                self._release(seq)
-                break
-            self.waiting.popleft()
-            seq.state = RUNNING
-            seq.scheduled_at = seq.scheduled_at or now
-            self.running.append(seq)
-            work.append((seq, n, seq.computed + n == seq.total_len))
-            budget -= n
-        return work
 
     # ---- run -------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
@@ -279,35 +236,19 @@ class Engine:
         return self.sampler.sample(logits, rows)
 
     # ---- postprocess -----------------------------------------------------------------------------------
-    def postprocess(
-        self, work: list[tuple[Sequence, int, bool]], tokens: dict[Sequence, int], now: float
-    ) -> None:
-        bs = self.limits.block_size
-        for seq, n, _ in work:
+    def postprocess(self, work: list[Work[Sequence]], tokens: dict[Sequence, int], now: float) -> None:
+        for w in work:
+            seq = w.seq
             if seq.state != RUNNING:
                 continue
-            seq.computed += n
-            full = seq.computed // bs
-            for j in range(seq.committed, min(full, len(seq.hashes))):
-                self.kv.commit(seq.blocks[j], seq.hashes[j])
-            seq.committed = max(seq.committed, min(full, len(seq.hashes)))
+            self.sched.computed(w)
             token = tokens.get(seq)
             if token is None:
                 continue  # the prompt goes on next step
             self._append(seq, token, now)
 
     def _append(self, seq: Sequence, token: int, now: float) -> None:
-        bs = self.limits.block_size
-        seq.output.append(token)
-        seq.ids.append(token)
-        if seq.total_len % bs == 0:
-            parent = seq.hashes[-1] if seq.hashes else None
-            seq.hashes += chain_hashes(seq.ids[-bs:], bs, 0, parent)
-        if seq.first_token_at:
-            self.stats.engine.on_token_gap(now - seq.last_token_at)
-        else:
-            seq.first_token_at = now
-        seq.last_token_at = now
+        self.sched.append(seq, token, now)
         reason: str | None = None
         text = ""
         if token in self.eos_ids and not seq.params.ignore_eos:
@@ -327,15 +268,12 @@ class Engine:
             return
         if seq.text.stop_hit is None:
             text += seq.text.flush()
-        self.running.remove(seq)
+        self.sched.remove(seq)
         self._finish(seq, reason, now)
         self._outbox.append((seq.stream, Delta(text, reason, seq.text.stop_hit)))
 
     def _finish(self, seq: Sequence, reason: str, now: float) -> None:
-        seq.state = FINISHED
-        self._release(seq)
-        with self.stats.lock:
-            self.stats.engine.on_finish(seq, reason, now)
+        self.sched.finish(seq, reason, now)
 
     def _fail_all(self) -> None:
         now = time.monotonic()
@@ -353,13 +291,13 @@ class Engine:
 
     # ---- what /metrics reads ---------------------------------------------------------------------------
     def kv_usage(self) -> float:
-        return self.kv.usage()
+        return self.sched.kv_usage()
 
     def waiting_by_reason(self) -> tuple[int, int]:
-        return len(self.waiting), 0
+        return self.sched.waiting_by_reason()
 
     def lora_state(self) -> tuple[list[str], list[str]]:
-        return [], []
+        return self.sched.lora_state()
 
 
 def _push_all(items: list[tuple[SequenceStream, Delta]]) -> None:

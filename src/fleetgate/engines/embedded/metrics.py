@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from fleetgate.sim.metrics import EngineStats, EngineView, Histogram, go_float
+from fleetgate.worker.exposition import Histogram, go_float
+from fleetgate.worker.metrics import EngineStats, EngineView
 
 _STEP_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 STEP_SEQUENCES = "fleetgate_engine_step_sequences"

@@ -10,7 +10,7 @@ from typing import Any
 from fleetgate.chat_template import render_ids, template_message
 from fleetgate.engines.embedded.sampling import SamplingParams
 from fleetgate.protocol import BadRequestError
-from fleetgate.sim.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
+from fleetgate.worker.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 _NO_TEMPLATE = (
     "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat "

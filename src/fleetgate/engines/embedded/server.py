@@ -1,7 +1,7 @@
 """The HTTP surface: vLLM's routes and response shapes in front of the engine (or the embedding queue).
 
-Bodies are validated and rendered by the simulator's modules, which reproduce vLLM 0.26 byte for byte, so
-a client or the gateway sees the same wire from the simulator, the embedded engine and vLLM.
+Bodies are validated and rendered by the worker kit (fleetgate.worker), which reproduces vLLM 0.26 byte
+for byte, so a client or the gateway sees the same wire from the simulator, the embedded engine and vLLM.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from fleetgate import __version__
@@ -41,10 +41,11 @@ from fleetgate.protocol import (
     model_not_found,
     random_id,
 )
-from fleetgate.sim import render
-from fleetgate.sim import requests as bodies
-from fleetgate.sim.metrics import EngineView
-from fleetgate.sim.replies import reply_error, reply_json, unless_gone
+from fleetgate.worker import render
+from fleetgate.worker import requests as bodies
+from fleetgate.worker.metrics import EngineView
+from fleetgate.worker.replies import reply_error, reply_json, unless_gone
+from fleetgate.worker.shell import Served, Shell, worker_app
 
 Body = TypeVar("Body", bound=bodies.Body)
 Sampled = bodies.ChatCompletionRequest | bodies.CompletionRequest
@@ -87,10 +88,7 @@ class EmbeddedServer:
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/version", self.version, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/tokenize", self.tokenize, methods=["POST"]),
-            Route("/detokenize", self.detokenize, methods=["POST"]),
+            *self.shell().routes(),
         ]
         if self.engine is not None:
             routes += [
@@ -112,7 +110,7 @@ class EmbeddedServer:
                 if self.embeddings is not None:
                     await self.embeddings.stop()
 
-        return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found})
+        return worker_app(routes, lifespan)
 
     # ---- plain routes ----------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -122,13 +120,17 @@ class EmbeddedServer:
     async def version(self, request: Request) -> Response:
         return reply_json({"version": __version__})
 
-    async def metrics(self, request: Request) -> Response:
-        return PlainTextResponse(self.stats.render(self.view), media_type="text/plain; version=0.0.4")
-
-    async def models(self, request: Request) -> Response:
+    def model_cards(self) -> list[dict[str, Any]]:
         root, length = str(self.m.path), self.m.max_model_len
-        data = [render.model_card(name, root, None, length, self.created) for name in self.m.names]
-        return reply_json({"object": "list", "data": data})
+        return [render.model_card(name, root, None, length, self.created) for name in self.m.names]
+
+    def shell(self) -> Shell:
+        page = lambda: self.stats.render(self.view)  # noqa: E731
+        return Shell(
+            Served(
+                self.m.max_model_len, _HFTokens(self.m.tokenizer), self._check_model, self.model_cards, page
+            )
+        )
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model not in self.m.names:
@@ -139,31 +141,6 @@ class EmbeddedServer:
         body = bodies.validate(kind, bodies.parse_json(await request.body()))
         self._check_model(getattr(body, "model", None))
         return body
-
-    async def tokenize(self, request: Request) -> Response:
-        try:
-            req = await self._read(request, bodies.TokenizeRequest)
-            if req.messages is not None:
-                tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
-                messages = [message_dict(m) for m in req.messages]
-                ids = render_chat(self.m.tokenizer, messages, tools or None, req.add_generation_prompt)
-            else:
-                ids = self.m.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
-        except OpenAIError as e:
-            return reply_error(e)
-        return reply_json(
-            {"count": len(ids), "max_model_len": self.m.max_model_len, "tokens": ids, "token_strs": None}
-        )
-
-    async def detokenize(self, request: Request) -> Response:
-        try:
-            body = bodies.parse_json(await request.body())
-            tokens = body.get("tokens") if isinstance(body, dict) else None
-            if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-                raise BadRequestError("tokens must be a list of token ids", param="tokens")
-        except OpenAIError as e:
-            return reply_error(e)
-        return reply_json({"prompt": self.m.tokenizer.decode(tokens)})
 
     # ---- generation plumbing ---------------------------------------------------------------------------
     def _sequences(
@@ -392,8 +369,25 @@ def _unsupported(**asked: bool) -> None:
             raise BadRequestError(f"{name} is not supported by fleetgate's embedded engine", param=name)
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"detail": "Not Found"}, status_code=404)
+class _HFTokens:
+    """A transformers tokenizer as the shell's `Tokens`, rendering chats with the model's template."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return cast(list[int], self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: list[int]) -> str:
+        return cast(str, self.tokenizer.decode(ids))
+
+    def chat(
+        self,
+        messages: list[bodies.ChatMessage],
+        tools: list[dict[str, Any]] | None,
+        add_generation_prompt: bool,
+    ) -> list[int]:
+        return render_chat(self.tokenizer, [message_dict(m) for m in messages], tools, add_generation_prompt)
 
 
 def build(settings: EngineSettings, plan: Plan, model: Any, tokenizer: Any) -> EmbeddedServer:

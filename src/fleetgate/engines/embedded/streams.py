@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from fleetgate.engines.embedded.batcher import Delta, Sequence
 from fleetgate.engines.embedded.tools import ToolCallStream
 from fleetgate.protocol import InternalServerError, Usage
-from fleetgate.sim import render
+from fleetgate.worker import render
 
 FAILED = "the engine failed while generating"
 

@@ -7,13 +7,11 @@ and a scrape formats them, in the order vLLM writes them.
 from __future__ import annotations
 
 import math
-import os
-import resource
 import time
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence, Sized
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sized
 from typing import Protocol
+
+from fleetgate.worker.exposition import Histogram, go_float, process_families
 
 _TIME_BUCKETS: tuple[float, ...] = (
     0.3,
@@ -91,38 +89,6 @@ _ITL_BUCKETS += (20.0, 40.0, 80.0)
 _ITER_BUCKETS = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0)
 _N_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0)
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
-
-
-def go_float(d: float) -> str:
-    """Format a number as prometheus_client (and so vLLM) does: Go's shortest form."""
-    if d == math.inf:
-        return "+Inf"
-    if d == -math.inf:
-        return "-Inf"
-    if math.isnan(d):
-        return "NaN"
-    s = repr(float(d))
-    dot = s.find(".")
-    if d > 0 and dot > 6:
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+0{dot - 1}"
-    return s
-
-
-@dataclass(slots=True)
-class Histogram:
-    buckets: Sequence[float]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    n: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.buckets) + 1)
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect_left(self.buckets, v)] += 1
-        self.total += v
-        self.n += 1
 
 
 class RequestView(Protocol):
@@ -270,7 +236,7 @@ class EngineStats:
         def gauge(name: str, help_: str, rows: list[tuple[str, float]]) -> None:
             family(name, "gauge", help_, [f"{name}{{{lb}}} {go_float(v)}" for lb, v in rows])
 
-        out.extend(_process_families())
+        out.extend(process_families())
         mfu = "(for Model Flops Utilization calculations)."
         counter(
             "vllm:estimated_flops_per_gpu", f"Estimated number of floating point operations per GPU {mfu}", 0
@@ -449,32 +415,3 @@ class EngineStats:
             counter_multi("vllm:tool_call_parser_invocations", help_, rows)
         out.append("")
         return "\n".join(out)
-
-
-def _process_families() -> list[str]:
-    # The standard process collector's families, so a scrape looks (and weighs) like vLLM's.
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        with open("/proc/self/statm") as f:
-            vm_pages, rss_pages = (int(x) for x in f.read().split()[:2])
-        page = os.sysconf("SC_PAGE_SIZE")
-        vm, rss = vm_pages * page, rss_pages * page
-    except OSError:
-        vm = rss = 0
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        fds = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        fds = 0
-    rows = [
-        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vm),
-        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss),
-        ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
-         usage.ru_utime + usage.ru_stime),
-        ("process_open_fds", "gauge", "Number of open file descriptors.", fds),
-        ("process_max_fds", "gauge", "Maximum number of open file descriptors.", soft),
-    ]  # fmt: skip
-    out: list[str] = []
-    for name, kind, help_, value in rows:
-        out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {go_float(value)}"]
-    return out

@@ -1,0 +1,1 @@
+"""The vLLM-compatible worker kit shared by the simulator and the embedded engine."""
