@@ -3,7 +3,7 @@
 # through the gateway must leave no upstream request running, and `fleetgate serve` must turn vLLM's
 # out-of-memory start into one line and exit 1. Run from the repository root on the GPU machine after the
 # vLLM wheels are installed in /tmp/site (the GPU recipe) and fleetgate's own wheels in /tmp/fgsite.
-#   bash benchmarks/real_vllm_faults.sh OUTDIR
+#   bash benchmarks/real_vllm_faults.sh OUTDIR        (STREAMS="50 100 200" by default)
 set -uo pipefail
 OUT=${1:?output directory}
 export PYTHONPATH=$PWD/src:/tmp/site:/tmp/fgsite PATH=/tmp/site/bin:$PATH HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
@@ -19,7 +19,7 @@ setsid nohup python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format
 start=$(date +%s)
 for i in $(seq 1 300); do curl -sf 127.0.0.1:8000/health >/dev/null && break; sleep 1; done
 echo "vllm up after $(( $(date +%s) - start )) s" | tee "$OUT/summary.txt"
-for n in 50 100 200; do
+for n in ${STREAMS:-50 100 200}; do
   python3 benchmarks/chaos.py --only disconnect --streams "$n" --upstream http://127.0.0.1:8000 --model llama-8b \
     2>&1 | tee -a "$OUT/summary.txt" | tail -3
 done
@@ -29,4 +29,5 @@ timeout 300 python3 -m fleetgate serve /tmp/model --served-model-name oom --port
   -- --load-format dummy --gpu-memory-utilization 0.9 --enforce-eager > "$OUT/oom.txt" 2>&1
 echo "serve with too little free memory: exit $? after $(( $(date +%s) - start )) s; its last lines:" >> "$OUT/summary.txt"
 tail -5 "$OUT/oom.txt" >> "$OUT/summary.txt"
+grep -h "Free memory\|Error" fleetgate-logs/*.log 2>/dev/null | head -5 > "$OUT/oom-cause.txt"
 cat "$OUT/summary.txt"

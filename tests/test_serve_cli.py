@@ -152,6 +152,13 @@ def test_embedded_engine_takes_vllms_chat_template(tmp_path: Path) -> None:
             "not enough free GPU memory at start: 6.92/79.1 GiB free, vLLM wants 72.77 GiB",
         ),
         (
+            # vLLM 0.26 names the device (vllm/v1/worker/utils.py, request_memory).
+            "(EngineCore pid=1342) ValueError: Free memory on device cuda:0 (68.9/139.8 GiB) on startup "
+            "is less than desired GPU memory utilization (0.9, 125.82 GiB). Decrease GPU memory "
+            "utilization or reduce GPU memory used by other processes.",
+            "not enough free GPU memory at start: 68.9/139.8 GiB free, vLLM wants 125.82 GiB",
+        ),
+        (
             "ValueError: To serve at least one request with the models's max seq len (131072), (16.00 GiB KV "
             "cache is needed, which is larger than the available KV cache memory (3.42 GiB). Based on the "
             "available memory, the estimated maximum model length is 28000. Try increasing "

@@ -63,8 +63,8 @@ _NO_GPU = (
 FATAL = (
     Diagnosis(
         re.compile(
-            r"Free memory on device \(?([\d.]+/[\d.]+ GiB)\)? on startup is less than desired GPU memory "
-            r"utilization \(([\d.]+), ([\d.]+ GiB)\)"
+            r"Free memory on device (?:\S+ )?\(?([\d.]+/[\d.]+ GiB)\)? on startup is less than desired "
+            r"GPU memory utilization \(([\d.]+), ([\d.]+ GiB)\)"
         ),
         "not enough free GPU memory at start: {0} free, vLLM wants {2} (--gpu-memory-utilization {1}); "
         "stop what else uses the GPU or " + _MEMORY_ADVICE,
