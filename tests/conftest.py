@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,6 +41,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_consecutive_ports(n: int) -> int:
+    """The first of n consecutive free ports, below the kernel's ephemeral range (32768+), where outgoing
+    connections cannot take the later ones between this check and the server's bind."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 32000 - n)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + n):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 @dataclass

@@ -195,9 +195,9 @@ def test_admin_is_off_by_default(sim_factory: SimFactory) -> None:
 
 
 def test_replicas_are_independent_processes(sim_factory: SimFactory) -> None:
-    from tests.conftest import free_port, wait_ready
+    from tests.conftest import free_consecutive_ports, wait_ready
 
-    base = free_port()
+    base = free_consecutive_ports(2)
     sim = sim_factory("--replicas", "2", "--served-model-name", "m", "--seed", "1", port=base)
     other = f"http://127.0.0.1:{base + 1}"
     wait_ready(other, sim.proc, sim.log)
