@@ -15,7 +15,7 @@ from fleetgate.fleet.prefix_keys import token_keys
 from fleetgate.fleet.sessions import SessionTable
 from fleetgate.fleet.state import Breaker, Endpoint, PoolState
 from fleetgate.fleet.vllm_metrics import VLLMLoad
-from fleetgate.routing.capacity import Saturation
+from fleetgate.routing.capacity import Saturation, queued
 from fleetgate.routing.picker import Picker
 from fleetgate.routing.prompt import PromptHasher
 from fleetgate.routing.request import RouteRequest
@@ -302,6 +302,25 @@ def test_a_cold_endpoint_is_not_herded_onto_between_scrapes() -> None:
         assert lease is not None
         picks.append(lease.endpoint.name)
     assert picks[0] == "a" and sorted(picks[1:]) == ["b", "c"]
+
+
+def test_a_request_sent_and_finished_since_the_scrape_no_longer_counts_as_queued() -> None:
+    """A conversation's next turn must find its endpoint as the last scrape left it once the previous turn is
+    over: a finished request is neither in vLLM's queue nor in the scrape."""
+    a = endpoint("a", load(running=0))
+    state = pool(a)
+    r = router(state, scorers={"load": 1.0})
+    assert queued(a, load(running=0)) == 0
+    first = r.pick(RouteRequest(MODEL), [a])
+    second = r.pick(RouteRequest(MODEL), [a])
+    assert first is not None and second is not None
+    assert queued(a, load(running=0)) == 2
+    first.release()
+    first.release()  # once only
+    assert queued(a, load(running=0)) == 1
+    a.sent_at_scrape = a.sent  # a scrape: it sees `second` itself
+    second.release()
+    assert queued(a, load(running=0)) == 0
 
 
 def test_a_cache_under_pressure_spreads_a_hot_prefix_and_affinity_holds_when_all_are_busy() -> None:

@@ -52,6 +52,10 @@ class Endpoint:
     # The router's leases (routing/router.py): what this gateway committed there.
     in_flight: int = 0
     sent: int = 0  # requests ever picked for it (never decreases, unlike in_flight)
+    # Of the requests sent since the scrape at `sent_at_scrape == ended_epoch`, those already over: they are
+    # neither in that scrape nor in vLLM any more.
+    ended_since: int = 0
+    ended_epoch: int = 0
     # Prompt tokens this gateway sent that the endpoint has not started answering and does not have cached:
     # prefill work queued there that its metrics do not show yet.
     pending_prefill: int = 0

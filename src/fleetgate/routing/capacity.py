@@ -18,10 +18,12 @@ __all__ = ["Saturation", "queued", "stream_room"]
 
 
 def queued(e: Endpoint, load: VLLMLoad) -> float:
-    """vLLM's queue as `load` read it, plus every request we sent since: vLLM has not reported those yet.
-    Counted by assignments, not by what is in flight now: requests that ended since the scrape must not
-    hide new ones, or every pick until the next scrape lands on the same endpoint."""
-    return load.waiting + max(0, e.sent - e.sent_at_scrape)
+    """vLLM's queue as `load` read it, plus the requests we sent since that are still running: vLLM has not
+    reported those yet. Counted by assignments since the scrape, not by in-flight counts (requests older than
+    the scrape that ended must not hide new ones, or every pick until the next scrape lands on the same
+    endpoint), less those of them already over (a finished request must not repel the next one)."""
+    ended = e.ended_since if e.ended_epoch == e.sent_at_scrape else 0
+    return load.waiting + max(0, e.sent - e.sent_at_scrape - ended)
 
 
 def stream_room(e: Endpoint) -> float:

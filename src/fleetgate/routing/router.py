@@ -33,6 +33,7 @@ class Lease:
     cached_blocks: int  # the prompt's leading blocks the endpoint was believed to hold
     blocks: int  # the prompt's blocks
     pending: int  # prompt tokens counted as pending prefill at the endpoint until the first byte
+    seq: int = 0  # the endpoint's `sent` count with this request included
     released: bool = False
 
     @property
@@ -52,7 +53,12 @@ class Lease:
             return
         self.released = True
         self.started()
-        self.endpoint.in_flight -= 1
+        e = self.endpoint
+        e.in_flight -= 1
+        if self.seq > e.sent_at_scrape:  # sent after the last scrape: it no longer waits there
+            if e.ended_epoch != e.sent_at_scrape:
+                e.ended_epoch, e.ended_since = e.sent_at_scrape, 0
+            e.ended_since += 1
 
 
 class PoolRouter:
@@ -113,7 +119,7 @@ class PoolRouter:
             self.state.sessions.bind(request.session, endpoint.name, now)
         if endpoint.kv_live and not endpoint.awaiting_events_since:
             endpoint.awaiting_events_since = now
-        return Lease(endpoint, reason, cached, len(request.keys), pending)
+        return Lease(endpoint, reason, cached, len(request.keys), pending, endpoint.sent)
 
     def observed(self, request: RouteRequest, usage: Mapping[str, Any] | None) -> None:
         """An answered prompt's size as the engine counted it (its `usage`), against our estimate."""
