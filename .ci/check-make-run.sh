@@ -48,8 +48,12 @@ block = re.search(r"```bash\n(curl .*?)```", text, re.S)[1].replace("\\\n", " ")
 print(block.strip().replace("localhost:8000", f"127.0.0.1:{sys.argv[1]}"))
 PY
 )
-eval "${QUICKSTART_CURL/curl -s/curl -sS --fail --max-time 300}" | grep -q '"choices"' || fail "no chat completion"
-.venv/bin/fleetgate status --admin "127.0.0.1:$ADMIN_PORT" | grep -q "demo-1" || fail "fleetgate status"
+# Each output is read whole before it is searched: `grep -q` leaves at the first match, and under pipefail
+# the writer's broken pipe would fail the check.
+answer=$(eval "${QUICKSTART_CURL/curl -s/curl -sS --fail --max-time 300}") || fail "the quick start's curl failed"
+grep -q '"choices"' <<<"$answer" || fail "no chat completion"
+status=$(.venv/bin/fleetgate status --admin "127.0.0.1:$ADMIN_PORT") || fail "fleetgate status failed"
+grep -q "demo-1" <<<"$status" || fail "fleetgate status"
 ls fleetgate-logs/ | grep -q "demo-1.log" || fail "no worker log in fleetgate-logs/"
 WORKERS=$(curl -sS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/admin/fleet" \
   | python3 -c 'import json,sys; print(" ".join(str(w["pid"]) for p in json.load(sys.stdin)["pools"].values() for w in p.get("workers", []) if w["pid"]))')
@@ -80,9 +84,11 @@ until port_open "$PORT"; do
   [ "$SECONDS" -lt "$deadline" ] || fail "make run MODEL=... not listening after 300 s"
   sleep 0.5
 done
-curl -sS --fail --max-time 300 "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: application/json' \
-  -d "{\"model\": \"$MODEL_DIR\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 4}" \
-  | grep -q '"choices"' || fail "make run MODEL=... gave no chat completion"
+answer=$(curl -sS --fail --max-time 300 "http://127.0.0.1:$PORT/v1/chat/completions" \
+  -H 'content-type: application/json' \
+  -d "{\"model\": \"$MODEL_DIR\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 4}") \
+  || fail "make run MODEL=... : the curl failed"
+grep -q '"choices"' <<<"$answer" || fail "make run MODEL=... gave no chat completion"
 kill -INT "$(pgrep -P "$MAKE_PID" | head -n 1)"
 timeout 60 tail --pid="$MAKE_PID" -f /dev/null || fail "make run MODEL=... still running 60 s after SIGINT"
 trap - EXIT
