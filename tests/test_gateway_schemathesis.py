@@ -100,12 +100,13 @@ def error_problem(path: str, body: Any) -> str | None:
 
 
 def stream_problem(path: str, text: str, whole: bool) -> str | None:
-    """What is wrong with a 200 event stream: an error event not in OpenAI's shape, or no `[DONE]` end."""
+    """What is wrong with a 200 event stream: an error event not in its API's shape, or no `[DONE]` end."""
     for line in text.splitlines():
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         event = orjson.loads(line[6:])
-        if isinstance(event, dict) and "error" in event and path not in ANTHROPIC:
+        # OpenAI's error event is {"error": {...}}; Anthropic's is {"type": "error", "error": {...}}.
+        if isinstance(event, dict) and "error" in event:
             problem = error_problem(path, event)
             if problem:
                 return f"error event {line[:300]!r}: {problem}"
