@@ -26,19 +26,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import cpu_seconds, free_port, start_sim, wait_http
+from procs import free_port, start_sim, tree_cpu, wait_http
 
 BENCH_PREFIX: list[str] = []
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its live children."""
-    total = cpu_seconds(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return total + sum(tree_cpu(int(c)) for c in children)
 
 
 def expand(command: list[str], port: int, upstreams: list[str]) -> list[str]:

@@ -20,10 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,7 +40,7 @@ from fleetgate.config import parse_config
 from fleetgate.tenancy.keys import KeyRecord, LimitSpec
 from fleetgate.tenancy.rows import UsageRow
 from fleetgate.tenancy.runtime import Tenancy, Usage
-from procs import cpu_seconds, free_port, start_sim, wait_http
+from procs import free_port, start_sim, tree_cpu, wait_http
 
 LIMITS = "{rpm: 100000000, tpm: 1000000000, concurrency: 100000, budget: {amount: 1.0e15, window: month}}"
 
@@ -70,42 +75,102 @@ pools: [{{name: p, models: [m], endpoints: ["http://127.0.0.1:9"]}}]
     return _quantiles(times[n // 10 :])
 
 
-def _gateway(config: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port, admin = free_port(), free_port()
-    path = tmp / f"fleet-{port}.yaml"
-    path.write_text(config)
-    cmd = [sys.executable, "-m", "fleetgate", "gateway", "--config", str(path), "--port", str(port),
-           "--admin-port", str(admin)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{port}/health", proc)
-    return proc, port
+@dataclass(frozen=True)
+class Setup:
+    """A contender in front of the simulator: how to start it (process, port), the key to call it with."""
+
+    name: str
+    start: Callable[[Path], tuple[subprocess.Popen[bytes], int]]
+    key: str
 
 
-def _bench(port: int, key: str, rate: int, duration: float, out: Path) -> dict[str, float]:
+def _gateway(config: str) -> Callable[[Path], tuple[subprocess.Popen[bytes], int]]:
+    def start(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+        port, admin = free_port(), free_port()
+        path = tmp / f"fleet-{port}.yaml"
+        path.write_text(config)
+        cmd = [sys.executable, "-m", "fleetgate", "gateway", "--config", str(path), "--port", str(port),
+               "--admin-port", str(admin)]  # fmt: skip
+        with open(tmp / f"gateway-{port}.log", "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        return proc, port
+
+    return start
+
+
+LITELLM_CONFIG = """model_list:
+  - model_name: sim
+    litellm_params: {{model: "openai/sim", api_base: "http://127.0.0.1:{sim}/v1", api_key: "none"}}
+general_settings: {{master_key: "{key}"}}
+"""
+
+
+def _litellm(command: str, sim_port: int, key: str) -> Callable[[Path], tuple[subprocess.Popen[bytes], int]]:
+    """LiteLLM's proxy as the peer, started by the command given (never installed here), with a config that
+    points one model at the simulator and a master key (no database: see the module's docstring)."""
+
+    def start(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        config = tmp / f"litellm-{port}.yaml"
+        config.write_text(LITELLM_CONFIG.format(sim=sim_port, key=key))
+        cmd = [t.replace("{config}", str(config)).replace("{port}", str(port)) for t in shlex.split(command)]
+        # The proxy fetches its price map from GitHub at start unless told to use its packaged copy.
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        with open(tmp / f"litellm-{port}.log", "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, seconds=120)
+        return proc, port
+
+    return start
+
+
+@dataclass(frozen=True)
+class Outcome:
+    requests: int  # sent, warm-up included (all of them cost the contender CPU)
+    success: float
+    rate: float
+    failures: str  # what the failed requests got, e.g. "429 RateLimitError: pool 'p' is saturated... x12"
+
+
+def _bench(port: int, key: str, rate: int, duration: float, api: str, out: Path) -> Outcome:
     url = f"http://127.0.0.1:{port}/v1"
-    cmd = [sys.executable, "-m", "fleetgate", "bench", "--url", url, "--model", "sim",
-           "--api", "completions", "--token-ids", "--input-len", "16", "--output-len", "2",
-           "--load", f"rate={rate}", "--duration", str(duration), "--warmup", "1", "--api-key", key,
-           "--out", str(out)]  # fmt: skip
+    shape = ["--api", api, *(["--token-ids"] if api == "completions" else [])]
+    cmd = [sys.executable, "-m", "fleetgate", "bench", "--url", url, "--model", "sim", *shape,
+           "--input-len", "16", "--output-len", "2", "--load", f"rate={rate}", "--duration", str(duration),
+           "--warmup", "1", "--api-key", key, "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    s = json.loads((out / "results.json").read_text())["summary"]
-    return {"requests": float(s.get("completed") or s.get("requests") or 0), "success": s["success_rate"],
-            "rate": s["request_rate"]}  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    failed = Counter(
+        f"{r['status'] or 'no response'} {r['error']}: {(r['error_message'] or '')[:60]}"
+        for r in res["requests"]
+        if r["status"] != 200 or r["error"] is not None
+    )
+    s = res["summary"]
+    text = "; ".join(f"{what} x{n}" for what, n in failed.most_common(3)) or "none"
+    return Outcome(len(res["requests"]), s["success_rate"], s["request_rate"], text)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="300,1000")
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--calls", type=int, default=20000, help="in-process calls per set-up")
+    ap.add_argument("--calls", type=int, default=20000, help="in-process calls per set-up (0: skip part 1)")
+    ap.add_argument("--setups", default="no tenancy,memory,redis", help="fleetgate set-ups to run, in order")
+    ap.add_argument("--api", choices=["completions", "chat"], default="completions")
+    ap.add_argument("--litellm", metavar="CMD", help="LiteLLM proxy's command with {config} and {port}, e.g. "
+                    "'/tmp/lvenv/bin/litellm --config {config} --port {port}'")  # fmt: skip
+    ap.add_argument("--keep", type=Path, help="keep the runs' results.json and server logs in this folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d, redis_server() as redis:
-        tmp = Path(d)
-        print("## in process: admit + settle + ledger row, per request")
-        print("| limits | p50 µs | p99 µs |\n|---|---|---|")
-        for name, url in (("memory", None), ("redis", redis)):
-            p50, p99 = asyncio.run(_in_process(url, args.calls, f"sqlite:///{tmp}/in-{name}.db"))
-            print(f"| {name} | {p50:.1f} | {p99:.1f} |")
+        tmp = args.keep or Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
+        if args.calls:
+            print("## in process: admit + settle + ledger row, per request")
+            print("| limits | p50 µs | p99 µs |\n|---|---|---|")
+            for name, url in (("memory", None), ("redis", redis)):
+                p50, p99 = asyncio.run(_in_process(url, args.calls, f"sqlite:///{tmp}/in-{name}.db"))
+                print(f"| {name} | {p50:.1f} | {p99:.1f} |")
 
         sim_port = free_port()
         sim = start_sim(sim_port, "--time-scale", "1000", "--max-num-seqs", "1024")
@@ -118,33 +183,40 @@ pools: [{{name: p, models: [sim], endpoints: ["http://127.0.0.1:{sim_port}"]}}]
         from fleetgate.tenancy.requests import KeyRequest
 
         _, secret = create_key(db, KeyRequest(tenant="acme", rpm=10**8, tpm=10**9, concurrency=10**5))
-        setups = {
-            "no tenancy": (base, "sk-plain"),
-            "memory": (base + f'tenancy: {{database: "{db}", tenants: {{acme: {LIMITS}}}}}\n', secret),
-            "redis": (base + f'tenancy: {{database: "{db}", redis: "{redis}", '
-                      f"tenants: {{acme: {LIMITS}}}}}\n", secret),
-        }  # fmt: skip
-        print("\n## end to end: gateway CPU per request")
-        print("| rate | set-up | achieved req/s | success | CPU µs/request | ratio to no tenancy |")
-        print("|---|---|---|---|---|---|")
+        tenancy = f'tenancy: {{database: "{db}", tenants: {{acme: {LIMITS}}}}}\n'
+        shared = f'tenancy: {{database: "{db}", redis: "{redis}", tenants: {{acme: {LIMITS}}}}}\n'
+        known = {
+            "no tenancy": Setup("no tenancy", _gateway(base), "sk-plain"),
+            "memory": Setup("memory", _gateway(base + tenancy), secret),
+            "redis": Setup("redis", _gateway(base + shared), secret),
+        }
+        setups = [known[n.strip()] for n in args.setups.split(",") if n.strip()]
+        if args.litellm:
+            setups.append(
+                Setup("litellm (master key)", _litellm(args.litellm, sim_port, "sk-litellm"), "sk-litellm")
+            )
+        print("\n## end to end: CPU per request of the gateway (or the peer's process tree)")
+        print(
+            "| rate | set-up | achieved req/s | success | CPU µs/request | ratio to first | failed requests |"
+        )
+        print("|---|---|---|---|---|---|---|")
         try:
             for rate in (int(r) for r in args.rates.split(",")):
                 baseline = 0.0
-                for name, (config, key) in setups.items():
-                    proc, port = _gateway(config, tmp)
+                for setup in setups:
+                    proc, port = setup.start(tmp)
                     try:
-                        before = cpu_seconds(proc.pid)
-                        out = tmp / f"{name}-{rate}".replace(" ", "-")
-                        r = _bench(port, key, rate, args.duration, out)
-                        used = cpu_seconds(proc.pid) - before
+                        before = tree_cpu(proc.pid)
+                        out = tmp / f"{setup.name.split()[0]}-{rate}"
+                        r = _bench(port, setup.key, rate, args.duration, args.api, out)
+                        used = tree_cpu(proc.pid) - before
                     finally:
                         proc.terminate()
                         proc.wait(30)
-                    n = max(1.0, r["rate"] * (args.duration + 1))
-                    per = used / n * 1e6
+                    per = used / max(1, r.requests) * 1e6
                     baseline = baseline or per
-                    print(f"| {rate} | {name} | {r['rate']:.0f} | {r['success']:.3f} | {per:.0f} | "
-                          f"{per / baseline:.2f} |")  # fmt: skip
+                    print(f"| {rate} | {setup.name} | {r.rate:.0f} | {r.success:.3f} | {per:.0f} | "
+                          f"{per / baseline:.2f} | {r.failures} |")  # fmt: skip
         finally:
             sim.terminate()
             sim.wait(30)
