@@ -6,6 +6,7 @@ store's version row changes; limits and budgets are counted in memory (one repli
 atomic script per admission (`limiter`); usage rows are buffered and written in batches (`ledger`).
 
 Modules: `keys` (records and secrets), `schema` (the tables), `store` (the database: keys and usage rows),
-`migrations` (alembic), `keycache`, `limiter` (memory and Redis), `ledger`, `runtime` (what the gateway
+`migrations` (alembic), `keycache`, `limiter` (memory and Redis), `batcher` (Redis script calls sharing
+pipelines), `ledger`, `runtime` (what the gateway
 holds), `commands` (the `keys` and `usage` CLI).
 """

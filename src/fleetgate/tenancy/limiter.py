@@ -12,17 +12,20 @@ micro-dollars) so the counters never drift (LiteLLM #27639's phantom 429s came f
 
 `MemoryLimiter` serves one replica (one event loop: each call runs without awaiting, so it is atomic).
 `RedisLimiter` serves several: one Lua script per admission and one per settlement, each atomic on the
-Redis server and timed by the server's clock, so four replicas sharing "100 RPM" admit 100, not 400.
+Redis server and timed by the server's clock, so four replicas sharing "100 RPM" admit 100, not 400. The
+calls of concurrent requests share pipelines (`batcher`); settlements are sent without waiting for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from fleetgate.tenancy.batcher import ScriptBatcher
 from fleetgate.tenancy.keys import LimitSpec
 
 __all__ = [
@@ -107,7 +110,10 @@ class Limiter(Protocol):
         self, rid: str, scopes: Sequence[Scope], tokens: int, reserve: Sequence[int]
     ) -> Decision: ...
 
-    async def settle(self, ticket: Ticket, tokens: int, spend: Sequence[int]) -> None: ...
+    async def settle(self, ticket: Ticket, tokens: int, spend: Sequence[int]) -> None:
+        """Give back the estimate and the reservation, charge the real use. May return before the store
+        has applied it (Redis): this limiter's later calls still see it; `close` applies what is left."""
+        ...
 
     async def seed(self, scope: Scope, spent: int) -> None:
         """What the scope spent in its window before this process counted (from the ledger), unless the
@@ -366,7 +372,13 @@ def _keys(prefix: str, scope: Scope) -> list[str]:
 
 
 class RedisLimiter:
-    """Limits shared by every replica through one Redis (redis-py's asyncio client)."""
+    """Limits shared by every replica through one Redis (redis-py's asyncio client). Calls go through a
+    `ScriptBatcher`: a burst shares one connection and one pipeline per round trip. Settlements are not
+    awaited: the request has ended, nobody waits for the reply, and a later call from this process is sent
+    after them (one batch in flight at a time, in order), so this replica never reads its own counters
+    stale; `close` sends what is still queued."""
+
+    ADMIT, SETTLE = 0, 1
 
     def __init__(self, url: str, ttl: float, prefix: str = "fg:") -> None:
         import redis.asyncio as aioredis
@@ -374,8 +386,7 @@ class RedisLimiter:
         self.redis = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.ttl_ms = int(ttl * 1000)
         self.prefix = prefix
-        self._admit = self.redis.register_script(_ADMIT)
-        self._settle = self.redis.register_script(_SETTLE)
+        self.batcher = ScriptBatcher(self.redis, [_ADMIT, _SETTLE])
 
     async def admit(self, rid: str, scopes: Sequence[Scope], tokens: int, reserve: Sequence[int]) -> Decision:
         keys: list[str] = []
@@ -385,7 +396,13 @@ class RedisLimiter:
             keys += _keys(self.prefix, scope)
             budget = _budget_units(lim) if lim.budget is not None else 0
             args += [lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, budget, tokens, want]
-        out = await self._admit(keys=keys, args=args)
+        reply = self.batcher.submit(self.ADMIT, keys, args)
+        try:
+            out = await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            # The caller left (its client hung up) while the script may still run: give back what it takes.
+            reply.add_done_callback(lambda f: self._undo(f, rid, scopes, tokens))
+            raise
         if int(out[0]) == 1:
             _, rlim, rrem, tlim, trem = (int(v) for v in out)
             req = (rlim, rrem, (rlim - rrem) * 60 / rlim) if rrem >= 0 and rlim else None
@@ -399,18 +416,29 @@ class RedisLimiter:
         tok = (lim.tpm, 0, wait) if reason == "tpm" and lim.tpm else None
         return Decision(False, reason, scope.name, wait, req, tok)
 
+    def _undo(self, reply: asyncio.Future[Any], rid: str, scopes: Sequence[Scope], tokens: int) -> None:
+        """An admission nobody will use: its tokens back, its lease and reservation released, no spend (the
+        request per minute stays counted: it did arrive)."""
+        if reply.cancelled() or reply.exception() is not None or int(reply.result()[0]) != 1:
+            return
+        self._settle(Ticket(rid, scopes, tokens, [0] * len(scopes)), 0, [0] * len(scopes))
+
     async def settle(self, ticket: Ticket, tokens: int, spend: Sequence[int]) -> None:
+        self._settle(ticket, tokens, spend)
+
+    def _settle(self, ticket: Ticket, tokens: int, spend: Sequence[int]) -> None:
         keys: list[str] = []
         args: list[str | int] = [ticket.rid, len(ticket.scopes)]
         for scope, spent in zip(ticket.scopes, spend, strict=True):
             keys += _keys(self.prefix, scope)
             args += [scope.limits.tpm or 0, ticket.tokens, tokens, spent]
-        await self._settle(keys=keys, args=args)
+        self.batcher.cast(self.SETTLE, keys, args)
 
     async def seed(self, scope: Scope, spent: int) -> None:
         await self.redis.hsetnx(_keys(self.prefix, scope)[2], "spent", spent)
 
     async def close(self) -> None:
+        await self.batcher.close()
         await self.redis.aclose()
 
 
