@@ -7,6 +7,5 @@ atomic script per admission (`limiter`); usage rows are buffered and written in 
 
 Modules: `keys` (records and secrets), `schema` (the tables), `store` (the database: keys and usage rows),
 `migrations` (alembic), `keycache`, `limiter` (memory and Redis), `batcher` (Redis script calls sharing
-pipelines), `ledger`, `runtime` (what the gateway
-holds), `commands` (the `keys` and `usage` CLI).
+pipelines), `ledger`, `runtime` (what the gateway holds), `commands` (the `keys` and `usage` CLI).
 """
