@@ -24,6 +24,8 @@ __all__ = ["Ledger"]
 
 log = logging.getLogger("fleetgate.tenancy")
 
+STOP_WAIT = 10.0  # seconds a write under way may take to end at shutdown
+
 
 class Ledger:
     def __init__(
@@ -48,6 +50,7 @@ class Ledger:
         self._lock = asyncio.Lock()  # one writer at a time: the loop or a flush
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._closing = False
 
     def record(self, row: UsageRow) -> None:
         """Queue a row (O(1), no I/O); counted and logged when the buffer is full."""
@@ -91,22 +94,35 @@ class Ledger:
         self._task = asyncio.create_task(self._loop())
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
             self._wake.clear()
             try:
-                while await self._write_some() == self.batch_size:
+                while not self._closing and await self._write_some() == self.batch_size:
                     pass
             except Exception:
-                await asyncio.sleep(self.interval)  # the database is away; rows wait in the buffer
+                with contextlib.suppress(TimeoutError):  # the database is away; rows wait in the buffer
+                    async with asyncio.timeout(self.interval):
+                        await self._wake.wait()
 
     async def stop(self) -> None:
+        """Write every row and end the writer. A write under way is let finish, not cancelled: its rows
+        are out of the buffer, and a cancelled write would lose them (or commit them unseen). Only a
+        database that does not answer within `STOP_WAIT` is given up on, and said so."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                async with asyncio.timeout(STOP_WAIT):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                log.error("usage ledger: a write did not end within %g s at shutdown; its rows may be lost",
+                          STOP_WAIT)  # fmt: skip
+            except Exception:
+                pass  # the loop logged it; flush() tries again below
         try:
             await self.flush()
         except Exception as e:
