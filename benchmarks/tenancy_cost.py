@@ -2,17 +2,24 @@
 
 Two parts, in one run:
 
-1. In process: `Tenancy.admit` + `settle` + the ledger row for one request, timed per call (p50/p99 µs)
-   with the limits in memory and in a real Redis (started here from the Debian `redis-server`).
+1. In process: `Tenancy.admit` + `settle` + the ledger row for one request, timed per call (p50/p99 µs) with
+   one caller and with 32 at once, with the limits in memory and in a real Redis (started here from the
+   Debian `redis-server`), with this process's CPU per request and a plain Redis PING as the floor.
 2. End to end: a simulator (high `--time-scale`) behind the gateway in three set-ups, each driven by
-   `fleetgate bench` at the same constant rates: no tenancy (a fleet-file key), tenancy in memory (an issued
-   key in SQLite, key and tenant limits, budget, ledger) and tenancy with Redis. Reports the gateway's CPU
-   seconds per request and the ratio to no tenancy.
+   `fleetgate bench` at the same constant rates after 50 warm-up requests: no tenancy (a fleet-file key),
+   tenancy in memory (an issued key in SQLite, key and tenant limits, budget, ledger) and tenancy with Redis.
+   Reports the gateway's CPU per request sent, the ratio to the first set-up, and what failed requests got
+   (`--keep DIR` keeps each run's results.json and the gateway's log).
 
-LiteLLM's proxy is the natural peer (keys and budgets on the same simulator); it is not run here: it needs
-its own PostgreSQL-backed setup and did not fit this machine's budget. `--litellm` is left for that run.
+`--litellm CMD` adds LiteLLM's proxy as the peer, started by the command given (never installed here;
+`{config}` and `{port}` are filled in), with a config that points one model at the simulator and a master
+key. Its keys-and-budgets set-up needs a database through Prisma, whose engines are downloaded at `prisma
+generate`; where that cannot run, the master key alone is the nearest peer (docs/benchmarks.md says what that
+compares).
 
     python benchmarks/tenancy_cost.py --rates 300,1000 --duration 10
+    python benchmarks/tenancy_cost.py --rates 20 --api chat --calls 0 \
+        --litellm '/tmp/lvenv/bin/litellm --config {config} --port {port}'
 """
 
 from __future__ import annotations
