@@ -98,7 +98,8 @@ def main() -> None:
     sims = [start_sim(p, "--time-scale", args.time_scale, "--max-num-seqs", "1024") for p in ports]
     upstreams = [f"http://127.0.0.1:{p}" for p in ports]
     fleetgate = [sys.executable, "-m", "fleetgate", "gateway", "--host", "127.0.0.1", "--port", "{port}",
-                 "--admin-port", str(free_port()), *[a for u in upstreams for a in ("--upstream", u)]]  # fmt: skip
+                 "--admin-port", str(free_port())]  # fmt: skip
+    fleetgate += [a for u in upstreams for a in ("--upstream", u)]
     contenders: list[tuple[str, list[str]]] = [("fleetgate", fleetgate)]
     for spec in args.peer:
         name, _, command = spec.partition("=")
