@@ -10,9 +10,9 @@ client waits) and the gateway in front of it, then sends N requests at once, eac
 
 Every body is distinct (no cache shares them). Reports the gateway's RSS at idle, its peak while the N
 requests are held, and after the clients have left (then again after a second wave, to show whether what a
-request left behind keeps growing), against the raw bytes in flight. The simulator reports a KV cache of
-1,000,000 blocks (so that such prompts fit), and the gateway's approximate prefix index for it grows towards
-that size: part of "RSS after".
+request left behind keeps growing), against the raw bytes in flight. The simulator's KV cache (`--kv-blocks`,
+large enough for such prompts) sizes the gateway's approximate prefix index for it, which fills up to that
+many keys: part of "RSS after" (about 150 bytes a key).
 
     python benchmarks/gateway_memory.py --requests 20 --shape parts
 """
@@ -110,12 +110,15 @@ def main() -> None:
     ap.add_argument("--shape", choices=["parts", "ids", "messages"], default="parts")
     ap.add_argument("--hold", type=float, default=8.0, help="seconds the requests are held in flight")
     ap.add_argument("--waves", type=int, default=2)
+    ap.add_argument(
+        "--kv-blocks", type=int, default=50_000, help="the simulator's KV cache, in 16-token blocks"
+    )
     args = ap.parse_args()
     sim_port, gw_port = free_port(), free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "fleetgate", "sim", "--port", str(sim_port), "--startup-time", "0",
-         "--served-model-name", "sim", "--fault-hang-rate", "1", "--max-model-len", "10000000",
-         "--num-gpu-blocks-override", "1000000"],
+         "--served-model-name", "sim", "--fault-hang-rate", "1", "--max-model-len", str(args.kv_blocks * 16),
+         "--num-gpu-blocks-override", str(args.kv_blocks)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     gw = subprocess.Popen(
