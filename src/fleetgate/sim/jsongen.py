@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["generate"]
+__all__ = ["generate", "malformed"]
 
 # The stdlib regex parser is private and untyped; loading it lazily by name keeps mypy quiet and lets
 # `pattern` support degrade to "no attempt" if a future Python moves it.
@@ -51,6 +51,67 @@ def generate(schema: Mapping[str, Any] | bool | None, rng: random.Random) -> Any
     """A JSON value valid against `schema` (draft 2020-12 subset), deterministic for a given rng state."""
     root: Any = {} if schema is None or schema is True else schema
     return _Gen(root, rng).value(root, 0)
+
+
+# What the draft 2020-12 metaschema requires of the keywords the generator reads.
+_SIMPLE_TYPES = frozenset(("null", "boolean", "integer", "number", "string", "array", "object"))
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_STRINGS = ("pattern", "$ref", "format")
+
+
+def malformed(schema: Any, where: str = "(root)", depth: int = 0) -> str | None:
+    """Where `schema` breaks the JSON Schema metaschema in a keyword the generator reads, or None.
+
+    A client's tool parameters or response_format can be anything; vLLM refuses a schema its grammar
+    backend cannot compile with a 400, and the generator must never be handed one it would crash on.
+    """
+    if isinstance(schema, bool) or depth > _HARD_DEPTH:
+        return None
+    if not isinstance(schema, Mapping):
+        return where
+    at = (lambda k: k) if where == "(root)" else (lambda k: f"{where}.{k}")
+    t = schema.get("type")
+    if t is not None and not all(
+        isinstance(x, str) and x in _SIMPLE_TYPES for x in (t if isinstance(t, list) else [t])
+    ):
+        return at("type")
+    for k in _SCHEMA_MAPS:
+        if k in schema:
+            if not isinstance(schema[k], Mapping):
+                return at(k)
+            for name, sub in schema[k].items():
+                if (bad := malformed(sub, at(f"{k}.{name}"), depth + 1)) is not None:
+                    return bad
+    for k in _SCHEMA_LISTS:
+        if k in schema:
+            if not isinstance(schema[k], list) or not schema[k]:
+                return at(k)
+            for i, sub in enumerate(schema[k]):
+                if (bad := malformed(sub, at(f"{k}.{i}"), depth + 1)) is not None:
+                    return bad
+    for k in _SUBSCHEMAS:
+        if k in schema and (bad := malformed(schema[k], at(k), depth + 1)) is not None:
+            return bad
+    for k in ("required", "enum"):
+        v = schema.get(k, [])
+        if not isinstance(v, list) or (k == "required" and not all(isinstance(x, str) for x in v)):
+            return at(k)
+    for k in _NUMBERS:
+        if k in schema and (not _is_type(schema[k], "number") or (k == "multipleOf" and schema[k] <= 0)):
+            return at(k)
+    for k in _COUNTS:
+        if k in schema and (not _is_type(schema[k], "integer") or schema[k] < 0):
+            return at(k)
+    for k in _STRINGS:
+        if k in schema and not isinstance(schema[k], str):
+            return at(k)
+    if "uniqueItems" in schema and not isinstance(schema["uniqueItems"], bool):
+        return at("uniqueItems")
+    return None
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
