@@ -101,7 +101,8 @@ def error_problem(path: str, body: Any) -> str | None:
 
 def stream_problem(path: str, text: str, whole: bool) -> str | None:
     """What is wrong with a 200 event stream: an error event not in its API's shape, or no `[DONE]` end."""
-    for line in text.splitlines():
+    # SSE lines end at \n (or \r\n); str.splitlines would also break at U+2028 inside a JSON string.
+    for line in text.replace("\r\n", "\n").split("\n"):
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         event = orjson.loads(line[6:])
