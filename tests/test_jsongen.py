@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError
 
-from fleetgate.sim.jsongen import generate, malformed
+from fleetgate.sim.jsongen import MAX_SIZE, MAX_VALUES, generate, malformed
 
 SEEDS = range(60)
 
@@ -475,3 +475,18 @@ def test_malformed_schemas_are_named_where_the_metaschema_agrees(schema: Any, wh
 @given(schema=_SCHEMAS)
 def test_random_well_formed_schemas_are_not_malformed(schema: Any) -> None:
     assert malformed(schema) is None
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "minLength": 10**9},
+        {"type": "array", "minItems": 10**9, "items": {"type": "integer"}},
+    ],
+)
+def test_huge_minimums_are_cut_like_max_tokens_cuts_an_answer(schema: Any) -> None:
+    """A well-formed schema may ask for a billion characters; the simulator built them all (a hang). A model's
+    answer is cut at max_tokens long before, so the generator stops at MAX_SIZE, and at MAX_VALUES in all."""
+    assert len(generate(schema, random.Random(1))) == MAX_SIZE
+    nested = generate({"type": "array", "minItems": 10**6, "items": schema}, random.Random(1))
+    assert sum(len(v) for v in nested) <= MAX_VALUES * 8

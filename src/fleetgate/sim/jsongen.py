@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["generate", "malformed"]
+__all__ = ["MAX_SIZE", "generate", "malformed"]
 
 # The stdlib regex parser is private and untyped; loading it lazily by name keeps mypy quiet and lets
 # `pattern` support degrade to "no attempt" if a future Python moves it.
@@ -36,6 +36,10 @@ _CJK = ("北京", "上海", "东京", "酒店", "机场")
 # limit there may be no finite instance at all, so we give up with null rather than recurse forever.
 _SOFT_DEPTH = 7
 _HARD_DEPTH = 48
+# The longest string or array generated, and the most values in one answer, whatever minLength/minItems ask:
+# the answer is cut at max_tokens long before, and building a billion of them would stall the simulator.
+MAX_SIZE = 4096
+MAX_VALUES = 20_000
 _TYPE_COST = ("null", "boolean", "integer", "number", "string", "array", "object")
 _CATEGORY = {"DIGIT": "0123456789", "WORD": "abcdefgh", "SPACE": " ", "NOT_DIGIT": "ab", "NOT_WORD": "-"}
 _INFER = (
@@ -208,11 +212,12 @@ def _multiple(v: float, m: float) -> bool:
 
 
 class _Gen:
-    __slots__ = ("rng", "root")
+    __slots__ = ("left", "rng", "root")
 
     def __init__(self, root: Any, rng: random.Random) -> None:
         self.root = root
         self.rng = rng
+        self.left = MAX_VALUES  # values still to generate; arrays stop growing at 0
 
     def lookup(self, ref: Any) -> Any:
         if not isinstance(ref, str) or not ref.startswith("#"):
@@ -308,6 +313,7 @@ class _Gen:
         )
 
     def value(self, schema: Any, depth: int) -> Any:
+        self.left -= 1
         # Recursion can only come through $ref, so each hop costs extra depth to bottom out sooner.
         if isinstance(schema, Mapping) and "$ref" in schema:
             depth += 1
@@ -382,7 +388,7 @@ class _Gen:
     def arr(self, s: Mapping[str, Any], depth: int) -> list[Any]:
         prefix = list(s.get("prefixItems", ()))
         items = s.get("items", True)
-        lo, hi = int(s.get("minItems", 0)), s.get("maxItems", math.inf)
+        lo, hi = min(int(s.get("minItems", 0)), MAX_SIZE), min(s.get("maxItems", math.inf), MAX_SIZE)
         if items is False:
             hi = min(hi, len(prefix))
         if depth >= _SOFT_DEPTH:
@@ -393,7 +399,7 @@ class _Gen:
             n = self.rng.randint(max(lo, min(1, hi)), max(lo, min(hi, 3)))
         out: list[Any] = []
         for _ in range(n * 8 if s.get("uniqueItems") else n):
-            if len(out) >= n:
+            if len(out) >= n or self.left <= 0:
                 break
             v = self.value(prefix[len(out)] if len(out) < len(prefix) else items, depth + 1)
             if not s.get("uniqueItems") or not any(_eq(v, o) for o in out):
@@ -430,6 +436,7 @@ class _Gen:
 
     def text(self, s: Mapping[str, Any]) -> str:
         lo, hi = int(s.get("minLength", 0)), int(s.get("maxLength", 1 << 30))
+        lo, hi = min(lo, MAX_SIZE), min(hi, MAX_SIZE)
         pattern = s.get("pattern")
         fmt = self.formatted(s.get("format"))
         if fmt is not None and lo <= len(fmt) <= hi and (pattern is None or _search(pattern, fmt)):
@@ -439,8 +446,9 @@ class _Gen:
             if cand is not None and lo <= len(cand) <= hi and _search(pattern, cand):
                 return cand
         out = self.word()
-        while len(out) < lo:
+        while len(out) < lo and self.left > 0:
             out += " " + self.word()
+            self.left -= 8  # a word's worth of the answer's budget
         out = out[:hi]
         return out[:-1] + "s" if out.endswith(" ") else out
 
