@@ -82,14 +82,13 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
 
 def error_problem(path: str, body: Any) -> str | None:
     """What is wrong with an error body for its route's API, or None."""
+    err = body.get("error") if isinstance(body, dict) else None
     if path in ANTHROPIC:
-        err = body.get("error") if isinstance(body, dict) else None
-        if body.get("type") != "error" or not isinstance(err, dict):
+        if not isinstance(err, dict) or body.get("type") != "error":
             return "not {'type': 'error', 'error': {...}}"
         if not isinstance(err.get("type"), str) or not isinstance(err.get("message"), str):
             return "error.type and error.message must be strings"
         return None
-    err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict) or set(err) != {"message", "type", "param", "code"}:
         return "not {'error': {'message', 'type', 'param', 'code'}}"
     if not isinstance(err["message"], str) or not isinstance(err["type"], str):
