@@ -13,9 +13,9 @@ turn), the cluster changes the slice --changes times a minute:
 
 Every change of one pod's conditions in the slice (added, ready, not ready, terminating, removed) is one
 endpoint change; flips are paced so that all changes together meet the asked rate. Reported: failed requests
-(target 0) by kind, requests served by a pod the slice had already marked not ready or terminating when the
-request was sent (by how long before: the watch needs a moment to tell the gateway), the gateway's retries,
-and its CPU. The client reads the gateway's `x-fleetgate-endpoint` header (routing.debug_headers).
+(target 0) by kind, requests served by a pod the slice said was not ready or terminating all the time from
+the request's send to its response head (the gateway picks somewhere in between; with how long before the
+send the slice said so: the watch needs a moment to tell the gateway), the gateway's retries, and its CPU. The client reads the gateway's `x-fleetgate-endpoint` header (routing.debug_headers).
 
 All clocks are CLOCK_MONOTONIC on one machine (the fake's loop.time(), the client's time.monotonic()).
 Run: .venv/bin/python benchmarks/k8s_churn.py [--rate 300] [--changes 1000] [--duration 60] [--pods 6]
@@ -149,11 +149,13 @@ class Timeline:
                 self.states.setdefault(pod, []).append((now, state))
         self.last = current
 
-    def at(self, pod: str, t: float) -> tuple[str, float]:
-        """The pod's slice state at `t`, and since when."""
+    def during(self, pod: str, start: float, end: float) -> list[tuple[str, float]]:
+        """The pod's slice states between `start` and `end`, each with since when."""
         hist = self.states.get(pod) or []
-        i = bisect.bisect_right(hist, (t, "~")) - 1
-        return ("gone", float("-inf")) if i < 0 else (hist[i][1], hist[i][0])
+        i = bisect.bisect_right(hist, (start, "~")) - 1
+        out = [("gone", float("-inf"))] if i < 0 else []
+        out += [(state, t) for t, state in hist[max(i, 0) :] if t <= end]
+        return out
 
 
 def _ready(pod: Obj) -> bool:
@@ -284,6 +286,11 @@ def run(args: argparse.Namespace) -> None:
             retries = gateway_metric(admin, "fleetgate_retries_total") - retries0
             upstream_errors = gateway_metric(admin, "fleetgate_upstream_errors_total") - errors0
             data = json.loads(out.read_text())
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                (args.keep / "client.json").write_text(out.read_text())
+                (args.keep / "slices.json").write_text(json.dumps(tl.states))
+                (args.keep / "gateway.log").write_bytes((tmp / "gateway.log").read_bytes())
         finally:
             if gw is not None:
                 gw.send_signal(signal.SIGINT)
@@ -307,13 +314,16 @@ def report(
     recs: list[dict[str, Any]] = data["records"]
     failed = [r for r in recs if "error" in r]
     sent_span = max(r["sent"] for r in recs) - min(r["sent"] for r in recs)
+    # The gateway picks somewhere between the client's send and the response head; a request counts as sent
+    # to an unroutable pod only if the slice said so for that whole time (and since when, before the send).
     stale: Counter[str] = Counter()
     late: list[str] = []
     for r in recs:
         if r.get("endpoint") is None:
             continue
-        state, since = tl.at(r["endpoint"], r["sent"])
-        if state != "ready":
+        states = tl.during(r["endpoint"], r["sent"], r["head"])
+        if states and all(s != "ready" for s, _ in states):
+            state, since = states[0]
             age = r["sent"] - since
             bucket = "< 0.1 s" if age < 0.1 else "0.1-1 s" if age < 1 else ">= 1 s"
             stale[f"{state} {bucket}"] += 1
@@ -334,7 +344,8 @@ def report(
         example = next(r["error"] for r in failed if r["error"].startswith(kind))
         print(f"  {n} x {kind}: {example}")
     print(
-        f"served by a pod the slice had marked not ready/terminating when sent: {sum(stale.values())} "
+        "served by a pod the slice said was not ready/terminating from send to response head: "
+        f"{sum(stale.values())} "
         f"({dict(stale) or 'none'}); gateway retries {retries:.0f}, "
         f"failed upstream attempts {upstream_errors:.0f}"
     )
@@ -359,6 +370,9 @@ def main() -> None:
     ap.add_argument("--replace-every", type=float, default=5.0, help="seconds between pod replacements")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--time-scale", type=float, default=1.0, help="the simulators' --time-scale")
+    ap.add_argument(
+        "--keep", type=Path, help="keep the client's records, the slice timeline, the gateway log"
+    )
     run(ap.parse_args())
 
 
