@@ -15,7 +15,8 @@ Every change of one pod's conditions in the slice (added, ready, not ready, term
 endpoint change; flips are paced so that all changes together meet the asked rate. Reported: failed requests
 (target 0) by kind, requests served by a pod the slice said was not ready or terminating all the time from
 the request's send to its response head (the gateway picks somewhere in between; with how long before the
-send the slice said so: the watch needs a moment to tell the gateway), the gateway's retries, and its CPU. The client reads the gateway's `x-fleetgate-endpoint` header (routing.debug_headers).
+send the slice said so: the watch needs a moment to tell the gateway), the gateway's retries, and its CPU.
+The client reads the gateway's `x-fleetgate-endpoint` header (routing.debug_headers).
 
 All clocks are CLOCK_MONOTONIC on one machine (the fake's loop.time(), the client's time.monotonic()).
 Run: .venv/bin/python benchmarks/k8s_churn.py [--rate 300] [--changes 1000] [--duration 60] [--pods 6]
