@@ -7,9 +7,10 @@ turn), the cluster changes the slice --changes times a minute:
 
   - readiness flips: a ready pod's Ready condition turns False (a failing readiness probe: ready and serving
     false in the slice) and back True a moment later;
-  - replacements: every --replace-every seconds a ready pod is deleted (terminating in the slice, its
-    simulator gets SIGTERM at once, as with no preStop hook, and finishes what it has), then removed; the
-    ReplicaSet creates a new pod, which appears with its address not ready, then turns ready.
+  - replacements: every --replace-every seconds a ready pod is deleted: terminating in the slice; its
+    simulator gets SIGTERM after --prestop seconds (the chart's preStop sleep; 0: at once) and then has 5 s
+    to finish what it has (uvicorn's graceful shutdown), then the pod is removed; the ReplicaSet creates a
+    new pod, which appears with its address not ready, then turns ready.
 
 Every change of one pod's conditions in the slice (added, ready, not ready, terminating, removed) is one
 endpoint change; flips are paced so that all changes together meet the asked rate. Reported: failed requests
@@ -242,6 +243,7 @@ def run(args: argparse.Namespace) -> None:
         tl = Timeline()
         gw: subprocess.Popen[bytes] | None = None
         try:
+            c.kubelet.prestop = args.prestop
             c.call(lambda: c.kube.listeners.append(tl.seen))
             c.call(
                 lambda: c.kube.add_deployment("vllm", {"app": "vllm"}, replicas=args.pods, port=c.pod_port)
@@ -334,7 +336,7 @@ def report(
         f"offered {args.rate:g} req/s for {args.duration:g} s (sent {len(recs)} over {sent_span:.1f} s; "
         f"schedule lag p50 {data['lag_p50'] * 1000:.1f} ms, p99 {data['lag_p99'] * 1000:.1f} ms), "
         f"{args.pods} pods, sim --time-scale {args.time_scale:g}, {args.max_tokens} tokens each, "
-        "half streamed"
+        f"half streamed, preStop {args.prestop:g} s"
     )
     print(
         f"endpoint changes: {changes} in {wall:.1f} s = {changes / wall * 60:.0f}/min "
