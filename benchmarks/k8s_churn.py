@@ -374,6 +374,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--time-scale", type=float, default=1.0, help="the simulators' --time-scale")
     ap.add_argument(
+        "--prestop", type=float, default=0.0, help="seconds a deleted pod runs before SIGTERM (preStop sleep)"
+    )
+    ap.add_argument(
         "--keep", type=Path, help="keep the client's records, the slice timeline, the gateway log"
     )
     run(ap.parse_args())
