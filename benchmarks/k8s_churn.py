@@ -102,7 +102,10 @@ async def _one(http: Any, url: str, i: int, stream: bool, max_tokens: int) -> di
 async def _client(url: str, rate: float, seconds: float, max_tokens: int, out: Path) -> None:
     import aiohttp
 
-    conn = aiohttp.TCPConnector(limit=0)
+    # Idle connections are dropped before the gateway's 5 s keep-alive ends them: aiohttp keeps them 15 s,
+    # and a request sent on one the server is closing fails with ServerDisconnectedError (a client that
+    # fell behind its schedule hit that race 67 times in 900 requests).
+    conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as http:
         tasks: list[asyncio.Task[dict[str, Any]]] = []
         n = int(rate * seconds)
