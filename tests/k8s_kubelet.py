@@ -124,6 +124,10 @@ class Kubelet:
             *self.sim_flags,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+        # The container's env from the pod spec, as a kubelet sets it (e.g. vLLM's dev-mode gate for sleep).
+        pod = self.kube.get("pods", self.ns, name) or {}
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            env.update({e["name"]: str(e.get("value", "")) for e in container.get("env") or []})
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
         )

@@ -4,6 +4,7 @@ the fake kubelet runs, the Deployment scaled through /scale, pods found through 
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import os
 import signal
 import subprocess
@@ -23,7 +24,9 @@ from tests.k8s_kubelet import Cluster
 MODEL = "sim-model"
 
 
-def fleet(api: str, *, min_workers: int = 0, max_workers: int = 3, idle_timeout: float = 300) -> str:
+def fleet(
+    api: str, *, min_workers: int = 0, max_workers: int = 3, idle_timeout: float = 300, sleep: bool = False
+) -> str:
     return f"""
 listen: {{host: 127.0.0.1, port: {{port}}}}
 admin: {{host: 127.0.0.1, port: {{admin_port}}}}
@@ -46,6 +49,7 @@ pools:
       stabilization_window: 1.5
       drain_deadline: 60
       max_hold: 60
+      sleep: {str(sleep).lower()}
 """
 
 
@@ -231,3 +235,48 @@ def test_two_gateway_replicas_one_scales_and_the_other_takes_over(
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert list(pool.map(lambda _: stream(follower, 200), range(4))) == [(200, "length")] * 4
     assert max(r for _, _, r in cluster.call(lambda: list(cluster.kube.scale_patches))) >= 2
+
+
+def test_idle_pod_sleeps_instead_of_scaling_down_and_a_request_wakes_it(
+    tmp_path: Path, gateway_factory: GatewayFactory
+) -> None:
+    # The pods run with vLLM's sleep mode and its dev-mode gate (from the pod spec's env, as the chart sets).
+    c = Cluster(tmp_path, ("--model-name", MODEL, "--time-scale", "1", "--enable-sleep-mode"))
+    try:
+
+        def deployment() -> None:
+            c.kube.add_deployment("vllm", {"app": "vllm"}, replicas=0, port=c.pod_port)
+            dep = copy.deepcopy(c.kube.get("deployments", "default", "vllm"))
+            assert dep is not None
+            env = [{"name": "VLLM_SERVER_DEV_MODE", "value": "1"}]
+            dep["spec"]["template"]["spec"]["containers"][0]["env"] = env
+            c.kube.put("deployments", dep)
+            c.kube.add_service("vllm", {"app": "vllm"}, c.pod_port)
+
+        c.call(deployment)
+        gw = gateway_factory(fleet(c.kube.url, max_workers=1, idle_timeout=1, sleep=True))
+        assert stream(gw, 5) == (5, "length")  # 0 -> 1: a pod started for the held request
+        (pod,) = c.pods()
+        name = pod["metadata"]["name"]
+        at = f"http://{c.kubelet.ips[name]}:{c.pod_port}"
+
+        def workers() -> list[tuple[str, str, int]]:
+            return [(w["id"], w["state"], w["wakes"]) for w in admin(gw)["workers"]]
+
+        # Idle: the pod is put to sleep through its own address, not removed: the Deployment stays at 1.
+        until(lambda: workers() == [(name, "sleeping", 0)], "the idle pod asleep", 30)
+        assert httpx.get(f"{at}/is_sleeping", timeout=5).json() == {"is_sleeping": True}
+        assert c.replicas("vllm") == 1 and [p["metadata"]["name"] for p in c.pods()] == [name]
+        assert [r for _, _, r in c.call(lambda: list(c.kube.scale_patches))] == [1]
+        (ep,) = admin(gw)["endpoints"]
+        assert ep["name"] == name and ep["routable"] is False  # asleep: no request is sent there
+
+        # A request wakes the same pod (POST /wake_up) and is answered there; still no /scale patch.
+        assert stream(gw, 5) == (5, "length")
+        assert workers()[0][::2] == (name, 1)
+        assert [r for _, _, r in c.call(lambda: list(c.kube.scale_patches))] == [1]
+        assert [p["metadata"]["name"] for p in c.pods()] == [name]
+        metrics = httpx.get(f"{gw.admin}/metrics", timeout=5).text
+        assert 'fleetgate_worker_wakeups_total{pool="qwen"} 1.0' in metrics
+    finally:
+        c.close()
