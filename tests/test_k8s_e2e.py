@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import functools
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +283,99 @@ def test_idle_pod_sleeps_instead_of_scaling_down_and_a_request_wakes_it(
         assert 'fleetgate_worker_wakeups_total{pool="qwen"} 1.0' in metrics
     finally:
         c.close()
+
+
+def test_requests_under_endpoint_churn_all_succeed_and_none_is_sent_to_an_unready_pod(
+    cluster: Cluster, gateway_factory: GatewayFactory
+) -> None:
+    # benchmarks/k8s_churn.py in small: readiness flapping on every pod and pods replaced (terminating at
+    # once, SIGTERM without a preStop) while requests stream through the gateway.
+    cluster.call(lambda: cluster.kube.set_replicas("vllm", 3))
+    until(lambda: len(cluster.pods(ready=True)) == 3, "three pods ready", 30)
+    states: dict[str, list[tuple[float, bool]]] = {}  # pod -> [(loop time, ready in the slice)]
+
+    def seen(plural: str, kind: str, obj: dict[str, Any]) -> None:
+        if plural == "endpointslices":
+            now = time.monotonic()  # the fake's loop clock is CLOCK_MONOTONIC too
+            for ep in obj.get("endpoints") or []:
+                states.setdefault(ep["targetRef"]["name"], []).append((now, ep["conditions"]["ready"]))
+
+    cluster.call(lambda: cluster.kube.listeners.append(seen))
+    gw = gateway_factory(f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+kubernetes: {{api_url: {cluster.kube.url}, retry_max: 0.3}}
+pools:
+  - name: qwen
+    models: [{MODEL}]
+    discovery: {{kubernetes: {{service: vllm}}}}
+    routing: {{debug_headers: true}}
+""")
+    until(lambda: sum(e["routable"] for e in admin(gw)["endpoints"]) == 3, "three endpoints", 10)
+    stop = threading.Event()
+    rng = random.Random(3)
+
+    def flip(name: str, ready: bool) -> None:
+        pod = copy.deepcopy(cluster.kube.get("pods", "default", name))
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        conds = [c for c in pod["status"]["conditions"] if c["type"] != "Ready"]
+        pod["status"]["conditions"] = [*conds, {"type": "Ready", "status": "True" if ready else "False"}]
+        cluster.kube.put("pods", pod)
+
+    def churn() -> None:
+        flips = 0
+        flipped: set[str] = set()  # only pods this test turned unready come back (not ones still starting)
+        while not stop.is_set():
+            ready = [p["metadata"]["name"] for p in cluster.pods(ready=True)]
+            down = sorted(flipped & {p["metadata"]["name"] for p in cluster.pods(ready=False)})
+            if flips % 25 == 24 and len(ready) >= 2:
+                victim = rng.choice(ready)
+                cluster.call(functools.partial(cluster.kube.delete_pod, "default", victim))
+            elif down and (len(ready) <= 1 or rng.random() < 0.5):
+                up = rng.choice(down)
+                flipped.discard(up)
+                cluster.call(functools.partial(flip, up, True))
+            elif len(ready) >= 2:
+                off = rng.choice(ready)
+                flipped.add(off)
+                cluster.call(functools.partial(flip, off, False))
+            flips += 1
+            stop.wait(0.03)
+
+    def one(i: int) -> tuple[float, float, str, str | None]:
+        """(sent, response head, endpoint, what went wrong)"""
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 8}
+        body |= {"stream": i % 2 == 0, "ignore_eos": True}
+        sent = time.monotonic()
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=60) as r:
+            head = time.monotonic()
+            text = r.read().decode()
+        ok = r.status_code == 200 and (text.rstrip().endswith("data: [DONE]") or i % 2 == 1)
+        ok = ok and '"error"' not in text
+        return (
+            sent,
+            head,
+            r.headers.get("x-fleetgate-endpoint", ""),
+            None if ok else f"{r.status_code} {text}",
+        )
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(one, range(240)))
+    finally:
+        stop.set()
+        churner.join(10)
+    assert [r[3] for r in results if r[3]] == []
+    # The endpoints did churn meanwhile: readiness flipped many times, pods were replaced.
+    assert sum(len(v) for v in states.values()) >= 50 and len(states) > 3
+
+    def unready_throughout(pod: str, start: float, end: float) -> bool:
+        hist = states.get(pod, [])
+        before = [ready for t, ready in hist if t <= start][-1:]
+        during = [ready for t, ready in hist if start < t <= end]
+        return not any(before + during) and bool(before)
+
+    assert [r for r in results if unready_throughout(r[2], r[0], r[1])] == []
