@@ -81,7 +81,7 @@ def check(r: httpx.Response) -> None:
     assert r.status_code < 500, (r.status_code, r.text[:300])
     if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
         body: Any = r.json()
-        assert set(body.get("error", {})) >= {"message", "type"} or body == {"detail": "Not Found"}, body
+        assert set(body.get("error", {})) == {"message", "type", "param", "code"}, body
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

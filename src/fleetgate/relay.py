@@ -34,6 +34,7 @@ from fleetgate.protocol import (
     OpenAIError,
     ServiceUnavailableError,
     error_from_body,
+    is_openai_error,
 )
 from fleetgate.routing.request import RouteRequest
 from fleetgate.routing.router import Lease, PoolRouter
@@ -282,10 +283,9 @@ class Relay:
             raise GatewayTimeoutError("the upstream answer did not complete in time") from None
         ctype = resp.headers.get("content-type", "application/json")
         call.status = resp.status
-        if resp.status >= 400 and not _openai_error(body):
-            # e.g. uvicorn's text/plain 500 when the server under it died mid-request (a pod shutting down):
-            # clients read errors in the OpenAI shape only.
-            body, ctype = _wrapped_error(body, resp.status), "application/json"
+        if resp.status >= 400 and not is_openai_error(body):
+            # FastAPI's {"detail": ...} from vLLM, a proxy's text or HTML page: the client gets OpenAI's.
+            body, ctype = error_from_body(body, resp.status).to_json(), "application/json"
         if resp.status == 200 and b'"usage"' in body:
             try:
                 usage = orjson.loads(body).get("usage")
@@ -399,24 +399,6 @@ def _without_usage_event(events: bytes) -> bytes:
     """The events minus the usage-only one (`"choices":[]`) that was asked for on the client's behalf."""
     kept = [e for e in events.split(b"\n\n") if e and not (b'"usage"' in e and b'"choices":[]' in e)]
     return b"".join(e + b"\n\n" for e in kept)
-
-
-def _openai_error(body: bytes) -> bool:
-    """`{"error": {...}}`: an error body in the shape the OpenAI API and vLLM answer with."""
-    try:
-        return isinstance(orjson.loads(body).get("error"), dict)
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-
-
-def _wrapped_error(body: bytes, status: int) -> bytes:
-    """An upstream error body in another shape, as an OpenAI error with the same status (its text, cut
-    short, in the message)."""
-    error = error_from_body(body, status)
-    text = body[:200].decode("utf-8", "replace").strip()
-    if text:
-        error.message = f"{error.message}: {text}"
-    return error.to_json()
 
 
 def _usage_of(events: bytes) -> dict[str, Any] | None:
