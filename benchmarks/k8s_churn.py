@@ -31,6 +31,7 @@ import bisect
 import copy
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,8 @@ async def _one(http: Any, url: str, i: int, stream: bool, max_tokens: int) -> di
     }
     rec: dict[str, Any] = {"i": i, "stream": stream, "sent": time.monotonic(), "endpoint": None}
     try:
-        async with http.post(f"{url}/v1/chat/completions", json=body) as r:
+        headers = {"x-request-id": f"churn-{i}"}  # found in the gateway's request log afterwards
+        async with http.post(f"{url}/v1/chat/completions", json=body, headers=headers) as r:
             rec["head"] = time.monotonic()
             rec["status"] = r.status
             rec["endpoint"] = r.headers.get("x-fleetgate-endpoint")
@@ -291,11 +293,15 @@ def run(args: argparse.Namespace) -> None:
             retries = gateway_metric(admin, "fleetgate_retries_total") - retries0
             upstream_errors = gateway_metric(admin, "fleetgate_upstream_errors_total") - errors0
             data = json.loads(out.read_text())
+            data["logged"] = sorted(
+                {int(m) for m in re.findall(r"request_id=churn-(\d+)", (tmp / "gateway.log").read_text())}
+            )
             if args.keep is not None:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 (args.keep / "client.json").write_text(out.read_text())
                 (args.keep / "slices.json").write_text(json.dumps(tl.states))
-                (args.keep / "gateway.log").write_bytes((tmp / "gateway.log").read_bytes())
+                for log_file in [tmp / "gateway.log", *tmp.glob("pod-*.log")]:
+                    (args.keep / log_file.name).write_bytes(log_file.read_bytes())
         finally:
             if gw is not None:
                 gw.send_signal(signal.SIGINT)
@@ -345,6 +351,13 @@ def report(
         f"(slice states entered: {kinds}; churn actions: {dict(done)})"
     )
     print(f"failed requests: {len(failed)} of {len(recs)}")
+    # A transport error on a request the gateway never logged: it never arrived. The client wrote it on a
+    # kept-alive connection the gateway had just closed (a client loop that fell seconds behind reuses one
+    # past the gateway's idle timeout), not something the gateway did.
+    logged = set(data["logged"])
+    unseen = [r for r in failed if r["error"].startswith("transport") and r["i"] not in logged]
+    if unseen:
+        print(f"  of which {len(unseen)} never reached the gateway (not in its request log)")
     for kind, n in Counter(r["error"].split(":")[0] for r in failed).most_common():
         example = next(r["error"] for r in failed if r["error"].startswith(kind))
         print(f"  {n} x {kind}: {example}")
@@ -379,7 +392,7 @@ def main() -> None:
         "--prestop", type=float, default=0.0, help="seconds a deleted pod runs before SIGTERM (preStop sleep)"
     )
     ap.add_argument(
-        "--keep", type=Path, help="keep the client's records, the slice timeline, the gateway log"
+        "--keep", type=Path, help="keep the client's records, the slice timeline, the gateway and pod logs"
     )
     run(ap.parse_args())
 
