@@ -379,3 +379,24 @@ pools:
         return not any(before + during) and bool(before)
 
     assert [r for r in results if unready_throughout(r[2], r[0], r[1])] == []
+
+
+def test_a_pod_removed_from_the_api_mid_stream_finishes_its_stream_and_is_forgotten(
+    cluster: Cluster, gateway_factory: GatewayFactory
+) -> None:
+    # A force deletion (grace period 0) or a node controller's cleanup: the pod leaves every slice at once
+    # while its process still runs. Its endpoint goes (no new requests, its indexes dropped); the stream
+    # already there keeps its connection and finishes.
+    cluster.call(lambda: cluster.kube.set_replicas("vllm", 2))
+    until(lambda: len(cluster.pods(ready=True)) == 2, "two pods ready", 30)
+    gw = gateway_factory(fleet(cluster.kube.url, min_workers=2, max_workers=2))
+    until(lambda: sum(e["routable"] for e in admin(gw)["endpoints"]) == 2, "two endpoints", 10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        f = pool.submit(stream, gw, 600)
+        until(lambda: any(e["in_flight"] for e in admin(gw)["endpoints"]), "the stream under way", 20)
+        victim = next(e["name"] for e in admin(gw)["endpoints"] if e["in_flight"])
+        cluster.call(lambda: cluster.kube.remove("pods", "default", victim))
+        until(lambda: victim not in [e["name"] for e in admin(gw)["endpoints"]], "the pod forgotten", 10)
+        assert not f.done()  # still streaming from a pod the gateway no longer lists
+        assert f.result(60) == (600, "length")
+    assert stream(gw, 5) == (5, "length")
