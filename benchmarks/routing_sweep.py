@@ -99,8 +99,10 @@ def start_fleet(
     return proc
 
 
-def fleet_file(path: Path, port: int, admin: int, upstreams: list[str], kv_port: int, routing: str) -> None:
-    precise = "builtin" in routing
+def fleet_file(
+    path: Path, port: int, admin: int, upstreams: list[str], kv_port: int, routing: str, precise: bool
+) -> None:
+    """A fleet file for one contender; `precise` subscribes to each upstream's KV events at kv_port + i."""
     lines = [f"listen: {{host: 127.0.0.1, port: {port}}}", f"admin: {{host: 127.0.0.1, port: {admin}}}",
              "pools:", "  - name: main", f"    models: [{MODEL}]", "    endpoints:"]  # fmt: skip
     for i, u in enumerate(upstreams):
@@ -182,7 +184,7 @@ def run_one(
         tmp = Path(d)
         if name in FLEETGATE:
             cfg = tmp / f"{name}.yaml"
-            fleet_file(cfg, gw_port, admin_port, upstreams, kv_port, FLEETGATE[name])
+            fleet_file(cfg, gw_port, admin_port, upstreams, kv_port, FLEETGATE[name], name == "precise")
             cmd = [sys.executable, "-m", "fleetgate", "gateway", "--config", str(cfg)]
         else:
             cmd = peer_command(peers[name], gw_port, upstreams)

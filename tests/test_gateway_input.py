@@ -15,6 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleetgate.protocol import error_from_body, is_openai_error
 from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, free_port, spawn_sim, until
 
 MODEL = "llama-8b"
@@ -95,6 +96,55 @@ def test_malformed_tool_calls_never_fail_the_gateway(
         },
     )
     assert r.status_code < 500, r.text
+
+
+def test_upstream_errors_outside_openai_shape_reach_the_client_in_it(
+    gateway_factory: GatewayFactory, sim: SimProcess
+) -> None:
+    """vLLM answers a route its model does not serve (embeddings from a generation model) with FastAPI's
+    `{"detail": "Not Found"}`; the gateway passed that through. An upstream error that is not an OpenAI error
+    object becomes one, its status kept; the upstream's own OpenAI errors still pass unchanged."""
+    gw = gateway_factory(fleet(sim))
+    assert httpx.post(f"{sim.url}/v1/embeddings", json={"model": MODEL, "input": "x"}).json() == {
+        "detail": "Not Found"
+    }
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.embeddings.create(model=MODEL, input="x")
+    assert e.value.response.headers["content-type"] == "application/json"
+    assert e.value.body == {
+        "message": "upstream answered 404: Not Found",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
+    ollama = httpx.post(f"{gw.url}/api/embed", json={"model": MODEL, "input": "x"})
+    assert (ollama.status_code, ollama.json()) == (404, {"error": "upstream answered 404: Not Found"})
+    own = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": [-1], "max_tokens": 2})
+    assert (own.status_code, own.json()["error"]["message"]) == (400, "Token id out of vocabulary range")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message", "kind"),
+    [
+        (b'{"detail":"Not Found"}', 404, "upstream answered 404: Not Found", "NotFoundError"),
+        (
+            b"Internal Server Error",
+            500,
+            "upstream answered 500: Internal Server Error",
+            "InternalServerError",
+        ),
+        (b"<html><body>502 Bad Gateway</body></html>", 502, "upstream answered 502", "BadGatewayError"),
+        (b'{"error":{"message":"m","type":"T"}}', 400, "m", "T"),
+        (b"\xff\x00", 418, "upstream answered 418", "BadRequestError"),
+    ],
+)
+def test_upstream_error_bodies_become_openai_errors(
+    body: bytes, status: int, message: str, kind: str
+) -> None:
+    assert is_openai_error(body) == body.startswith(b'{"error"')
+    error = error_from_body(body, status)
+    assert (error.status, error.message, error.type) == (status, message, kind)
 
 
 def test_errors_the_gateway_makes_are_counted_and_logged_once(

@@ -272,6 +272,29 @@ def test_embedding_profile_serves_embeddings_not_generation(sim_factory: SimFact
     assert httpx.post(f"{sim.url}/v1/chat/completions", json={"model": "minilm"}).status_code == 404
 
 
+def test_embedding_requests_vllm_refuses_are_400s(sim_factory: SimFactory) -> None:
+    """all-MiniLM-L6-v2 is no matryoshka model: vLLM answers any `dimensions` with 400 (the embedded engine
+    too), and token ids outside the vocabulary with 400. The simulator built a vector `dimensions` long
+    (MemoryError) and hashed negative ids (OverflowError): plain-text 500s, found by
+    tests/test_gateway_schemathesis.py."""
+    sim = sim_factory("--profile", "cpu-minilm-embed", "--served-model-name", "minilm")
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)
+    for dimensions in (64, 6351521582):
+        with pytest.raises(openai.BadRequestError, match="does not support matryoshka") as e:
+            client.embeddings.create(model="minilm", input="x", dimensions=dimensions)
+        assert e.value.body == {
+            "message": 'Model "minilm" does not support matryoshka representation, changing output '
+            "dimensions will lead to poor results.",
+            "type": "BadRequestError",
+            "param": "dimensions",
+            "code": 400,
+        }
+    for ids in ([5, -1], [[5], [2**40]]):
+        with pytest.raises(openai.BadRequestError, match="Token id out of vocabulary range"):
+            client.embeddings.create(model="minilm", input=ids)
+    assert len(client.embeddings.create(model="minilm", input=[5, 6]).data[0].embedding) == 384
+
+
 def test_responses_api_streams_events(sim_factory: SimFactory) -> None:
     sim = sim_factory("--served-model-name", "m", "--time-scale", "20")
     client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)

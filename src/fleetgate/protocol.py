@@ -123,17 +123,47 @@ class GatewayTimeoutError(OpenAIError):
     type = "GatewayTimeoutError"
 
 
-def error_from_body(body: bytes, status: int) -> OpenAIError:
-    """An upstream's error (its message and type), or one named after its status when the body has none."""
-    fallback = {429: "RateLimitError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError"}
-    message, kind = f"upstream answered {status}", fallback.get(status, "BadGatewayError")
+# Error types named after their status, for upstream errors that do not name one.
+_STATUS_TYPES = {
+    cls.status: cls.type
+    for cls in (BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError,
+                MethodNotAllowedError, PayloadTooLargeError, RateLimitError, InternalServerError,
+                BadGatewayError, ServiceUnavailableError, GatewayTimeoutError)
+}  # fmt: skip
+
+
+def _openai_error_of(doc: Any) -> dict[str, Any] | None:
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return err if isinstance(err, dict) and isinstance(err.get("message"), str) else None
+
+
+def is_openai_error(body: bytes) -> bool:
+    """Whether an error body is OpenAI's `{"error": {"message": ...}}` (vLLM's, a hosted endpoint's)."""
     try:
-        err = orjson.loads(body)["error"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        err = None
-    if isinstance(err, dict):
-        message = str(err["message"]) if "message" in err else message
+        return _openai_error_of(orjson.loads(body)) is not None
+    except orjson.JSONDecodeError:
+        return False
+
+
+def error_from_body(body: bytes, status: int) -> OpenAIError:
+    """An upstream's error as an OpenAIError: its message and type when it sent OpenAI's shape; else FastAPI's
+    `detail` (vLLM's answer for a route its model does not serve) or a short plain-text body as the message,
+    typed after the status."""
+    default = "BadRequestError" if 400 <= status < 500 else "BadGatewayError"
+    message, kind = f"upstream answered {status}", _STATUS_TYPES.get(status, default)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body[:200].decode(errors="replace").strip()
+        doc = None
+        if text and not text.startswith("<") and text.isprintable():  # not an HTML page, not binary
+            message = f"{message}: {text}"
+    err = _openai_error_of(doc)
+    if err is not None:
+        message = err["message"]
         kind = str(err["type"]) if "type" in err else kind
+    elif isinstance(doc, dict) and isinstance(doc.get("detail"), str):
+        message = f"{message}: {doc['detail'][:200]}"
     error = OpenAIError(message, status=status)
     error.type = kind
     return error

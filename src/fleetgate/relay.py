@@ -34,6 +34,7 @@ from fleetgate.protocol import (
     OpenAIError,
     ServiceUnavailableError,
     error_from_body,
+    is_openai_error,
 )
 from fleetgate.routing.request import RouteRequest
 from fleetgate.routing.router import Lease, PoolRouter
@@ -282,6 +283,9 @@ class Relay:
             raise GatewayTimeoutError("the upstream answer did not complete in time") from None
         ctype = resp.headers.get("content-type", "application/json")
         call.status = resp.status
+        if resp.status >= 400 and not is_openai_error(body):
+            # FastAPI's {"detail": ...} from vLLM, a proxy's text or HTML page: the client gets OpenAI's.
+            body, ctype = error_from_body(body, resp.status).to_json(), "application/json"
         if resp.status == 200 and b'"usage"' in body:
             try:
                 usage = orjson.loads(body).get("usage")

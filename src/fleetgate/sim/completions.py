@@ -29,8 +29,6 @@ class CompletionRoutes(SimCore):
             for p in prompts:
                 if not p:
                     raise BadRequestError("Prompt cannot be empty", param="prompt")
-                if any(t < 0 or t >= self.tokenizer.vocab_size for t in p):
-                    raise BadRequestError("Token id out of vocabulary range", param="prompt")
             stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
             choices: list[Choice] = []
             for pi, p in enumerate(prompts):

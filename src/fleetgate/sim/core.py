@@ -211,8 +211,10 @@ class SimCore:
             return [list(self.tokenizer.encode(prompt))]
         if not prompt:
             raise BadRequestError("Prompt cannot be empty", param="prompt")
-        if isinstance(prompt[0], int):
-            return [list(prompt)]
         if isinstance(prompt[0], str):
             return [list(self.tokenizer.encode(p)) for p in prompt]
-        return [list(p) for p in prompt]
+        prompts = [list(prompt)] if isinstance(prompt[0], int) else [list(p) for p in prompt]
+        for p in prompts:
+            if any(t < 0 or t >= self.tokenizer.vocab_size for t in p):
+                raise BadRequestError("Token id out of vocabulary range", param="prompt")
+        return prompts

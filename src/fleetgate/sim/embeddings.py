@@ -24,6 +24,13 @@ class EmbeddingRoutes(SimCore):
         try:
             req = validate(EmbeddingRequest, await self._body(request))
             self._check_model(req.model)
+            if req.dimensions is not None:
+                # vLLM's check for a model without matryoshka dimensions (as the profiled MiniLM is).
+                raise BadRequestError(
+                    f'Model "{self.model_name}" does not support matryoshka representation, changing output '
+                    "dimensions will lead to poor results.",
+                    param="dimensions",
+                )
             prompts = self._prompts(req.input)
             for p in prompts:
                 if len(p) > self.s.engine.max_model_len:
@@ -38,7 +45,7 @@ class EmbeddingRoutes(SimCore):
                 return Response(status_code=499)
         except OpenAIError as e:
             return reply_error(e)
-        dim = req.dimensions or self.profile.embedding_dim
+        dim = self.profile.embedding_dim
         model = req.model or self.model_name
 
         async def make() -> Response:
