@@ -351,12 +351,10 @@ class Relay:
                         call.events += 1
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                         watch.sending = False
-                    watch.close()
                 break
             except TimeoutError:
                 now = time.monotonic()
                 assert watch is not None
-                watch.close()
                 if watch.sending:
                     call.status = 499
                     raise ClientStalled from None
@@ -375,6 +373,10 @@ class Relay:
                 endpoint.transport_failed("stream broke")
                 self.observer.attempt_failed(endpoint, "stream_transport")
                 error = BadGatewayError("upstream stream ended early (transport)")
+            finally:
+                # However the relay leaves (the end, an error, the client gone), its timer goes with it.
+                if watch is not None:
+                    watch.close()
         if error is not None:
             call.status = error.status
             await send({"type": "http.response.body", "body": error.to_sse() + SSE_DONE, "more_body": False})
