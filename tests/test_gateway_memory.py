@@ -53,7 +53,19 @@ def hanging_sim(tmp_path: Path) -> Iterator[SimProcess]:
 def test_large_bodies_in_flight_cost_a_bounded_multiple_of_their_bytes(
     hanging_sim: SimProcess, gateway_factory: GatewayFactory
 ) -> None:
-    gw = gateway_factory(upstreams=[hanging_sim.url])
+    # The simulator is busy for seconds parsing the bodies itself: judged by its probes and scrapes as usual,
+    # it would look frozen or saturated on a loaded machine and the requests would wait in the queue instead.
+    gw = gateway_factory(f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+pools:
+  - name: main
+    models: [{MODEL}]
+    endpoints: [{hanging_sim.url}]
+    health: {{interval: 1, timeout: 10}}
+    scrape: {{interval: 1, timeout: 10, stale_after: 120}}
+    timeouts: {{stall_after: 120}}
+""")
     n, parts = 12, 108_000  # 12 bodies of ~3 MiB; each parses into ~30 MB of dicts and strings
     bodies = [chat_body(i, parts) for i in range(n)]
     raw = sum(len(b) for b in bodies)
