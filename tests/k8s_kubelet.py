@@ -3,7 +3,8 @@
 The kubelet gives each scheduled pod an address of its own on loopback (127.0.0.N: Linux routes all of
 127/8 to lo, so every pod can listen on the same container port, as pods do), runs `fleetgate sim` there,
 reports the container running and turns the pod Ready once /health answers. A deleted pod's simulator gets
-SIGTERM and the pod is removed once it exited; `kill` is a node dying under a pod (SIGKILL, pod gone).
+SIGTERM (after `prestop` seconds: the chart's preStop sleep) and the pod is removed once it exited; `kill`
+is a node dying under a pod (SIGKILL, pod gone).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Kubelet:
         self.sim_flags = sim_flags
         self.ns = ns
         self.crash = False  # containers crash at start: CrashLoopBackOff
+        self.prestop = 0.0  # seconds a deleted pod keeps running before SIGTERM (a preStop sleep hook)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.ips: dict[str, str] = {}
         self._hosts = itertools.count(2)
@@ -122,6 +124,10 @@ class Kubelet:
             *self.sim_flags,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+        # The container's env from the pod spec, as a kubelet sets it (e.g. vLLM's dev-mode gate for sleep).
+        pod = self.kube.get("pods", self.ns, name) or {}
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            env.update({e["name"]: str(e.get("value", "")) for e in container.get("env") or []})
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
         )
@@ -158,6 +164,8 @@ class Kubelet:
             self._update(name, ready)
 
     async def _terminate(self, name: str) -> None:
+        if self.prestop > 0:
+            await asyncio.sleep(self.prestop)
         proc = self.procs.pop(name, None)
         if proc is not None and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -158,6 +158,64 @@ def test_lock_pins_every_runtime_dependency() -> None:
     assert "!deploy/docker/requirements-gateway.txt" in ignore and ".venv" in ignore
 
 
+def _installed_extras(dockerfile: Path) -> set[str]:
+    """The extras of fleetgate that a Dockerfile's `pip install ... .[a,b]` installs."""
+    (spec,) = re.findall(r"pip install [^\n]*?\s\"?\.(\[[\w,-]+\])?\"?(?:\s|$)", dockerfile.read_text())
+    return set(spec.strip("[]").split(",")) - {""}
+
+
+def _extras_needed(cfg: Any) -> set[str]:
+    """The extras a fleet file needs to start: the gateway connects to the API server when a pool is
+    discovered from Kubernetes (fleet/kube.py), and tenancy opens a database or Redis (tenancy/runtime.py)."""
+    needs = set()
+    if any(p.discovery is not None and p.discovery.kubernetes is not None for p in cfg.pools):
+        needs.add("kubernetes")
+    if cfg.tenancy.database or cfg.tenancy.redis:
+        needs.add("tenancy")
+    return needs
+
+
+def test_gateway_image_installs_the_extras_the_helm_charts_fleet_file_needs() -> None:
+    import tomllib
+
+    import helm_python as helm
+
+    from fleetgate.config import FleetConfig
+
+    chart = helm.Chart.load(DEPLOY / "helm" / "fleetgate")
+    value_sets: list[dict[str, Any]] = [
+        {},
+        {"pools": [{"name": "a", "modelURL": "org/a", "scaler": "keda"}]},
+        {"pools": [{"name": "b", "modelURL": "org/b", "scaler": "none", "kvEvents": {"enabled": False}}]},
+        {"pools": [{"name": "c", "modelURL": "org/c", "sleep": True}]},
+    ]
+    needed: set[str] = set()
+    for values in value_sets:
+        out = chart.render(values, name="rel", namespace="ml", is_install=True)
+        (cm,) = [
+            d
+            for path, text in out.items()
+            if path.endswith(".yaml")
+            for d in yaml.safe_load_all(text)
+            if d and d["kind"] == "ConfigMap" and "fleet.yaml" in d.get("data", {})
+        ]
+        needed |= _extras_needed(FleetConfig.model_validate(yaml.safe_load(cm["data"]["fleet.yaml"])))
+    assert "kubernetes" in needed  # every value set discovers its pods through EndpointSlices
+    installed = _installed_extras(DEPLOY / "docker" / "gateway.Dockerfile")
+    assert needed <= installed, f"the chart's gateway image lacks the extras {sorted(needed - installed)}"
+    # ... and the lock pins what those extras bring, so the image gets the versions the tests ran with.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    lock = (DEPLOY / "docker" / "requirements-gateway.txt").read_text()
+    pinned = {line.split("==")[0] for line in lock.splitlines() if "==" in line}
+    for extra in installed:
+        wanted = {re.split(r"[\[<>=!~ ]", d)[0].lower().replace("_", "-") for d in extras[extra]}
+        assert wanted <= pinned, (extra, sorted(wanted - pinned))
+    from importlib.metadata import requires
+
+    transitive = {re.split(r"[\[<>=!~ ;]", r)[0].lower() for r in requires("kubernetes_asyncio") or []}
+    assert transitive <= pinned, sorted(transitive - pinned)
+
+
 # ---- docker compose -----
 
 

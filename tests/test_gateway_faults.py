@@ -193,3 +193,75 @@ def test_a_client_that_stops_reading_ends_its_own_stream_and_blames_nobody(
     assert total(gw.admin, "fleetgate_upstream_errors_total") == 0
     r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
     assert r.status_code == 200
+
+
+class _DyingUpstream:
+    """Answers probes, and every POST the way uvicorn does when the app under it died mid-request (a worker
+    shutting down with requests in flight): 500, text/plain, "Internal Server Error"."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.posts = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += conn.recv(65536)
+            if head.startswith(b"POST"):
+                self.posts += 1
+                status, ctype, text = (
+                    b"500 Internal Server Error",
+                    b"text/plain; charset=utf-8",
+                    b"Internal Server Error",
+                )
+            else:
+                status, ctype, text = b"200 OK", b"application/json", b"{}"
+            conn.sendall(
+                b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, ctype, len(text), text)
+            )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_500_in_plain_text_reaches_the_client_as_an_openai_error(
+    gateway_factory: GatewayFactory, stream: bool
+) -> None:
+    up = _DyingUpstream()
+    try:
+        gw = gateway_factory(fleet(up.url))
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 4, "stream": stream}
+        r = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=30)
+        assert up.posts == 1  # a 500 is never retried: the upstream may have done the work
+        assert r.status_code == 500
+        assert r.headers["content-type"].startswith("application/json")
+        err = r.json()["error"]
+        assert err["code"] == 500 and err["type"] and up.url.split("//")[1] not in err["message"]
+        assert "500" in err["message"]
+    finally:
+        up.close()

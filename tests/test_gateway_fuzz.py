@@ -79,7 +79,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 def check(r: httpx.Response) -> None:
     assert r.status_code < 500, (r.status_code, r.text[:300])
-    if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
+    if r.status_code >= 400:
+        assert r.headers.get("content-type", "").startswith("application/json"), (r.status_code, r.text[:300])
         body: Any = r.json()
         assert set(body.get("error", {})) == {"message", "type", "param", "code"}, body
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import SchemaError
 
-from fleetgate.sim.jsongen import generate
+from fleetgate.sim.jsongen import MAX_SIZE, MAX_VALUES, generate, malformed
 
 SEEDS = range(60)
 
@@ -437,3 +438,55 @@ def test_random_schemas_validate(schema: Any, via_ref: bool, seed: int) -> None:
         value = generate(schema, random.Random(seed + offset))
         errors = [e.message for e in validator.iter_errors(value)]
         assert not errors, (value, errors)
+
+
+@pytest.mark.parametrize("schema", CASES, ids=lambda s: json.dumps(s, ensure_ascii=False)[:60])
+def test_well_formed_schemas_are_not_malformed(schema: Any) -> None:
+    assert malformed(schema) is None
+
+
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [
+        ({"type": "object", "properties": None}, "properties"),
+        ({"properties": {"a": {"type": "string", "minLength": "3"}}}, "properties.a.minLength"),
+        ({"type": "object", "required": 5}, "required"),
+        ({"type": "array", "items": 3}, "items"),
+        ({"anyOf": [{"type": "string"}, 7]}, "anyOf.1"),
+        ({"oneOf": []}, "oneOf"),
+        ({"enum": "abc"}, "enum"),
+        ({"type": ["string", 3]}, "type"),
+        ({"type": "strin"}, "type"),
+        ({"type": "number", "multipleOf": 0}, "multipleOf"),
+        ({"maxItems": True}, "maxItems"),
+        ({"$defs": {"x": {"pattern": 5}}, "$ref": "#/$defs/x"}, "$defs.x.pattern"),
+        ([], "(root)"),
+    ],
+)
+def test_malformed_schemas_are_named_where_the_metaschema_agrees(schema: Any, where: str) -> None:
+    """A client's schema that breaks the metaschema is reported (the simulator answers 400 instead of
+    crashing on it, found by tests/test_gateway_schemathesis.py with `properties: null`)."""
+    assert malformed(schema) == where
+    with pytest.raises(SchemaError):
+        Draft202012Validator.check_schema(schema)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schema=_SCHEMAS)
+def test_random_well_formed_schemas_are_not_malformed(schema: Any) -> None:
+    assert malformed(schema) is None
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "minLength": 10**9},
+        {"type": "array", "minItems": 10**9, "items": {"type": "integer"}},
+    ],
+)
+def test_huge_minimums_are_cut_like_max_tokens_cuts_an_answer(schema: Any) -> None:
+    """A well-formed schema may ask for a billion characters; the simulator built them all (a hang). A model's
+    answer is cut at max_tokens long before, so the generator stops at MAX_SIZE, and at MAX_VALUES in all."""
+    assert len(generate(schema, random.Random(1))) == MAX_SIZE
+    nested = generate({"type": "array", "minItems": 10**6, "items": schema}, random.Random(1))
+    assert sum(len(v) for v in nested) <= MAX_VALUES * 8

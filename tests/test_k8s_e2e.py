@@ -4,10 +4,14 @@ the fake kubelet runs, the Deployment scaled through /scale, pods found through 
 from __future__ import annotations
 
 import concurrent.futures
+import copy
+import functools
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +27,9 @@ from tests.k8s_kubelet import Cluster
 MODEL = "sim-model"
 
 
-def fleet(api: str, *, min_workers: int = 0, max_workers: int = 3, idle_timeout: float = 300) -> str:
+def fleet(
+    api: str, *, min_workers: int = 0, max_workers: int = 3, idle_timeout: float = 300, sleep: bool = False
+) -> str:
     return f"""
 listen: {{host: 127.0.0.1, port: {{port}}}}
 admin: {{host: 127.0.0.1, port: {{admin_port}}}}
@@ -46,6 +52,7 @@ pools:
       stabilization_window: 1.5
       drain_deadline: 60
       max_hold: 60
+      sleep: {str(sleep).lower()}
 """
 
 
@@ -231,3 +238,165 @@ def test_two_gateway_replicas_one_scales_and_the_other_takes_over(
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert list(pool.map(lambda _: stream(follower, 200), range(4))) == [(200, "length")] * 4
     assert max(r for _, _, r in cluster.call(lambda: list(cluster.kube.scale_patches))) >= 2
+
+
+def test_idle_pod_sleeps_instead_of_scaling_down_and_a_request_wakes_it(
+    tmp_path: Path, gateway_factory: GatewayFactory
+) -> None:
+    # The pods run with vLLM's sleep mode and its dev-mode gate (from the pod spec's env, as the chart sets).
+    c = Cluster(tmp_path, ("--model-name", MODEL, "--time-scale", "1", "--enable-sleep-mode"))
+    try:
+
+        def deployment() -> None:
+            c.kube.add_deployment("vllm", {"app": "vllm"}, replicas=0, port=c.pod_port)
+            dep = copy.deepcopy(c.kube.get("deployments", "default", "vllm"))
+            assert dep is not None
+            env = [{"name": "VLLM_SERVER_DEV_MODE", "value": "1"}]
+            dep["spec"]["template"]["spec"]["containers"][0]["env"] = env
+            c.kube.put("deployments", dep)
+            c.kube.add_service("vllm", {"app": "vllm"}, c.pod_port)
+
+        c.call(deployment)
+        gw = gateway_factory(fleet(c.kube.url, max_workers=1, idle_timeout=1, sleep=True))
+        assert stream(gw, 5) == (5, "length")  # 0 -> 1: a pod started for the held request
+        (pod,) = c.pods()
+        name = pod["metadata"]["name"]
+        at = f"http://{c.kubelet.ips[name]}:{c.pod_port}"
+
+        def workers() -> list[tuple[str, str, int]]:
+            return [(w["id"], w["state"], w["wakes"]) for w in admin(gw)["workers"]]
+
+        # Idle: the pod is put to sleep through its own address, not removed: the Deployment stays at 1.
+        until(lambda: workers() == [(name, "sleeping", 0)], "the idle pod asleep", 30)
+        assert httpx.get(f"{at}/is_sleeping", timeout=5).json() == {"is_sleeping": True}
+        assert c.replicas("vllm") == 1 and [p["metadata"]["name"] for p in c.pods()] == [name]
+        assert [r for _, _, r in c.call(lambda: list(c.kube.scale_patches))] == [1]
+        (ep,) = admin(gw)["endpoints"]
+        assert ep["name"] == name and ep["routable"] is False  # asleep: no request is sent there
+
+        # A request wakes the same pod (POST /wake_up) and is answered there; still no /scale patch.
+        assert stream(gw, 5) == (5, "length")
+        assert workers()[0][::2] == (name, 1)
+        assert [r for _, _, r in c.call(lambda: list(c.kube.scale_patches))] == [1]
+        assert [p["metadata"]["name"] for p in c.pods()] == [name]
+        metrics = httpx.get(f"{gw.admin}/metrics", timeout=5).text
+        assert 'fleetgate_worker_wakeups_total{pool="qwen"} 1.0' in metrics
+    finally:
+        c.close()
+
+
+def test_requests_under_endpoint_churn_all_succeed_and_none_is_sent_to_an_unready_pod(
+    cluster: Cluster, gateway_factory: GatewayFactory
+) -> None:
+    # benchmarks/k8s_churn.py in small: readiness flapping on every pod and pods replaced (terminating at
+    # once, SIGTERM without a preStop) while requests stream through the gateway.
+    cluster.call(lambda: cluster.kube.set_replicas("vllm", 3))
+    until(lambda: len(cluster.pods(ready=True)) == 3, "three pods ready", 30)
+    states: dict[str, list[tuple[float, bool]]] = {}  # pod -> [(loop time, ready in the slice)]
+
+    def seen(plural: str, kind: str, obj: dict[str, Any]) -> None:
+        if plural == "endpointslices":
+            now = time.monotonic()  # the fake's loop clock is CLOCK_MONOTONIC too
+            for ep in obj.get("endpoints") or []:
+                states.setdefault(ep["targetRef"]["name"], []).append((now, ep["conditions"]["ready"]))
+
+    cluster.call(lambda: cluster.kube.listeners.append(seen))
+    gw = gateway_factory(f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+kubernetes: {{api_url: {cluster.kube.url}, retry_max: 0.3}}
+pools:
+  - name: qwen
+    models: [{MODEL}]
+    discovery: {{kubernetes: {{service: vllm}}}}
+    routing: {{debug_headers: true}}
+""")
+    until(lambda: sum(e["routable"] for e in admin(gw)["endpoints"]) == 3, "three endpoints", 10)
+    stop = threading.Event()
+    rng = random.Random(3)
+
+    def flip(name: str, ready: bool) -> None:
+        pod = copy.deepcopy(cluster.kube.get("pods", "default", name))
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        conds = [c for c in pod["status"]["conditions"] if c["type"] != "Ready"]
+        pod["status"]["conditions"] = [*conds, {"type": "Ready", "status": "True" if ready else "False"}]
+        cluster.kube.put("pods", pod)
+
+    def churn() -> None:
+        flips = 0
+        flipped: set[str] = set()  # only pods this test turned unready come back (not ones still starting)
+        while not stop.is_set():
+            ready = [p["metadata"]["name"] for p in cluster.pods(ready=True)]
+            down = sorted(flipped & {p["metadata"]["name"] for p in cluster.pods(ready=False)})
+            if flips % 25 == 24 and len(ready) >= 2:
+                victim = rng.choice(ready)
+                cluster.call(functools.partial(cluster.kube.delete_pod, "default", victim))
+            elif down and (len(ready) <= 1 or rng.random() < 0.5):
+                up = rng.choice(down)
+                flipped.discard(up)
+                cluster.call(functools.partial(flip, up, True))
+            elif len(ready) >= 2:
+                off = rng.choice(ready)
+                flipped.add(off)
+                cluster.call(functools.partial(flip, off, False))
+            flips += 1
+            stop.wait(0.03)
+
+    def one(i: int) -> tuple[float, float, str, str | None]:
+        """(sent, response head, endpoint, what went wrong)"""
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 8}
+        body |= {"stream": i % 2 == 0, "ignore_eos": True}
+        sent = time.monotonic()
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=60) as r:
+            head = time.monotonic()
+            text = r.read().decode()
+        ok = r.status_code == 200 and (text.rstrip().endswith("data: [DONE]") or i % 2 == 1)
+        ok = ok and '"error"' not in text
+        return (
+            sent,
+            head,
+            r.headers.get("x-fleetgate-endpoint", ""),
+            None if ok else f"{r.status_code} {text}",
+        )
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(one, range(240)))
+    finally:
+        stop.set()
+        churner.join(10)
+    assert [r[3] for r in results if r[3]] == []
+    # The endpoints did churn meanwhile: readiness flipped many times, pods were replaced.
+    assert sum(len(v) for v in states.values()) >= 50 and len(states) > 3
+
+    def unready_throughout(pod: str, start: float, end: float) -> bool:
+        hist = states.get(pod, [])
+        before = [ready for t, ready in hist if t <= start][-1:]
+        during = [ready for t, ready in hist if start < t <= end]
+        return not any(before + during) and bool(before)
+
+    assert [r for r in results if unready_throughout(r[2], r[0], r[1])] == []
+
+
+def test_a_pod_removed_from_the_api_mid_stream_finishes_its_stream_and_is_forgotten(
+    cluster: Cluster, gateway_factory: GatewayFactory
+) -> None:
+    # A force deletion (grace period 0) or a node controller's cleanup: the pod leaves every slice at once
+    # while its process still runs. Its endpoint goes (no new requests, its indexes dropped); the stream
+    # already there keeps its connection and finishes.
+    cluster.call(lambda: cluster.kube.set_replicas("vllm", 2))
+    until(lambda: len(cluster.pods(ready=True)) == 2, "two pods ready", 30)
+    gw = gateway_factory(fleet(cluster.kube.url, min_workers=2, max_workers=2))
+    until(lambda: sum(e["routable"] for e in admin(gw)["endpoints"]) == 2, "two endpoints", 10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        f = pool.submit(stream, gw, 600)
+        until(lambda: any(e["in_flight"] for e in admin(gw)["endpoints"]), "the stream under way", 20)
+        victim = next(e["name"] for e in admin(gw)["endpoints"] if e["in_flight"])
+        cluster.call(lambda: cluster.kube.remove("pods", "default", victim))
+        until(lambda: victim not in [e["name"] for e in admin(gw)["endpoints"]], "the pod forgotten", 10)
+        assert not f.done()  # still streaming from a pod the gateway no longer lists
+        assert f.result(60) == (600, "length")
+    assert stream(gw, 5) == (5, "length")

@@ -392,6 +392,43 @@ def test_structured_output_stream_is_valid_json(tools_sim: SimProcess, name: str
     assert sim[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def test_schemas_that_are_no_json_schema_are_400s_where_vllm_compiles_them(tools_sim: SimProcess) -> None:
+    """A forced tool's parameters and response_format are compiled into a grammar (a 400 when they break the
+    metaschema); under tool_choice auto nothing is compiled and the model answers in text. The simulator
+    crashed (a plain-text 500) on `"properties": null`, found by tests/test_gateway_schemathesis.py."""
+    client = _client(tools_sim)
+    bad = {"type": "object", "properties": None}
+    tools: Any = [{"type": "function", "function": {"name": "f", "parameters": bad}}]
+    ask: Any = {"model": "llama-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    forced: list[Any] = ["required", {"type": "function", "function": {"name": "f"}}]
+    for choice in forced:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**ask, tools=tools, tool_choice=choice)
+        assert e.value.body == {
+            "message": "Invalid JSON schema: `properties` does not follow the JSON Schema metaschema",
+            "type": "BadRequestError",
+            "param": "tools",
+            "code": 400,
+        }
+    free = client.chat.completions.create(**ask, tools=tools, tool_choice="auto")
+    assert free.choices[0].message.tool_calls is None and free.choices[0].message.content
+    fmt: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object", "required": 5}},
+    }
+    with pytest.raises(openai.BadRequestError, match="`required` does not follow") as e:
+        client.chat.completions.create(**ask, response_format=fmt)
+    assert e.value.param == "response_format"
+    response_tools: Any = [{"type": "function", "name": "f", "parameters": bad, "strict": False}]
+    with pytest.raises(openai.BadRequestError, match="`properties` does not follow"):
+        client.responses.create(
+            model="llama-8b",
+            input="hi",
+            tools=response_tools,
+            tool_choice="required",
+        )
+
+
 # ---- the SDK's view of the same cases ----------------------------------------------------------------------
 _ERRORS: dict[int, type[openai.APIStatusError]] = {400: openai.BadRequestError, 404: openai.NotFoundError}
 SDK_CASES = [

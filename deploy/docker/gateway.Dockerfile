@@ -12,9 +12,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY deploy/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
-# One venv, copied whole into the final stage: no compiler, pip cache or sources there.
+# One venv, copied whole into the final stage: no compiler, pip cache or sources there. The kubernetes extra
+# (kubernetes_asyncio) is what the Helm chart's fleet file needs: EndpointSlice discovery, /scale, Leases.
 RUN python3 -m venv /opt/fleetgate \
-    && /opt/fleetgate/bin/pip install -c /tmp/requirements-gateway.txt . \
+    && /opt/fleetgate/bin/pip install -c /tmp/requirements-gateway.txt ".[kubernetes]" \
     && /opt/fleetgate/bin/pip uninstall -y pip
 
 FROM ${PYTHON_IMAGE}

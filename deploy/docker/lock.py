@@ -3,7 +3,8 @@
     .venv/bin/python deploy/docker/lock.py > deploy/docker/requirements-gateway.txt
 
 The images install fleetgate with this file as constraints, so a rebuild gets the versions the tests ran
-with (tests/test_deploy_images.py checks that every runtime dependency of pyproject.toml is pinned here).
+with (tests/test_deploy_recipes.py checks that every runtime dependency of pyproject.toml, and of the extras
+the gateway image installs, is pinned here).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from importlib.metadata import PackageNotFoundError, distribution, requires
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+# The extras gateway.Dockerfile installs: the Helm chart's fleet file discovers pods and scales Deployments.
+EXTRAS = frozenset({"kubernetes"})
 
 
 def _norm(name: str) -> str:
@@ -34,7 +37,7 @@ def _deps(dist: str, extras: frozenset[str]) -> list[tuple[str, frozenset[str]]]
 
 def main() -> None:
     pinned: dict[str, str] = {}
-    todo = _deps("fleetgate", frozenset())
+    todo = _deps("fleetgate", EXTRAS)
     while todo:
         name, extras = todo.pop()
         try:

@@ -47,6 +47,13 @@ from fleetgate.tenancy.runtime import Tenancy, Usage, cost
 __all__ = ["Gateway", "Pool", "pool_spec", "routing_settings"]
 
 log = logging.getLogger("fleetgate.gateway")
+# Seconds an idle upstream connection is kept for reuse: under the 5 s after which uvicorn (vLLM, the
+# simulator) closes it.
+UPSTREAM_KEEPALIVE = 4.0
+
+# How many large request bodies (api/app.py's OFFLOAD_HASHING_BYTES) may be parsed and hashed at once: one on
+# the event loop and one in a thread keep both busy; more only multiply the memory their trees take.
+LARGE_BODIES_AT_ONCE = 2
 
 
 def pool_spec(pc: PoolConfig) -> PoolSpec:
@@ -207,6 +214,8 @@ class Gateway:
         self.workers = WorkerFleet(started, self.metrics) if started else None
         # The body is read before its model (and so its pool) is known: the largest pool limit applies.
         self.max_body_bytes = max(pc.limits.max_body_bytes for pc in config.pools)
+        # Large bodies parsed at once (api/app.py): a 4 MiB body parses into ~40 MB of objects.
+        self.large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
 
     def _add_pool(self, pc: PoolConfig) -> None:
         endpoints = [
@@ -284,7 +293,11 @@ class Gateway:
     async def start(self) -> None:
         # Keys are loaded before the first request is served.
         await self.tenancy.start()
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        # A request sent on a connection the server is closing fails before any byte and would count against
+        # a healthy endpoint: idle connections go before the server closes them.
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=60, enable_cleanup_closed=True, keepalive_timeout=UPSTREAM_KEEPALIVE
+        )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.relay = Relay(self.session, self.metrics)
         # Each pool is watched with its own health and scrape settings.

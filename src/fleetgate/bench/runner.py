@@ -79,7 +79,10 @@ async def _worker(job: _Job, progress: Any, out: Connection) -> None:
     keys = {t.name: t.api_key for t in cfg.workload.tenants}
     records: list[RequestRecord] = []
     base = w * SLOTS
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    # Idle connections go before the target's (uvicorn's 5 s), so none is reused as the server closes it.
+    connector = aiohttp.TCPConnector(
+        limit=0, ttl_dns_cache=300, enable_cleanup_closed=True, keepalive_timeout=3.0
+    )
     timeout = aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=10)
     deadline = None if cfg.duration is None else job.start + cfg.duration
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["generate"]
+__all__ = ["MAX_SIZE", "generate", "malformed"]
 
 # The stdlib regex parser is private and untyped; loading it lazily by name keeps mypy quiet and lets
 # `pattern` support degrade to "no attempt" if a future Python moves it.
@@ -36,6 +36,10 @@ _CJK = ("北京", "上海", "东京", "酒店", "机场")
 # limit there may be no finite instance at all, so we give up with null rather than recurse forever.
 _SOFT_DEPTH = 7
 _HARD_DEPTH = 48
+# The longest string or array generated, and the most values in one answer, whatever minLength/minItems ask:
+# the answer is cut at max_tokens long before, and building a billion of them would stall the simulator.
+MAX_SIZE = 4096
+MAX_VALUES = 20_000
 _TYPE_COST = ("null", "boolean", "integer", "number", "string", "array", "object")
 _CATEGORY = {"DIGIT": "0123456789", "WORD": "abcdefgh", "SPACE": " ", "NOT_DIGIT": "ab", "NOT_WORD": "-"}
 _INFER = (
@@ -51,6 +55,67 @@ def generate(schema: Mapping[str, Any] | bool | None, rng: random.Random) -> Any
     """A JSON value valid against `schema` (draft 2020-12 subset), deterministic for a given rng state."""
     root: Any = {} if schema is None or schema is True else schema
     return _Gen(root, rng).value(root, 0)
+
+
+# What the draft 2020-12 metaschema requires of the keywords the generator reads.
+_SIMPLE_TYPES = frozenset(("null", "boolean", "integer", "number", "string", "array", "object"))
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_STRINGS = ("pattern", "$ref", "format")
+
+
+def malformed(schema: Any, where: str = "(root)", depth: int = 0) -> str | None:
+    """Where `schema` breaks the JSON Schema metaschema in a keyword the generator reads, or None.
+
+    A client's tool parameters or response_format can be anything; vLLM refuses a schema its grammar
+    backend cannot compile with a 400, and the generator must never be handed one it would crash on.
+    """
+    if isinstance(schema, bool) or depth > _HARD_DEPTH:
+        return None
+    if not isinstance(schema, Mapping):
+        return where
+    at = (lambda k: k) if where == "(root)" else (lambda k: f"{where}.{k}")
+    t = schema.get("type")
+    if t is not None and not all(
+        isinstance(x, str) and x in _SIMPLE_TYPES for x in (t if isinstance(t, list) else [t])
+    ):
+        return at("type")
+    for k in _SCHEMA_MAPS:
+        if k in schema:
+            if not isinstance(schema[k], Mapping):
+                return at(k)
+            for name, sub in schema[k].items():
+                if (bad := malformed(sub, at(f"{k}.{name}"), depth + 1)) is not None:
+                    return bad
+    for k in _SCHEMA_LISTS:
+        if k in schema:
+            if not isinstance(schema[k], list) or not schema[k]:
+                return at(k)
+            for i, sub in enumerate(schema[k]):
+                if (bad := malformed(sub, at(f"{k}.{i}"), depth + 1)) is not None:
+                    return bad
+    for k in _SUBSCHEMAS:
+        if k in schema and (bad := malformed(schema[k], at(k), depth + 1)) is not None:
+            return bad
+    for k in ("required", "enum"):
+        v = schema.get(k, [])
+        if not isinstance(v, list) or (k == "required" and not all(isinstance(x, str) for x in v)):
+            return at(k)
+    for k in _NUMBERS:
+        if k in schema and (not _is_type(schema[k], "number") or (k == "multipleOf" and schema[k] <= 0)):
+            return at(k)
+    for k in _COUNTS:
+        if k in schema and (not _is_type(schema[k], "integer") or schema[k] < 0):
+            return at(k)
+    for k in _STRINGS:
+        if k in schema and not isinstance(schema[k], str):
+            return at(k)
+    if "uniqueItems" in schema and not isinstance(schema["uniqueItems"], bool):
+        return at("uniqueItems")
+    return None
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,11 +212,12 @@ def _multiple(v: float, m: float) -> bool:
 
 
 class _Gen:
-    __slots__ = ("rng", "root")
+    __slots__ = ("left", "rng", "root")
 
     def __init__(self, root: Any, rng: random.Random) -> None:
         self.root = root
         self.rng = rng
+        self.left = MAX_VALUES  # values still to generate; arrays stop growing at 0
 
     def lookup(self, ref: Any) -> Any:
         if not isinstance(ref, str) or not ref.startswith("#"):
@@ -247,6 +313,7 @@ class _Gen:
         )
 
     def value(self, schema: Any, depth: int) -> Any:
+        self.left -= 1
         # Recursion can only come through $ref, so each hop costs extra depth to bottom out sooner.
         if isinstance(schema, Mapping) and "$ref" in schema:
             depth += 1
@@ -321,7 +388,7 @@ class _Gen:
     def arr(self, s: Mapping[str, Any], depth: int) -> list[Any]:
         prefix = list(s.get("prefixItems", ()))
         items = s.get("items", True)
-        lo, hi = int(s.get("minItems", 0)), s.get("maxItems", math.inf)
+        lo, hi = min(int(s.get("minItems", 0)), MAX_SIZE), min(s.get("maxItems", math.inf), MAX_SIZE)
         if items is False:
             hi = min(hi, len(prefix))
         if depth >= _SOFT_DEPTH:
@@ -332,7 +399,7 @@ class _Gen:
             n = self.rng.randint(max(lo, min(1, hi)), max(lo, min(hi, 3)))
         out: list[Any] = []
         for _ in range(n * 8 if s.get("uniqueItems") else n):
-            if len(out) >= n:
+            if len(out) >= n or self.left <= 0:
                 break
             v = self.value(prefix[len(out)] if len(out) < len(prefix) else items, depth + 1)
             if not s.get("uniqueItems") or not any(_eq(v, o) for o in out):
@@ -369,6 +436,7 @@ class _Gen:
 
     def text(self, s: Mapping[str, Any]) -> str:
         lo, hi = int(s.get("minLength", 0)), int(s.get("maxLength", 1 << 30))
+        lo, hi = min(lo, MAX_SIZE), min(hi, MAX_SIZE)
         pattern = s.get("pattern")
         fmt = self.formatted(s.get("format"))
         if fmt is not None and lo <= len(fmt) <= hi and (pattern is None or _search(pattern, fmt)):
@@ -378,8 +446,9 @@ class _Gen:
             if cand is not None and lo <= len(cand) <= hi and _search(pattern, cand):
                 return cand
         out = self.word()
-        while len(out) < lo:
+        while len(out) < lo and self.left > 0:
             out += " " + self.word()
+            self.left -= 8  # a word's worth of the answer's budget
         out = out[:hi]
         return out[:-1] + "s" if out.endswith(" ") else out
 

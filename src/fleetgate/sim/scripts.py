@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from fleetgate.protocol import random_id
-from fleetgate.sim.jsongen import generate
+from fleetgate.protocol import BadRequestError, random_id
+from fleetgate.sim.jsongen import generate, malformed
 from fleetgate.tokenizer import Tokenizer
 
 
@@ -40,12 +40,23 @@ def _schema_of(response_format: Mapping[str, Any]) -> Any:
     return {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
 
+def _compiled(schema: Any, param: str) -> Any:
+    """The schema a constrained answer follows; a 400, as vLLM's grammar backend gives, when it is no JSON
+    Schema (only schemas vLLM compiles are checked: the chosen tool's, response_format's)."""
+    where = malformed(schema)
+    if where is not None:
+        raise BadRequestError(
+            f"Invalid JSON schema: `{where}` does not follow the JSON Schema metaschema", param=param
+        )
+    return schema
+
+
 def json_script(
     tokenizer: Tokenizer, response_format: Mapping[str, Any], rng: random.Random
 ) -> Script | None:
     if response_format.get("type") not in ("json_schema", "json_object"):
         return None
-    text = orjson.dumps(generate(_schema_of(response_format), rng)).decode()
+    text = orjson.dumps(generate(_compiled(_schema_of(response_format), "response_format"), rng)).decode()
     return Script(tuple(tokenizer.encode(text)))
 
 
@@ -62,13 +73,16 @@ def pick_tool(
         return next((t for t in tools if t["function"]["name"] == named), None)
     if mode != "required" and last_role == "tool":
         return None  # with a tool's result in hand the model answers in text
+    if mode != "required" and malformed(tools[0]["function"].get("parameters") or {}) is not None:
+        return None  # vLLM constrains only a forced choice: unconstrained, the model may answer in text
     return tools[0]
 
 
 def tool_script(tokenizer: Tokenizer, tool: Mapping[str, Any], rng: random.Random) -> Script:
     fn = tool["function"]
     name = str(fn["name"])
-    arguments = orjson.dumps(generate(fn.get("parameters") or {"type": "object"}, rng)).decode()
+    schema = _compiled(fn.get("parameters") or {"type": "object"}, "tools")
+    arguments = orjson.dumps(generate(schema, rng)).decode()
     # Hermes streaming names the tool as soon as `"name": "..."` is complete, before the arguments start.
     named = tokenizer.encode(f'<tool_call>\n{{"name": "{name}"')
     head = (*named, *tokenizer.encode(', "arguments": '))
