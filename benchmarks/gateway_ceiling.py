@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import expand, tree_cpu
-from procs import free_port, start_sim, wait_http
+from gateway_overhead import expand
+from procs import free_port, start_sim, tree_cpu, wait_http
 
 
 async def one_stream(port: int, request: bytes, counts: list[int], stop: asyncio.Event) -> None:
