@@ -3,6 +3,7 @@ bounded by TTL and size, in memory or shared through Redis; a hit reaches no eng
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgate.tenancy.cache import Entry, MemoryCache, Recorder
-from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, spawn_sim, until
+from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, free_port, spawn_sim, until
 from tests.services import redis_url  # noqa: F401  (a fixture)
 
 MODEL = "llama-8b"
@@ -156,3 +157,29 @@ async def test_answers_too_big_are_passed_on_but_not_kept() -> None:
             await r.send({"type": "http.response.body", "body": chunk, "more_body": True})
     assert small.entry == Entry(200, b"text/event-stream", [b"data: 0123456789\n\n", b"data: [DONE]\n\n"])
     assert big.entry is None and len(sent) == 8  # the client got everything either way
+
+
+def test_a_redis_cache_that_fails_is_a_miss_not_an_error(
+    gateway_factory: GatewayFactory,
+    sim: SimProcess,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """The cache is an optimisation: a burst wider than redis-py's pool (100 connections, the 101st refused
+    at once) and a Redis that is not there both leave the requests answered, from the engine."""
+    url = redis_url.rsplit("/", 1)[0] + "/6"
+    cache = "{enabled: true, ttl: 30}"
+    live = _gateway(gateway_factory, sim, cache, f'  redis: "{url}"')
+    dead = _gateway(gateway_factory, sim, cache, f'  redis: "redis://127.0.0.1:{free_port()}/0"')
+
+    async def burst(gw: GatewayProcess, n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as c:
+            bodies = [{**BODY, "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(n)]
+            return await asyncio.gather(
+                *(c.post(f"{gw.url}/v1/chat/completions", json=b, headers=ASK) for b in bodies)
+            )
+
+    for gw, n in ((live, 300), (dead, 3)):
+        responses = asyncio.run(burst(gw, n))
+        failed = [(r.status_code, r.text[:200]) for r in responses if r.status_code != 200]
+        assert not failed, failed[:3]
+        assert {r.headers["x-fleetgate-cache"] for r in responses} == {"MISS"}

@@ -13,6 +13,7 @@ out first) or in Redis (expiry by Redis, shared by every replica).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ __all__ = [
     "cache_key",
     "replay",
 ]
+
+log = logging.getLogger("fleetgate.tenancy")
 
 CACHE_HEADER = b"x-fleetgate-cache"
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -96,19 +99,44 @@ class MemoryCache:
 
 
 class RedisCache:
+    """Entries in Redis, shared by replicas. The cache only saves work, so a Redis that fails is a miss (and
+    an answer not kept), logged, never an error for the request. Connections come from a pool that makes a
+    burst wait for one (up to `WAIT` seconds) instead of refusing it: redis-py's default pool refuses the
+    101st concurrent command at once."""
+
+    CONNECTIONS = 64
+    WAIT = 2.0
+
     def __init__(self, url: str, ttl: float, prefix: str = "fg:cache:") -> None:
         import redis.asyncio as aioredis
 
-        self.redis = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=self.CONNECTIONS, timeout=self.WAIT, socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )  # fmt: skip
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.ttl_ms = int(ttl * 1000)
         self.prefix = prefix
+        self.failures = 0
 
     async def get(self, key: str) -> Entry | None:
-        raw = await self.redis.get(self.prefix + key)
-        return Entry.unpack(raw) if isinstance(raw, bytes) else None
+        try:
+            raw = await self.redis.get(self.prefix + key)
+            return Entry.unpack(raw) if isinstance(raw, bytes) else None
+        except Exception as e:  # unreachable, timed out, no connection free, an entry that does not unpack
+            self._failed(e)
+            return None
 
     async def put(self, key: str, entry: Entry) -> None:
-        await self.redis.set(self.prefix + key, entry.pack(), px=self.ttl_ms)
+        try:
+            await self.redis.set(self.prefix + key, entry.pack(), px=self.ttl_ms)
+        except Exception as e:
+            self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 1000 == 0:
+            log.warning("response cache in Redis failed (%d so far, served as misses): %s", self.failures, e)
 
     async def close(self) -> None:
         await self.redis.aclose()
