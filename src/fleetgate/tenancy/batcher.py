@@ -51,7 +51,7 @@ class ScriptBatcher:
         self.sender: asyncio.Task[None] | None = None
         self.loaded = False
         self.cast_failures = 0
-        self.batches = 0  # pipelines and single calls sent (tests read it: a burst takes few)
+        self.batches = 0  # pipelines and single calls sent
 
     async def call(self, script: int, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run script number `script` (its index in `scripts`) and return its reply."""
