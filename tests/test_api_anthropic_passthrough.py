@@ -42,6 +42,8 @@ def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SimProcess]]
         spawn_sim(d, "--served-model-name", "crashy", "--fault-crash-rate", "1",
                   "--fault-crash-after-tokens", "3"),
         spawn_sim(d, "--served-model-name", "slow", "--fault-first-byte-delay", "3"),
+        *(spawn_sim(d, "--served-model-name", "pair", "--time-scale", "50", "--seed", str(i))
+          for i in range(2)),
     ]  # fmt: skip
     yield procs
     for p in procs:
@@ -69,6 +71,11 @@ pools:
     endpoints: [{sims[2].url}]
     timeouts: {{first_byte_stream: 0.3, first_byte_nonstream: 0.3}}
     retries: {{attempts: 1}}
+  - name: pair
+    anthropic: passthrough
+    models: [pair]
+    endpoints: [{{url: '{sims[3].url}', name: e0}}, {{url: '{sims[4].url}', name: e1}}]
+    routing: {{debug_headers: true}}
 """
     with gateway(tmp_path_factory.mktemp("gw"), config) as g:
         yield g
@@ -120,6 +127,28 @@ def test_streamed_events_and_usage_counted(client: anthropic.Anthropic, gw: Gate
     # Read from message_start (input) and message_delta (both) as the events passed.
     assert tokens(gw, "in") - before_in == final.usage.input_tokens > 0
     assert tokens(gw, "out") - before_out == 10
+
+
+def test_conversations_keep_to_the_endpoint_holding_their_prefix(client: anthropic.Anthropic) -> None:
+    # Prefix affinity from system + messages, as for chat: each group's requests land where its prompt is.
+    landed: dict[int, set[str]] = {0: set(), 1: set()}
+    hits = []
+    for round_ in range(3):
+        for g in (0, 1):
+            system = (
+                f"Group {g}. " + "You are the travel desk of a large booking site. Answer with care. " * 40
+            )
+            ask: list[MessageParam] = [{"role": "user", "content": f"Question {round_} of group {g}?"}]
+            raw = client.messages.with_raw_response.create(
+                model="pair", max_tokens=2, system=system, messages=ask
+            )
+            landed[g].add(raw.headers["x-fleetgate-endpoint"])
+            if round_:
+                hits.append(float(raw.headers["x-fleetgate-prefix-hit"]))
+                assert raw.headers["x-fleetgate-route"] == "prefix"
+            assert raw.parse().id.startswith("chatcmpl-")
+    assert all(len(where) == 1 for where in landed.values()), landed
+    assert min(hits) > 0.8  # the shared system prompt is most of each prompt
 
 
 def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
