@@ -332,17 +332,17 @@ class Relay:
         usage_event = b""
         first_usage = b""  # where a stream reports usage twice (Anthropic's message_start and message_delta)
         last = time.monotonic()
-        sending = False
         # Silence is checked every `check` seconds: long enough not to cost anything per event.
         check = min(t.idle_gap, max(0.05, t.stall_after / 2))
-        loop_deadline = _loop_time(deadline)
-        offset = asyncio.get_running_loop().time() - time.monotonic()
+        loop = asyncio.get_running_loop()
+        offset = loop.time() - time.monotonic()
         error: OpenAIError | None = None
         while error is None:
+            watch: _Watchdog | None = None
             try:
                 async with asyncio.timeout(None) as cm:
+                    watch = _Watchdog(loop, cm, check, _loop_time(deadline), last + offset)
                     while True:
-                        cm.reschedule(min(last + check + offset, loop_deadline))
                         chunk = await reader.readany()
                         if not chunk:
                             break
@@ -359,6 +359,7 @@ class Relay:
                         else:
                             self.observer.event_gap(call, now - last)
                         last = now
+                        watch.last = now + offset
                         if b'"usage"' in out:
                             usage_event = out
                             first_usage = first_usage or out
@@ -366,16 +367,15 @@ class Relay:
                                 out = _without_usage_event(out)
                                 if not out:
                                     continue
-                        # Writing waits while the client does not read: only the total deadline bounds it.
-                        cm.reschedule(loop_deadline)
-                        sending = True
+                        watch.sending = True
                         call.events += 1
                         await send({"type": "http.response.body", "body": out, "more_body": True})
-                        sending = False
+                        watch.sending = False
                 break
             except TimeoutError:
                 now = time.monotonic()
-                if sending:
+                assert watch is not None
+                if watch.sending:
                     call.status = 499
                     raise ClientStalled from None
                 if now >= deadline:
@@ -393,6 +393,10 @@ class Relay:
                 endpoint.transport_failed("stream broke")
                 self.observer.attempt_failed(endpoint, "stream_transport")
                 error = BadGatewayError("upstream stream ended early (transport)")
+            finally:
+                # However the relay leaves (the end, an error, the client gone), its timer goes with it.
+                if watch is not None:
+                    watch.close()
         if error is not None:
             call.status = error.status
             await send({"type": "http.response.body", "body": error.to_sse() + SSE_DONE, "more_body": False})
@@ -402,6 +406,50 @@ class Relay:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         shape = call.usage_shape
         call.usage = _usage_of(usage_event) if shape is None else shape.stream(first_usage, usage_event)
+
+
+class _Watchdog:
+    """The timer of a stream being relayed: it expires the stream's `asyncio.timeout` once a read has waited
+    `check` seconds since the last event (the caller then judges the silence), or at the deadline. A write
+    to the client is bounded only by the deadline: a client that does not read is not a silent upstream.
+
+    Rather than moving the timeout twice per event (a timer cancelled and another scheduled each time), the
+    relay only records `last` and `sending`; the timer wakes at most once per `check` seconds and re-arms
+    itself when it woke early."""
+
+    __slots__ = ("_cm", "_handle", "_loop", "check", "deadline", "last", "sending")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, cm: asyncio.Timeout, check: float, deadline: float, last: float
+    ) -> None:
+        self._loop, self._cm = loop, cm
+        self.check, self.deadline = check, deadline  # seconds; loop time
+        self.last = last  # loop time of the last event
+        self.sending = False
+        # After a silence judged harmless, the next judgement is `check` from now, not at once (which spun).
+        first = max(last, loop.time()) + check
+        self._handle: asyncio.TimerHandle | None = loop.call_at(min(first, deadline), self._wake)
+
+    def _wake(self) -> None:
+        now = self._loop.time()
+        if now >= self.deadline:
+            return self._expire(now)
+        if self.sending:
+            when = now + self.check  # a write is waited for: only the deadline bounds it
+        elif now >= self.last + self.check:
+            return self._expire(now)
+        else:
+            when = self.last + self.check
+        self._handle = self._loop.call_at(min(when, self.deadline), self._wake)
+
+    def _expire(self, now: float) -> None:
+        self._handle = None
+        self._cm.reschedule(now)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _loop_time(monotonic_deadline: float) -> float:

@@ -245,7 +245,13 @@ class PublicApp:
             x.gone = True
             return
         try:
-            call, pool = await self._prepare(x, raw)
+            if len(raw) > OFFLOAD_HASHING_BYTES:
+                # A large body's parsed tree is many times its size and lives while its prompt is hashed in
+                # a thread: only a few at a time, the others wait as bytes.
+                async with gw.large_bodies:
+                    call, pool = await self._prepare(x, raw)
+            else:
+                call, pool = await self._prepare(x, raw)  # no await inside: the tree never waits
         except _Answered as local:
             await reply(x.send, 200, local.body, x.request_id)
             return

@@ -51,6 +51,10 @@ log = logging.getLogger("fleetgate.gateway")
 # simulator) closes it.
 UPSTREAM_KEEPALIVE = 4.0
 
+# How many large request bodies (api/app.py's OFFLOAD_HASHING_BYTES) may be parsed and hashed at once: one on
+# the event loop and one in a thread keep both busy; more only multiply the memory their trees take.
+LARGE_BODIES_AT_ONCE = 2
+
 
 def pool_spec(pc: PoolConfig) -> PoolSpec:
     """The fleet file's `workers:` as the provider's and policy's plain values."""
@@ -210,6 +214,8 @@ class Gateway:
         self.workers = WorkerFleet(started, self.metrics) if started else None
         # The body is read before its model (and so its pool) is known: the largest pool limit applies.
         self.max_body_bytes = max(pc.limits.max_body_bytes for pc in config.pools)
+        # Large bodies parsed at once (api/app.py): a 4 MiB body parses into ~40 MB of objects.
+        self.large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
 
     def _add_pool(self, pc: PoolConfig) -> None:
         endpoints = [

@@ -51,6 +51,7 @@ class GatewayMetrics(RelayObserver):
             buckets=_GAP,
             registry=r,
         )
+        self._gap_of: dict[str, Histogram] = {}  # pool -> its child of `gaps` (pools are configured)
         self.e2e = Histogram(
             "fleetgate_request_duration_seconds", "Time from arrival to the end of the answer.",
             ["pool"], buckets=_LATENCY, registry=r,
@@ -260,7 +261,11 @@ class GatewayMetrics(RelayObserver):
         self.ttft.labels(call.pool).observe(seconds)
 
     def event_gap(self, call: Call, seconds: float) -> None:
-        self.gaps.labels(call.pool).observe(seconds)
+        # Once per relayed event: the pool's child is looked up once, not through labels() each time.
+        child = self._gap_of.get(call.pool)
+        if child is None:
+            child = self._gap_of[call.pool] = self.gaps.labels(call.pool)
+        child.observe(seconds)
 
     # ---- one per answered request -------------------------------------------------------------------
     def answered(self, x: Exchange) -> None:

@@ -54,18 +54,45 @@ def _token_prompt(prompt: object) -> array[int] | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    """A chain kept for the next turn: its keys packed (8 bytes each, not a 40-byte int and its pointer)."""
+
+    crc: int
+    keys: array[int]
+    tail: bytes
+
+    @classmethod
+    def of(cls, chain: Chain) -> _Saved:
+        return cls(chain.crc, array("Q", chain.keys or ()), chain.tail)
+
+    def chain(self, block_bytes: int) -> Chain:
+        return Chain(block_bytes, self.crc, self.keys.tolist(), self.tail)
+
+
 class PromptHasher:
     """One per pool. Thread-safe: large prompts are hashed in a worker thread, off the event loop."""
 
-    def __init__(self, mode: str, block_size: int = 16, cache_size: int = 4096) -> None:
-        """`mode`: "none", "builtin", or a model directory / hub id whose tokenizer to load."""
+    def __init__(
+        self, mode: str, block_size: int = 16, cache_size: int = 4096, cache_keys: int = 1 << 21
+    ) -> None:
+        """`mode`: "none", "builtin", or a model directory / hub id whose tokenizer to load. The chains kept
+        for later turns are bounded twice: `cache_size` conversations and `cache_keys` keys in all (16 MiB;
+        a client sending distinct 4 MiB prompts must not fill memory through the count bound alone)."""
         self.mode = mode
         self.block_size = block_size
         self.tokenizer = Tokenizer() if mode == "builtin" else None
         self.model_tokenizer = None if mode in ("none", "builtin") else _load_model_tokenizer(mode)
-        self._cache: OrderedDict[tuple[int, int], Chain] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], _Saved] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_keys = cache_keys
+        self._cached_keys = 0  # keys held by the chains in _cache
         self._lock = threading.Lock()
+
+    @property
+    def cached_keys(self) -> int:
+        """Keys held by the chains kept for later turns."""
+        return self._cached_keys
 
     @property
     def block_bytes(self) -> int:
@@ -145,7 +172,7 @@ class PromptHasher:
                 cached = self._cache.get((block_bytes, sigs[i]))
                 if cached is not None:
                     self._cache.move_to_end((block_bytes, sigs[i]))
-                    chain, done = cached.copy(), i + 1
+                    chain, done = cached.chain(block_bytes), i + 1
                     break
         if chain is None:
             chain = Chain.start(block_bytes, seed)
@@ -155,7 +182,7 @@ class PromptHasher:
         for i in range(done, len(turns)):
             chain.extend(self._turn(*turns[i]))
             if i in keep:
-                self._remember((block_bytes, sigs[i]), chain.copy())
+                self._remember((block_bytes, sigs[i]), _Saved.of(chain))
         if self.tokenizer is not None:
             chain.extend(array("I", generation_prompt_ids(self.tokenizer)).tobytes())
         size = (len(chain.keys or ()) * block_bytes + len(chain.tail)) // BYTES_PER_TOKEN
@@ -180,12 +207,18 @@ class PromptHasher:
             sigs.append(sig)
         return self._tokens(ids, seed, _session(messages, sigs, 0))
 
-    def _remember(self, key: tuple[int, int], chain: Chain) -> None:
+    def _remember(self, key: tuple[int, int], saved: _Saved) -> None:
+        if len(saved.keys) > self._cache_keys:
+            return  # a prompt larger than the whole budget would only evict everything else
         with self._lock:
-            self._cache[key] = chain
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cached_keys -= len(old.keys)
+            self._cache[key] = saved
+            self._cached_keys += len(saved.keys)
+            while len(self._cache) > self._cache_size or self._cached_keys > self._cache_keys:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_keys -= len(dropped.keys)
 
 
 def _load_model_tokenizer(source: str) -> Any:
