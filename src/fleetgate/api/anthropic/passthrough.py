@@ -19,13 +19,13 @@ from fleetgate.admission.limits import RequestLimits, apply_token_limits
 from fleetgate.api.anthropic.errors import error_body, error_type
 from fleetgate.api.anthropic.request import chat_messages, chat_tools
 from fleetgate.api.anthropic.stream import sse
+from fleetgate.api.downstream import KEEPALIVE
 from fleetgate.api.translation import error_parts, expect
 from fleetgate.protocol import SSE_DONE, BadRequestError, OpenAIError, lax_bool, lax_int
 
 __all__ = ["PassthroughSend", "chat_view", "check"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-KEEPALIVE = b": keep-alive\n\n"  # api/downstream.py's comment
 
 
 def check(body: dict[str, Any], limits: RequestLimits, count_tokens: bool) -> tuple[bool, int]:
