@@ -52,9 +52,11 @@ def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SimProcess]]
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, sims: list[SimProcess]) -> Iterator[GatewayProcess]:
+    ledger = tmp_path_factory.mktemp("ledger") / "tenancy.db"
     config = f"""
 keys:
   - {{name: team, key: {KEY}}}
+tenancy: {{database: "sqlite:///{ledger}"}}
 pools:
   - name: main
     anthropic: passthrough
@@ -106,7 +108,18 @@ def test_plain_message_reaches_the_upstreams_messages_route(
     assert tokens(gw, "in") - before_in == m.usage.input_tokens
     assert tokens(gw, "out") - before_out == m.usage.output_tokens
     requests = metric(gw.admin, "fleetgate_requests_total", route="/v1/messages", model=ALIAS, status="200")
-    assert requests >= 1
+    assert requests == 1  # the only request for the alias in this module
+    # The usage ledger's row has the same counts.
+    until(lambda: ledger_rows(gw, ALIAS) != [], "the ledger's row")
+    (row,) = ledger_rows(gw, ALIAS)
+    assert (row["requests"], row["prompt_tokens"], row["output_tokens"]) == (
+        1, m.usage.input_tokens, m.usage.output_tokens
+    )  # fmt: skip
+
+
+def ledger_rows(gw: GatewayProcess, model: str) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = httpx.get(f"{gw.admin}/admin/usage").json()["usage"]
+    return [r for r in rows if r["model"] == model]
 
 
 def test_streamed_events_and_usage_counted(client: anthropic.Anthropic, gw: GatewayProcess) -> None:
