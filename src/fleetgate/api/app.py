@@ -462,9 +462,11 @@ class PublicApp:
 
     def _passes_through(self, x: Exchange, body: dict[str, Any]) -> Pool | None:
         """The pool of a request to pass through: an Anthropic route whose model's pool says so."""
+        if x.path not in PASSED_THROUGH:
+            return None
         model = body.get("model")
-        if x.path not in PASSED_THROUGH or not isinstance(model, str) or not model:
-            return None  # (a missing model is the translator's 400)
+        if not isinstance(model, str) or not model:
+            return None  # the translator's 400
         pool = self.gw.pool_for(model)
         return pool if pool is not None and pool.config.anthropic == "passthrough" else None
 
