@@ -8,10 +8,12 @@ from typing import Any
 
 import orjson
 
-from fleetgate.api.anthropic.passthrough import PassthroughSend
+from fleetgate.api.anthropic.passthrough import PassthroughSend, chat_view
+from fleetgate.api.anthropic.request import to_chat
 from fleetgate.api.anthropic.usage import AnthropicUsage
 from fleetgate.api.downstream import Downstream
 from fleetgate.protocol import SSE_DONE, GatewayTimeoutError, ServiceUnavailableError
+from fleetgate.sim.messages_request import MessagesRequest, chat_request
 
 UPSTREAM_EVENTS = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"chatcmpl-1","content":[],'
@@ -118,3 +120,30 @@ def test_usage_counts_cached_prompt_tokens_apart() -> None:
     usage = shape.stream(start, end)
     assert usage is not None and (usage["prompt_tokens"], usage["completion_tokens"]) == (12, 15)
     assert shape.stream(b"", b"") is None and shape.whole(b"not json") is None
+
+
+def claude_code(billing: str) -> dict[str, Any]:
+    """A body shaped as Claude Code sends it: the system prompt in blocks, the first a per-request hash."""
+    return {
+        "model": "m",
+        "max_tokens": 64,
+        "system": [
+            {"type": "text", "text": f"x-anthropic-billing-header: cc_version=2.1.3; cch={billing};"},
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI."},
+            {"type": "text", "text": "Use the tools available to you to help the user."},
+        ],
+        "messages": [{"role": "user", "content": "Fix the failing test."}],
+    }
+
+
+def test_the_billing_header_never_changes_the_prompt_prefix() -> None:
+    a, b = claude_code("93b1f"), claude_code("0c4d2")
+    # Pass-through hashes what the upstream renders: vLLM drops the header and joins the rest as is.
+    view = chat_view(a)
+    assert view is not None and view == chat_view(b)
+    upstream = chat_request(MessagesRequest.model_validate(a))["messages"]
+    assert view["messages"] == upstream
+    # Translated, the header does not reach the engine either (its prefix cache would miss every time).
+    assert to_chat(a)["messages"] == to_chat(b)["messages"]
+    system = to_chat(a)["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("You are Claude Code")

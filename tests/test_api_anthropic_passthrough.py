@@ -199,8 +199,8 @@ def test_count_tokens_is_the_upstreams(client: anthropic.Anthropic, gw: GatewayP
     counted = client.messages.count_tokens(model=MODEL, system="You plan trips.", messages=ASK)
     used = client.messages.create(model=MODEL, max_tokens=1, system="You plan trips.", messages=ASK)
     assert counted.input_tokens == used.usage.input_tokens > 0
-    # The body reached vLLM's own conversion unchanged: it drops Claude Code's billing header from the
-    # system prompt (translation would count it) and answers context_management.
+    # The body reached vLLM's own count_tokens (only it answers context_management), which drops Claude
+    # Code's billing header from the system prompt.
     body = {
         "model": MODEL,
         "messages": ASK,

@@ -45,10 +45,13 @@ def check(body: dict[str, Any], limits: RequestLimits, count_tokens: bool) -> tu
 
 
 def chat_view(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The conversation as chat messages, for prefix and session routing only (the translated route hashes
-    the same, so both reach the same cache); None when its shape is not one translation knows."""
+    """The conversation as chat messages, for prefix and session routing only; None when its shape is not
+    one translation knows. System blocks are joined as vLLM's own /v1/messages joins them (no separator), so
+    the keys follow the prompt the upstream renders."""
     try:
-        view: dict[str, Any] = {"messages": chat_messages(body.get("system"), body.get("messages"))}
+        view: dict[str, Any] = {
+            "messages": chat_messages(body.get("system"), body.get("messages"), joiner="")
+        }
         tools = chat_tools(body.get("tools"))
     except (OpenAIError, TypeError, ValueError, KeyError, AttributeError):
         return None
