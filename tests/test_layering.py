@@ -53,6 +53,8 @@ PYDANTIC_EDGES = {
     "sim/kv_publisher.py",
     # vLLM's rerank/score/pooling/classify bodies, validated as vLLM validates them (like worker/requests.py)
     "sim/pooling.py",
+    # vLLM's Anthropic Messages bodies (/v1/messages, count_tokens), validated as vLLM validates them
+    "sim/messages_request.py",
     # step-time profiles, YAML files shipped with the package or named by the user
     "sim/profiles.py",
     # the sim and bench command lines turn a ValidationError into a one-line problem and exit 2

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -71,6 +71,20 @@ class RetryPolicy:
         return float(min(self.backoff_max, self.backoff_base * 2.0**attempt) * rng.uniform(0.5, 1.5))
 
 
+class UsageShape(Protocol):
+    """How an API other than OpenAI's reports usage (a passed-through Anthropic route); what it returns is
+    OpenAI's usage object (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`),
+    which the accounting reads."""
+
+    def whole(self, body: bytes) -> dict[str, Any] | None:
+        """The usage of a whole (non-streamed) 200 answer."""
+        ...
+
+    def stream(self, first: bytes, last: bytes) -> dict[str, Any] | None:
+        """The usage of a stream, from the first and the last relayed chunk that mention it."""
+        ...
+
+
 class RelayObserver:
     """Hooks for metrics; the default does nothing."""
 
@@ -104,6 +118,8 @@ class Call:
     # What the client got: the upstream's status, or the status of the error that ended its stream.
     status: int = 0
     usage: dict[str, Any] | None = None
+    # Set where the answer is not OpenAI's (a passed-through /v1/messages): how to read its usage.
+    usage_shape: UsageShape | None = None
 
 
 @dataclass
@@ -286,7 +302,9 @@ class Relay:
         if resp.status >= 400 and not is_openai_error(body):
             # FastAPI's {"detail": ...} from vLLM, a proxy's text or HTML page: the client gets OpenAI's.
             body, ctype = error_from_body(body, resp.status).to_json(), "application/json"
-        if resp.status == 200 and b'"usage"' in body:
+        if resp.status == 200 and b'"usage"' in body and call.usage_shape is not None:
+            call.usage = call.usage_shape.whole(body)
+        elif resp.status == 200 and b'"usage"' in body:
             try:
                 usage = orjson.loads(body).get("usage")
             except (orjson.JSONDecodeError, AttributeError):
@@ -312,6 +330,7 @@ class Relay:
         buf = b""
         first = True
         usage_event = b""
+        first_usage = b""  # where a stream reports usage twice (Anthropic's message_start and message_delta)
         last = time.monotonic()
         # Silence is checked every `check` seconds: long enough not to cost anything per event.
         check = min(t.idle_gap, max(0.05, t.stall_after / 2))
@@ -343,6 +362,7 @@ class Relay:
                         watch.last = now + offset
                         if b'"usage"' in out:
                             usage_event = out
+                            first_usage = first_usage or out
                             if call.strip_usage:
                                 out = _without_usage_event(out)
                                 if not out:
@@ -384,7 +404,8 @@ class Relay:
         if buf.strip():
             await send({"type": "http.response.body", "body": buf, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        call.usage = _usage_of(usage_event)
+        shape = call.usage_shape
+        call.usage = _usage_of(usage_event) if shape is None else shape.stream(first_usage, usage_event)
 
 
 class _Watchdog:

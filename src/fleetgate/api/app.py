@@ -22,6 +22,8 @@ from fleetgate import __version__
 from fleetgate.admission.limits import apply_token_limits, cap_choices, priority
 from fleetgate.api import anthropic, ollama
 from fleetgate.api.admin import AdminApp
+from fleetgate.api.anthropic import passthrough
+from fleetgate.api.anthropic.usage import AnthropicUsage
 from fleetgate.api.asgi import (
     ClientGone,
     Exchange,
@@ -86,6 +88,8 @@ TRANSLATED: dict[str, Callable[[], Translator]] = {
     "/api/embed": ollama.EmbedTranslator,
     "/api/embeddings": lambda: ollama.EmbedTranslator(legacy=True),
 }
+# Translated routes a pool may pass through to upstreams that serve them (`anthropic: passthrough`).
+PASSED_THROUGH = ("/v1/messages", "/v1/messages/count_tokens")
 # Ollama routes answered here, whose errors take Ollama's shape.
 OLLAMA_LOCAL = ("/api/version", "/api/tags", "/api/show", "/api/ps")
 # Bodies larger than this are hashed for prefix routing in a worker thread, off the event loop.
@@ -395,6 +399,9 @@ class PublicApp:
         if not isinstance(body, dict):
             raise BadRequestError("the body must be a JSON object", param="body")
         t = x.translator
+        passing = self._passes_through(x, body)
+        if passing is not None:
+            return await self._pass_through(x, raw, body, passing)
         translated: OpenAIRequest | None = None
         if t is not None:
             try:
@@ -450,7 +457,42 @@ class PublicApp:
         call = Call(path=path, body=data, stream=stream, route=route, request_id=x.request_id,
                     pool=pool.config.name, model=model, strip_usage=strip_usage)  # fmt: skip
         if pool.wants_prompt:
-            await _fingerprint(call, pool, body, x.headers, len(raw))
+            await _fingerprint(call, pool, kind, body, x.headers, len(raw))
+        return call, pool
+
+    def _passes_through(self, x: Exchange, body: dict[str, Any]) -> Pool | None:
+        """The pool of a request to pass through: an Anthropic route whose model's pool says so."""
+        if x.path not in PASSED_THROUGH:
+            return None
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return None  # the translator's 400
+        pool = self.gw.pool_for(model)
+        return pool if pool is not None and pool.config.anthropic == "passthrough" else None
+
+    async def _pass_through(
+        self, x: Exchange, raw: bytes, body: dict[str, Any], pool: Pool
+    ) -> tuple[Call, Pool]:
+        """The Call of a passed-through Messages request (api/anthropic/passthrough.py): the client's bytes,
+        unless an alias must become the served name."""
+        x.pass_through(passthrough.PassthroughSend(x.client_send))
+        model: str = body["model"]
+        x.model, x.pool = model, pool.config.name
+        counting = x.path == "/v1/messages/count_tokens"
+        stream, x.max_output = passthrough.check(body, pool.limits, counting)
+        x.prompt_bytes = len(raw)
+        upstream = pool.upstream_model.get(model, model)
+        data = raw
+        if upstream != model:
+            body["model"] = upstream
+            data = orjson.dumps(body)
+        adapter = upstream if _is_adapter(pool, upstream) else None
+        route = RouteRequest(model=upstream, adapter=adapter)
+        call = Call(path=x.path, body=data, stream=stream, route=route, request_id=x.request_id,
+                    pool=pool.config.name, model=model, usage_shape=AnthropicUsage())  # fmt: skip
+        view = passthrough.chat_view(body) if pool.wants_prompt and not counting else None
+        if view is not None:
+            await _fingerprint(call, pool, "chat", view, x.headers, len(raw))
         return call, pool
 
 
@@ -492,10 +534,9 @@ def _is_adapter(pool: Pool, model: str) -> bool:
 
 
 async def _fingerprint(
-    call: Call, pool: Pool, body: dict[str, Any], headers: Mapping[bytes, bytes], size: int
+    call: Call, pool: Pool, kind: str, body: dict[str, Any], headers: Mapping[bytes, bytes], size: int
 ) -> None:
     """Fill in the prompt's block keys and the session for the prefix and session scorers."""
-    kind = FORWARDED[call.path]
     info: PromptInfo | None
     if size > OFFLOAD_HASHING_BYTES:
         info = await asyncio.to_thread(pool.hasher.info, kind, body, call.route.adapter)

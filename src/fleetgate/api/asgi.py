@@ -37,6 +37,7 @@ class Exchange:
         self.scope = scope
         self.receive = receive
         self._send = send
+        self.client_send = send  # the server's own, under whatever wraps it
         self.path: str = scope["path"]
         self.method: str = scope["method"]
         self.headers: Mapping[bytes, bytes] = dict(scope["headers"])
@@ -67,6 +68,12 @@ class Exchange:
         """Answer in another API's shape: `send` (a TranslatingSend around the one given) goes under every
         message, so the status and progress recorded here stay the OpenAI answer's."""
         self.translator = translator
+        self._send = send
+
+    def pass_through(self, send: Send) -> None:
+        """Answer another API's request with the upstream's own answer in that API (a passed-through
+        `/v1/messages`): `send` wraps `client_send`, and there is nothing to translate."""
+        self.translator = None
         self._send = send
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@ retries, health checks, scrapes, routing and adapters."""
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -148,6 +148,11 @@ class PoolConfig(BaseModel):
         default=None, description="Endpoints found at run time (Kubernetes) instead of a fixed list."
     )
     priority_header: bool = Field(default=False, description="Honour x-fleetgate-priority from clients.")
+    anthropic: Literal["translate", "passthrough"] = Field(
+        default="translate",
+        description="How Anthropic's /v1/messages and count_tokens reach the upstreams: translate (to chat "
+        "completions and /tokenize: any upstream) | passthrough (to their own routes, as vLLM serves them).",
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
@@ -175,6 +180,13 @@ class PoolConfig(BaseModel):
         if self.endpoints and self.discovery is not None:
             problems.append((("discovery",), "give either endpoints or discovery, not both"))
         problems.extend(self._kubernetes_problems())
+        if self.anthropic == "passthrough" and self.workers is not None and self.workers.engine == "embedded":
+            problems.append(
+                (
+                    ("anthropic",),
+                    "the embedded engine does not serve /v1/messages: use anthropic: translate (the default)",
+                )
+            )
         seen: dict[str, int] = {}
         for i, ep in enumerate(self.endpoints):
             for field, value in (("url", ep.url), ("name", ep.name)):

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -28,63 +29,85 @@ from fleetgate.worker.requests import (
 )
 
 
+@dataclass
+class ChatRun:
+    """A chat request the engine has taken: what its answer (whole or streamed) is made of."""
+
+    req: ChatCompletionRequest
+    prompt_len: int
+    reqs: list[EngineRequest]
+    choices: list[Choice]
+    rid: str
+    created: int
+    model: str
+
+
 class ChatRoutes(SimCore):
     async def chat(self, request: Request) -> Response:
         received = asyncio.get_running_loop().time()
         try:
             req = validate(ChatCompletionRequest, await self._body(request))
-            lora = self._check_model(req.model)
-            check_sampling(req)
-            self._check_tools(req)
-            messages = [m.model_dump(exclude_none=True) for m in req.messages]
-            tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
-            prompt = render_chat(self.tokenizer, messages, tools or None)
-            choice = req.tool_choice
-            named = choice.function.name if isinstance(choice, NamedToolChoice) else None
-            mode = choice if isinstance(choice, str) else None
-            last_role = messages[-1]["role"] if messages else None
-            requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-            max_tokens = resolve_max_tokens(requested, len(prompt), self.s.engine.max_model_len)
-            reqs: list[EngineRequest] = []
-            choices: list[Choice] = []
-            stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-            for i in range(req.n):
-                seed = sampling_seed(req.seed, i, req.temperature, prompt, lora)
-                rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
-                script: Script | None = None
-                tool = pick_tool(tools, mode, named, last_role)
-                if tool is not None:
-                    script = tool_script(self.tokenizer, tool, rng)
-                elif req.response_format:
-                    script = json_script(self.tokenizer, req.response_format, rng)
-                er = self._new_request(prompt, max_tokens, seed, req.ignore_eos, lora, req.n, script)
-                reqs.append(er)
-                stream = ToolStream(script, self.tokenizer) if script and script.tool_name else None
-                choices.append(Choice(i, er, stops, self.tokenizer.token_text, stream))
-            if not await self._admit(request, reqs, received):
-                return Response(status_code=499)
+            run = await self._start_chat(request, req, received)
         except OpenAIError as e:
             return reply_error(e)
-        model = req.model or self.model_name
-        rid = random_id("chatcmpl-")
-        created = int(time.time())
+        if run is None:
+            return Response(status_code=499)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            top = (req.top_logprobs or 0) if req.logprobs else -1
-            gen = self._chat_stream(choices, len(prompt), rid, created, model, include_usage, top)
-            return self._streaming(gen, reqs)
+            return self._streaming(self._chat_stream(run, include_usage), run.reqs)
 
         async def make() -> Response:
-            await self._wait_all(reqs)
-            out = []
-            completion = 0
-            for c in choices:
-                out.append(self._chat_choice(c, req.logprobs, req.top_logprobs or 0))
-                completion += len(c.req.output)
-            body = render.chat_body(rid, created, model, out, Usage(len(prompt), completion))
-            return reply_json(body)
+            return reply_json(await self._chat_whole(run))
 
-        return await self._run(request, reqs, make)
+        return await self._run(request, run.reqs, make)
+
+    async def _start_chat(
+        self, request: Request, req: ChatCompletionRequest, received: float
+    ) -> ChatRun | None:
+        """Check the request and hand it to the engine (None: the client left while a fault held it).
+        Other API surfaces (messages.py) answer from the same run."""
+        lora = self._check_model(req.model)
+        check_sampling(req)
+        self._check_tools(req)
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
+        prompt = render_chat(self.tokenizer, messages, tools or None)
+        choice = req.tool_choice
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        mode = choice if isinstance(choice, str) else None
+        last_role = messages[-1]["role"] if messages else None
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        max_tokens = resolve_max_tokens(requested, len(prompt), self.s.engine.max_model_len)
+        reqs: list[EngineRequest] = []
+        choices: list[Choice] = []
+        stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        for i in range(req.n):
+            seed = sampling_seed(req.seed, i, req.temperature, prompt, lora)
+            rng = random.Random(seed if seed is not None else self.rng.getrandbits(64))
+            script: Script | None = None
+            tool = pick_tool(tools, mode, named, last_role)
+            if tool is not None:
+                script = tool_script(self.tokenizer, tool, rng)
+            elif req.response_format:
+                script = json_script(self.tokenizer, req.response_format, rng)
+            er = self._new_request(prompt, max_tokens, seed, req.ignore_eos, lora, req.n, script)
+            reqs.append(er)
+            stream = ToolStream(script, self.tokenizer) if script and script.tool_name else None
+            choices.append(Choice(i, er, stops, self.tokenizer.token_text, stream))
+        if not await self._admit(request, reqs, received):
+            return None
+        model = req.model or self.model_name
+        return ChatRun(req, len(prompt), reqs, choices, random_id("chatcmpl-"), int(time.time()), model)
+
+    async def _chat_whole(self, run: ChatRun) -> dict[str, Any]:
+        """The whole answer's body, once every choice has finished."""
+        await self._wait_all(run.reqs)
+        out = []
+        completion = 0
+        for c in run.choices:
+            out.append(self._chat_choice(c, run.req.logprobs, run.req.top_logprobs or 0))
+            completion += len(c.req.output)
+        return render.chat_body(run.rid, run.created, run.model, out, Usage(run.prompt_len, completion))
 
     def _check_tools(self, req: ChatCompletionRequest) -> None:
         choice = req.tool_choice
@@ -126,17 +149,10 @@ class ChatRoutes(SimCore):
             lp = {"content": [render.token_logprob(tt(t), c.req.rng, top) for t in tokens if t != IM_END]}
         return render.chat_choice(c.index, render.chat_message(text, None), lp, reason, stop_reason)
 
-    async def _chat_stream(
-        self,
-        choices: list[Choice],
-        prompt_len: int,
-        rid: str,
-        created: int,
-        model: str,
-        include_usage: bool,
-        top: int,
-    ) -> AsyncIterator[bytes]:
-        enc = render.ChatChunks(rid, created, model)
+    async def _chat_stream(self, run: ChatRun, include_usage: bool) -> AsyncIterator[bytes]:
+        req, choices = run.req, run.choices
+        top = (req.top_logprobs or 0) if req.logprobs else -1
+        enc = render.ChatChunks(run.rid, run.created, run.model)
         crash = self._crash_point()
         sent = 0
         for c in choices:
@@ -173,5 +189,5 @@ class ChatRoutes(SimCore):
                 raise Crash
         if include_usage:
             completion = sum(len(c.req.output) for c in choices)
-            yield enc.usage(Usage(prompt_len, completion))
+            yield enc.usage(Usage(run.prompt_len, completion))
         yield render.DONE

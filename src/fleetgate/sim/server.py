@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fleetgate.sim.chat import ChatRoutes
 from fleetgate.sim.completions import CompletionRoutes
 from fleetgate.sim.control import Control
 from fleetgate.sim.embeddings import EmbeddingRoutes
+from fleetgate.sim.messages import MessagesRoutes
 from fleetgate.sim.pooling import Pooling
 from fleetgate.sim.responses import ResponsesRoutes
 from fleetgate.tokenizer import Tokenizer, render_chat
@@ -26,7 +26,7 @@ from fleetgate.worker.shell import Served, Shell, worker_app
 VERSION = "0.26.0"
 
 
-class SimServer(ChatRoutes, CompletionRoutes, ResponsesRoutes, EmbeddingRoutes):
+class SimServer(MessagesRoutes, CompletionRoutes, ResponsesRoutes, EmbeddingRoutes):
     """vLLM's routes: the plain ones here, the API surfaces from their modules, the control routes."""
 
     def app(self) -> Starlette:
@@ -42,6 +42,8 @@ class SimServer(ChatRoutes, CompletionRoutes, ResponsesRoutes, EmbeddingRoutes):
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/responses", self.responses, methods=["POST"]),
+                Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             ]
         else:
             routes.append(Route("/v1/embeddings", self.embeddings, methods=["POST"]))

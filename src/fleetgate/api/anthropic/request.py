@@ -108,10 +108,17 @@ def _tool_choice(choice: dict[str, Any], has_tools: bool) -> dict[str, Any]:
     return out
 
 
-def chat_messages(system: Any, messages: Any) -> list[dict[str, Any]]:
+# Claude Code opens its system prompt with a block carrying a per-request hash: left in, every prompt would
+# start anew, for the engine's prefix cache and prefix routing alike. vLLM's own /v1/messages drops it too.
+BILLING_HEADER = "x-anthropic-billing-header"
+
+
+def chat_messages(system: Any, messages: Any, joiner: str = "\n") -> list[dict[str, Any]]:
+    """Chat messages for a system prompt and Messages turns; system blocks joined by `joiner`."""
     out: list[dict[str, Any]] = []
     if system is not None:
-        text = system if isinstance(system, str) else _text_of(expect(system, list, "system"), "system")
+        blocks = _unbilled(expect(system, list, "system")) if not isinstance(system, str) else []
+        text = system if isinstance(system, str) else _text_of(blocks, "system", joiner)
         if text:
             out.append({"role": "system", "content": text})
     if messages is None:
@@ -196,7 +203,14 @@ def _part(b: dict[str, Any], i: int) -> dict[str, Any]:
     raise BadRequestError(f"messages.{i}: a user block of type {kind!r} is not supported here")
 
 
-def _text_of(blocks: Any, name: str) -> str:
+def _unbilled(blocks: list[Any]) -> list[Any]:
+    def billing(b: Any) -> bool:
+        return isinstance(b, dict) and isinstance(b.get("text"), str) and b["text"].startswith(BILLING_HEADER)
+
+    return [b for b in blocks if not billing(b)]
+
+
+def _text_of(blocks: Any, name: str, joiner: str = "\n") -> str:
     """The text of a list of text blocks (a system prompt, a tool result)."""
     texts = []
     for b in expect(blocks, list, name):
@@ -205,4 +219,4 @@ def _text_of(blocks: Any, name: str) -> str:
             texts.append(expect(b.get("text"), str, f"{name}.text"))
         elif b.get("type") != "image":
             raise BadRequestError(f"{name}: a block of type {b.get('type')!r} is not supported here")
-    return "\n".join(texts)
+    return joiner.join(texts)
