@@ -3,6 +3,7 @@ counted and logged once with its tenant, and no stricter than vLLM where clients
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -15,6 +16,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleetgate.api.app import create_app
+from fleetgate.api.asgi import Exchange
+from fleetgate.config import parse_config
 from fleetgate.protocol import error_from_body, is_openai_error
 from tests.conftest import GatewayFactory, GatewayProcess, SimProcess, free_port, spawn_sim, until
 
@@ -298,3 +302,30 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     assert str(port) in out.stderr and "--port" in out.stderr
+
+
+def test_a_defect_inside_the_gateway_answers_an_openai_500_not_plain_text() -> None:
+    """An exception no handler expected (a bug of ours) still gets OpenAI's shape and the request id, and is
+    counted; only a stream already under way is cut."""
+    public, _ = create_app(parse_config('pools: [{name: p, models: [m], endpoints: ["http://127.0.0.1:9"]}]'))
+
+    async def broken(x: Exchange) -> None:
+        raise RuntimeError("a defect")
+
+    public.routes["/version"]["GET"] = broken
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/version", "headers": [(b"x-request-id", b"rid-1")],
+             "query_string": b"", "client": ("127.0.0.1", 1)}  # fmt: skip
+    asyncio.run(public(scope, receive, send))
+    start, body = sent[0], sent[1]
+    assert start["status"] == 500
+    assert (b"x-request-id", b"rid-1") in start["headers"]  # type: ignore[operator]
+    error = json.loads(body["body"])["error"]  # type: ignore[arg-type]
+    assert error["type"] == "InternalServerError" and "rid-1" in error["message"]

@@ -45,6 +45,7 @@ from fleetgate.protocol import (
     SSE_DONE,
     AuthenticationError,
     BadRequestError,
+    InternalServerError,
     MethodNotAllowedError,
     NotFoundError,
     OpenAIError,
@@ -144,6 +145,13 @@ class PublicApp:
             await handler(x)
         except OpenAIError as e:
             await error(x.send, e, x.request_id)
+        except Exception:
+            # A defect of ours: logged with its traceback; the client gets OpenAI's shape, not plain text.
+            log.exception("request %s failed inside the gateway", x.request_id)
+            if x.started:
+                raise  # a stream under way can only be cut
+            message = f"the gateway failed on this request (logged under request id {x.request_id})"
+            await error(x.send, InternalServerError(message), x.request_id)
         finally:
             self.gw.metrics.answered(x)
             if x.model:
