@@ -36,6 +36,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -219,6 +220,8 @@ def run_one(
                    "--out", str(out_dir)]  # fmt: skip
             subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             s = json.loads((out_dir / "results.json").read_text())["summary"]
+            if args.timeline:  # every request's timings next to the timeline, for the analysis after
+                shutil.copyfile(out_dir / "results.json", Path(args.timeline) / f"{tag}.results.json")
             hits = queries = 0.0
             for u in upstreams:
                 c = counters(u)
