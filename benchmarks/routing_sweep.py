@@ -60,6 +60,11 @@ FLEETGATE = {
     "approximate": "{tokenizer: none}",
     "precise": "{tokenizer: builtin}",
 }
+GATEWAY_QUEUE = re.compile(
+    rb"^(fleetgate_queue_depth|fleetgate_queue_wait_seconds_sum|fleetgate_queue_wait_seconds_count)"
+    rb"\{[^}]*\} ([0-9.eE+-]+)$",
+    re.M,
+)
 COUNTER = re.compile(rb"^(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.M)
 DECISION = re.compile(
     rb'^fleetgate_route_decisions_total\{[^}]*reason="([a-z_]+)"[^}]*\} ([0-9.eE+-]+)$', re.M
@@ -80,6 +85,16 @@ def decisions(admin: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for reason, value in DECISION.findall(body):
         out[reason.decode()] = out.get(reason.decode(), 0.0) + float(value)
+    return out
+
+
+def gateway_queue(admin: str) -> dict[str, float]:
+    """Requests held in fleetgate's flow queue now, and how many waited there so far and for how long."""
+    body = httpx.get(f"{admin}/metrics", timeout=5).content
+    out: dict[str, float] = {}
+    for name, value in GATEWAY_QUEUE.findall(body):
+        key = name.decode().removeprefix("fleetgate_")
+        out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
@@ -159,6 +174,7 @@ class Timeline(threading.Thread):
                             for e in pools[0]["endpoints"]
                         ]
                         row["decisions"] = decisions(self.admin)
+                        row["gateway_queue"] = gateway_queue(self.admin)
                 except (httpx.HTTPError, KeyError, ValueError, TypeError, IndexError):
                     continue
                 out.write(json.dumps(row) + "\n")
