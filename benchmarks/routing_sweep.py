@@ -7,6 +7,7 @@ fleetgate approximate (text keys, no events) and precise (the simulator's tokeni
 with different fleet files; peers given as `--peer NAME='COMMAND'` with `{port}` and `{upstreams}` filled
 in, e.g.
 
+    --fleetgate 'no-kv-gate={tokenizer: none, saturation: {max_kv_usage: 1.0}}'   # a variant's routing block
     --peer vllm-router='vllm-router --host 127.0.0.1 --port {port} --worker-urls {upstreams}
                         --policy cache_aware'
     --peer smg='smg launch --host 127.0.0.1 --port {port} --worker-urls {upstreams} --policy cache_aware'
@@ -182,8 +183,14 @@ class Timeline(threading.Thread):
 
 
 def run_one(
-    args: argparse.Namespace, point: dict[str, Any], name: str, seed: int, peers: dict[str, str]
+    args: argparse.Namespace,
+    point: dict[str, Any],
+    name: str,
+    seed: int,
+    peers: dict[str, str],
+    variants: dict[str, str],
 ) -> dict[str, Any]:
+    routings = {**FLEETGATE, **variants}
     scale = args.time_scale
     port, kv_port, gw_port, admin_port = (
         free_block(args.replicas),
@@ -195,13 +202,13 @@ def run_one(
     log_dir.mkdir(parents=True, exist_ok=True)
     fleet = start_fleet(args, port, kv_port, point["blocks"], log_dir / "fleet.log")
     upstreams = [f"http://127.0.0.1:{port + i}" for i in range(args.replicas)]
-    admin = f"http://127.0.0.1:{admin_port}" if name in FLEETGATE else None
+    admin = f"http://127.0.0.1:{admin_port}" if name in routings else None
     timeline: Timeline | None = None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if name in FLEETGATE:
+        if name in routings:
             cfg = tmp / f"{name}.yaml"
-            fleet_file(cfg, gw_port, admin_port, upstreams, kv_port, FLEETGATE[name], name == "precise")
+            fleet_file(cfg, gw_port, admin_port, upstreams, kv_port, routings[name], name == "precise")
             cmd = [sys.executable, "-m", "fleetgate", "gateway", "--config", str(cfg)]
         else:
             cmd = peer_command(peers[name], gw_port, upstreams)
@@ -309,6 +316,9 @@ def main() -> None:
     ap.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO for goodput, simulated seconds")
     ap.add_argument("--contenders", default="round-robin,least-load,approximate,precise")
     ap.add_argument("--peer", action="append", default=[], help="NAME='COMMAND with {port} and {upstreams}'")
+    ap.add_argument(
+        "--fleetgate", action="append", default=[], help="NAME='ROUTING' a fleetgate variant's routing block"
+    )
     ap.add_argument("--timeline", default="", help="directory for per-run timelines (JSON lines)")
     ap.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "routing-sweep"))
     ap.add_argument("--quick", action="store_true", help="one tight point (0.9x share, 1x rate), one seed")
@@ -317,7 +327,8 @@ def main() -> None:
         args.capacity, args.rates, args.seeds = "0.9", "1", "0"
         args.contenders = "round-robin,approximate"
     peers = dict(p.split("=", 1) for p in args.peer)
-    names = [*args.contenders.split(","), *peers]
+    variants = dict(v.split("=", 1) for v in args.fleetgate)
+    names = [*args.contenders.split(","), *variants, *peers]
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.timeline:
         Path(args.timeline).mkdir(parents=True, exist_ok=True)
@@ -330,7 +341,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for point in grid(args):
         for name in names:
-            runs = [run_one(args, point, name, seed, peers) for seed in seeds]
+            runs = [run_one(args, point, name, seed, peers, variants) for seed in seeds]
             med = {
                 k: statistics.median(r[k] for r in runs) for k in ("ttft_p50", "ttft_p90", "goodput", "hit")
             }
