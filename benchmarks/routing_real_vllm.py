@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import free_port, wait_http
-from routing_sweep import FLEETGATE, MODEL, counters, decisions, fleet_file, peer_command
+from procs import free_port
+from routing_sweep import FLEETGATE, MODEL, counters, decisions, fleet_file, peer_command, start_router
 
 
 def settle(upstreams: list[str], seconds: float = 120) -> None:
@@ -75,18 +75,8 @@ def run_one(
             cmd = [sys.executable, "-m", "fleetgate", "gateway", "--config", str(cfg)]
         else:
             cmd = peer_command(peers[name], gw_port, upstreams)
-        with (log_dir / f"{args.label}-{name}.log").open("ab") as out:
-            router = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        router = start_router(cmd, log_dir / f"{args.label}-{name}.log", gw_port, 120)
         try:
-            wait_http(f"http://127.0.0.1:{gw_port}/health", router, 120)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{gw_port}/v1/models", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
             time.sleep(2.0)  # health probes, first scrapes and the KV-event subscriptions settle before load
             out_dir = tmp / "bench"
             cmd = [sys.executable, "-m", "fleetgate", "bench", "--url", f"http://127.0.0.1:{gw_port}/v1",

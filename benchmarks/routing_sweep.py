@@ -138,6 +138,27 @@ def peer_command(template: str, port: int, upstreams: list[str]) -> list[str]:
     return out
 
 
+def start_router(cmd: list[str], log: Path, port: int, seconds: float) -> subprocess.Popen[bytes]:
+    """Start a contender and wait until it serves a model: peers may answer /health before they list their
+    workers."""
+    with log.open("ab") as out:
+        router = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", router, seconds)
+    except SystemExit:
+        router.kill()
+        raise
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return router
+
+
 class Timeline(threading.Thread):
     """Samples the replicas (and fleetgate's admin view) once a second while a run lasts."""
 
@@ -212,19 +233,8 @@ def run_one(
             cmd = [sys.executable, "-m", "fleetgate", "gateway", "--config", str(cfg)]
         else:
             cmd = peer_command(peers[name], gw_port, upstreams)
-        with (log_dir / f"{name}.log").open("ab") as out:
-            router = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        router = start_router(cmd, log_dir / f"{name}.log", gw_port, 60)
         try:
-            wait_http(f"http://127.0.0.1:{gw_port}/health", router, 60)
-            # Peers may answer /health before they list their workers: wait until a model is served.
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{gw_port}/v1/models", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
             time.sleep(1.0)  # health probes and the first scrapes settle before load starts
             if args.timeline:
                 tag = (f"{name}-c{point['capacity']}-r{point['rate']}-g{point['groups']}"

@@ -11,26 +11,15 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
-from anthropic.types import MessageParam, ToolParam
+from anthropic.types import MessageParam
 
 from fleetgate.config import ConfigError, load_config
 from tests.conftest import GatewayProcess, SimProcess, spawn_sim, until
 from tests.fleets import gateway
+from tests.test_api_anthropic import ALIAS, ASK, MODEL, WEATHER
 from tests.test_gateway import metric
 
-MODEL = "llama-8b"
-ALIAS = "claude-sonnet-4-5"
 KEY = "sk-team-7"
-WEATHER: ToolParam = {
-    "name": "get_weather",
-    "description": "The weather for a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 5}},
-        "required": ["city", "days"],
-    },
-}
-ASK: list[MessageParam] = [{"role": "user", "content": "What is the weather in Tainan?"}]
 
 
 @pytest.fixture(scope="module")
