@@ -19,13 +19,32 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
-class ChatChunks:
-    """Encodes the chunks of one chat stream; the content chunk is the hot path, so it is spliced."""
+class _Chunks:
+    """What the chunks of a chat and a completion stream share: the head, the spliced prefix of the hot
+    path, the last chunk of a choice and the usage chunk."""
+
+    OBJECT = ""
 
     def __init__(self, rid: str, created: int, model: str) -> None:
-        self.head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-        prefix = _dumps(self.head)[:-1] + b',"choices":[{"index":'
-        self._prefix = prefix
+        self.head = {"id": rid, "object": self.OBJECT, "created": created, "model": model}
+        self._prefix = _dumps(self.head)[:-1] + b',"choices":[{"index":'
+
+    def _last(self, choice: dict[str, Any], fingerprint: bool) -> bytes:
+        body: dict[str, Any] = {**self.head, "choices": [choice]}
+        if fingerprint:
+            body["system_fingerprint"] = FINGERPRINT
+        return sse_event(_dumps(body))
+
+    def usage(self, usage: Usage) -> bytes:
+        body = {**self.head, "choices": [], "usage": usage.to_dict(with_details=False)}
+        body["system_fingerprint"] = FINGERPRINT
+        return sse_event(_dumps(body))
+
+
+class ChatChunks(_Chunks):
+    """Encodes the chunks of one chat stream; the content chunk is the hot path, so it is spliced."""
+
+    OBJECT = "chat.completion.chunk"
 
     def role(self, index: int) -> bytes:
         choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
@@ -75,21 +94,11 @@ class ChatChunks:
             "stop_reason": stop_reason,
             "token_ids": None,
         }
-        body: dict[str, Any] = {**self.head, "choices": [choice]}
-        if fingerprint:
-            body["system_fingerprint"] = FINGERPRINT
-        return sse_event(_dumps(body))
-
-    def usage(self, usage: Usage) -> bytes:
-        body = {**self.head, "choices": [], "usage": usage.to_dict(with_details=False)}
-        body["system_fingerprint"] = FINGERPRINT
-        return sse_event(_dumps(body))
+        return self._last(choice, fingerprint)
 
 
-class CompletionChunks:
-    def __init__(self, rid: str, created: int, model: str) -> None:
-        self.head = {"id": rid, "object": "text_completion", "created": created, "model": model}
-        self._prefix = _dumps(self.head)[:-1] + b',"choices":[{"index":'
+class CompletionChunks(_Chunks):
+    OBJECT = "text_completion"
 
     def text(self, index: int, text: str, logprobs: Any = None) -> bytes:
         if logprobs is None:
@@ -124,15 +133,7 @@ class CompletionChunks:
             "prompt_token_ids": None,
             "token_ids": None,
         }
-        body: dict[str, Any] = {**self.head, "choices": [choice]}
-        if fingerprint:
-            body["system_fingerprint"] = FINGERPRINT
-        return sse_event(_dumps(body))
-
-    def usage(self, usage: Usage) -> bytes:
-        body = {**self.head, "choices": [], "usage": usage.to_dict(with_details=False)}
-        body["system_fingerprint"] = FINGERPRINT
-        return sse_event(_dumps(body))
+        return self._last(choice, fingerprint)
 
 
 DONE = SSE_DONE
