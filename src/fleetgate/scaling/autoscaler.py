@@ -200,6 +200,21 @@ class PoolLoad:
     last_active: float = -math.inf  # monotonic time a request of the pool last ended
 
 
+async def tick_forever(
+    tick: Callable[[], Awaitable[object]], nudged: asyncio.Event, interval: float, what: str
+) -> None:
+    """Tick every `interval` seconds, or at once when nudged, until cancelled."""
+    while True:
+        try:
+            await tick()
+        except Exception:
+            # One bad observation must not end scaling for good; the next tick starts afresh.
+            log.exception("%s tick failed", what)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(nudged.wait(), interval)
+        nudged.clear()
+
+
 class Autoscaler:
     """Ticks each pool's policy every `interval` seconds (sooner when nudged) and applies its actions.
 
@@ -231,15 +246,7 @@ class Autoscaler:
         self._nudged.set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                # One bad observation must not end scaling for good; the next tick starts afresh.
-                log.exception("autoscaler tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), self.interval)
-            self._nudged.clear()
+        await tick_forever(self.tick, self._nudged, self.interval, "autoscaler")
 
     async def tick(self) -> dict[str, Decision]:
         decisions: dict[str, Decision] = {}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from fleetgate.fleet.kube import Api
-from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad
+from fleetgate.scaling.autoscaler import Autoscaler, PoolLoad, tick_forever
 from fleetgate.scaling.kubernetes import KubernetesProvider, PodTarget
 from fleetgate.scaling.leader import LeaseElector
 from fleetgate.scaling.load_board import LoadBoard, merge
@@ -67,14 +67,7 @@ class KubeScaling:
         self._nudged.set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("kubernetes scaling tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), self.interval)
-            self._nudged.clear()
+        await tick_forever(self.tick, self._nudged, self.interval, "kubernetes scaling")
 
     def _observe_all(self, pool: str) -> PoolLoad:
         """This replica's load of the pool, plus what the others last published."""
