@@ -29,7 +29,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import free_port
-from routing_sweep import FLEETGATE, MODEL, counters, decisions, fleet_file, peer_command, start_router
+from routing_sweep import (
+    FLEETGATE,
+    MODEL,
+    counters,
+    decisions,
+    fleet_file,
+    hit_totals,
+    peer_command,
+    start_router,
+)
 
 
 def settle(upstreams: list[str], seconds: float = 120) -> None:
@@ -46,15 +55,6 @@ def settle(upstreams: list[str], seconds: float = 120) -> None:
             return
         time.sleep(0.5)
     raise SystemExit("the servers did not go idle")
-
-
-def hit_totals(upstreams: list[str]) -> tuple[float, float]:
-    hits = queries = 0.0
-    for u in upstreams:
-        c = counters(u)
-        hits += c.get("vllm:prefix_cache_hits_total", 0.0)
-        queries += c.get("vllm:prefix_cache_queries_total", 0.0)
-    return hits, queries
 
 
 def run_one(

@@ -81,6 +81,16 @@ def counters(url: str) -> dict[str, float]:
     return out
 
 
+def hit_totals(upstreams: list[str]) -> tuple[float, float]:
+    """Prefix-cache hits and queries summed over the replicas' own counters."""
+    hits = queries = 0.0
+    for u in upstreams:
+        c = counters(u)
+        hits += c.get("vllm:prefix_cache_hits_total", 0.0)
+        queries += c.get("vllm:prefix_cache_queries_total", 0.0)
+    return hits, queries
+
+
 def decisions(admin: str) -> dict[str, float]:
     body = httpx.get(f"{admin}/metrics", timeout=5).content
     out: dict[str, float] = {}
@@ -255,11 +265,7 @@ def run_one(
             s = json.loads((out_dir / "results.json").read_text())["summary"]
             if args.timeline:  # every request's timings next to the timeline, for the analysis after
                 shutil.copyfile(out_dir / "results.json", Path(args.timeline) / f"{tag}.results.json")
-            hits = queries = 0.0
-            for u in upstreams:
-                c = counters(u)
-                hits += c.get("vllm:prefix_cache_hits_total", 0.0)
-                queries += c.get("vllm:prefix_cache_queries_total", 0.0)
+            hits, queries = hit_totals(upstreams)
             decided = decisions(admin) if admin else {}
         finally:
             if timeline is not None:
