@@ -5,6 +5,7 @@
 # vLLM wheels are installed in /tmp/site (the GPU recipe) and fleetgate's own wheels in /tmp/fgsite.
 #   BLOCKS=1800 bash benchmarks/routing_real_vllm.sh OUTDIR LABEL RATE [routing_real_vllm.py flags...]
 # Servers already running with the same BLOCKS are reused (their caches are reset before each contender).
+# START_ONLY=1 starts the servers and returns (run it under setsid to have them start while a call ends).
 set -uo pipefail
 OUT=${1:?output directory} LABEL=${2:?label} RATE=${3:?requests per second}
 shift 3
@@ -43,6 +44,7 @@ PY
   echo "4 servers with $BLOCKS blocks up after $(( $(date +%s) - start )) s" | tee -a "$OUT/routing.md"
   echo "$BLOCKS" > /tmp/vllm-blocks
 fi
+[ -n "${START_ONLY:-}" ] && exit 0
 python3 benchmarks/routing_real_vllm.py --upstreams http://127.0.0.1:8000,http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003 \
   --kv-port 5600 --tokenizer /tmp/model --rate "$RATE" --label "$LABEL" --out "$OUT/routing.jsonl" \
   --log-dir "$OUT/logs" "$@" 2>&1 | tee -a "$OUT/routing.md"
