@@ -15,6 +15,7 @@ start=$(date +%s)
 setsid nohup python3 -m vllm.entrypoints.cli.main serve /tmp/qwen --load-format dummy --served-model-name llama-8b \
   --host 127.0.0.1 --port 8000 --gpu-memory-utilization 0.5 --max-model-len 4096 --enforce-eager \
   --enable-auto-tool-choice --tool-call-parser hermes > "$OUT/vllm.log" 2>&1 &
+VLLM_PID=$!
 for _ in $(seq 1 240); do curl -sf 127.0.0.1:8000/health >/dev/null && break; sleep 1; done
 echo "vllm up after $(( $(date +%s) - start )) s" | tee "$OUT/summary.txt"
 timeout 120 python3 benchmarks/record_messages_contract.py --url http://127.0.0.1:8000 --model llama-8b \
@@ -26,3 +27,5 @@ timeout 150 python3 -m fleetgate serve /tmp/qwen --served-model-name oom --port 
 echo "serve with too little free memory: exit $? after $(( $(date +%s) - start )) s; its last lines:" >> "$OUT/summary.txt"
 tail -3 "$OUT/oom.txt" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
+# Stop the server and its engine-core child (which holds the GPU memory) by pid, never by name.
+kill -9 $(ps -o pid= --ppid "$VLLM_PID") "$VLLM_PID" 2>/dev/null

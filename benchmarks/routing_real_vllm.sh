@@ -22,12 +22,15 @@ import json; p = "/tmp/model/config.json"; c = json.load(open(p)); c["num_hidden
 PY
 fi
 if [ "$(cat /tmp/vllm-blocks 2>/dev/null)" != "$BLOCKS" ]; then
-  # Stop servers of another cache size by the pids listening on their ports (never by name).
+  # Stop servers of another cache size by the pids listening on their ports (never by name), children too.
   python3 - <<'PY'
 import psutil
 for c in psutil.net_connections("tcp"):
     if c.status == "LISTEN" and 8000 <= c.laddr.port <= 8003 and c.pid:
-        psutil.Process(c.pid).kill()
+        # The API server's engine-core child holds the GPU memory: kill the whole tree.
+        proc = psutil.Process(c.pid)
+        for p in [*proc.children(recursive=True), proc]:
+            p.kill()
 PY
   sleep 5
   start=$(date +%s)
