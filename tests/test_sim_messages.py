@@ -1,6 +1,6 @@
 """The simulator's `/v1/messages` and `/v1/messages/count_tokens` against what vLLM 0.26's source does
-(`vllm/entrypoints/anthropic/`): the details where vLLM differs from Anthropic's API, which a pass-through
-hands to clients as they are."""
+(`vllm/entrypoints/anthropic/`; the recorded answers are replayed by test_sim_messages_contract.py): the
+details where vLLM differs from Anthropic's API, which a pass-through hands to clients as they are."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def test_a_stream_is_vllms_conversion_of_its_chat_stream(sim: SimProcess) -> Non
                      "content_block_stop", "message_delta", "message_stop"]  # fmt: skip
     assert all(k == data["type"] for k, data in got)
     message = got[0][1]["message"]
-    # Dumped without defaults: no type or role; the chat completion's id; the prompt's count already.
-    assert "type" not in message and "role" not in message and message["id"].startswith("chatcmpl-")
+    # The chat completion's id; `type` and `role` kept (as recorded from vLLM 0.26); the prompt's count already.
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert message["id"].startswith("chatcmpl-")
     assert message["usage"]["input_tokens"] > 0 and message["usage"]["output_tokens"] == 0
     assert got[-2][1] == {
         "type": "message_delta",

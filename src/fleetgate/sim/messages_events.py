@@ -1,13 +1,15 @@
 """A chat completion as vLLM 0.26's `/v1/messages` answers it: the whole message, or its stream events.
 
-Written from vLLM's source (`vllm/entrypoints/anthropic/serving.py`), not yet checked against a recorded run.
-What a client sees of vLLM here, and Anthropic's API does differently:
-- the message id is the chat completion's (`chatcmpl-...`);
+Written from vLLM's source (`vllm/entrypoints/anthropic/serving.py`), then checked against what a real vLLM
+0.26.0 answered (tests/data/messages_contract.json, recorded 2026-12-06 on an H100; replayed by
+tests/test_sim_messages_contract.py). What a client sees of vLLM here, and Anthropic's API does differently:
+- the message id is the chat completion's (`chatcmpl-...`), a tool call's `chatcmpl-tool-...`;
 - `stop_reason` comes from the finish reason alone (`stop` -> `end_turn`, `length` -> `max_tokens`,
   `tool_calls` -> `tool_use`): a stop sequence ends the turn as `end_turn`, and `stop_sequence` is never set;
-- events are dumped without the fields left at their defaults, so `message_start`'s message has no `type`
-  or `role`, and `message_delta`'s delta only its `stop_reason`;
-- `message_start` carries the prompt's token count, `message_delta` both counts;
+- events are dumped without most fields left at their defaults: `message_delta`'s delta has only its
+  `stop_reason`, a whole message no `stop_sequence`; but `message_start`'s message keeps `type` and `role`
+  (reading the source had suggested otherwise; the recording shows both);
+- `message_start` carries the prompt's token count, `message_delta` both counts; no `ping` events;
 - the stream ends with `message_stop`, never `[DONE]`.
 """
 
@@ -76,8 +78,9 @@ class MessageEvents:
             # vLLM makes message_start of the first chunk (the role chunk) and nothing else of it.
             self.started = True
             usage = {"input_tokens": self.prompt_tokens, "output_tokens": 0}
-            message = {"id": chunk["id"], "content": [], "model": chunk["model"], "stop_reason": None,
-                       "stop_sequence": None, "usage": usage}  # fmt: skip
+            message = {"id": chunk["id"], "type": "message", "role": "assistant", "content": [],
+                       "model": chunk["model"], "stop_reason": None, "stop_sequence": None,
+                       "usage": usage}  # fmt: skip
             return event("message_start", {"message": message})
         if not chunk["choices"]:  # the usage chunk: the message's end
             usage = chunk.get("usage") or {}
