@@ -42,7 +42,7 @@ def test_a_stream_is_vllms_conversion_of_its_chat_stream(sim: SimProcess) -> Non
                      "content_block_stop", "message_delta", "message_stop"]  # fmt: skip
     assert all(k == data["type"] for k, data in got)
     message = got[0][1]["message"]
-    # The chat completion's id; `type` and `role` kept (as recorded from vLLM 0.26); the prompt's count already.
+    # The chat completion's id; `type` and `role` kept (recorded from vLLM 0.26); the prompt's count.
     assert message["type"] == "message" and message["role"] == "assistant"
     assert message["id"].startswith("chatcmpl-")
     assert message["usage"]["input_tokens"] > 0 and message["usage"]["output_tokens"] == 0

@@ -21,10 +21,17 @@ from fleetgate.sim.messages_events import MessageEvents, error_body, message_bod
 from fleetgate.sim.messages_request import CountTokensRequest, MessagesRequest, chat_request
 from fleetgate.tokenizer import render_chat
 from fleetgate.worker.replies import reply_error, reply_json
-from fleetgate.worker.requests import ChatCompletionRequest, validate
+from fleetgate.worker.requests import ChatCompletionRequest, ContextLengthError, validate
 
 
 def _anthropic_error(e: OpenAIError) -> Response:
+    if isinstance(e, ContextLengthError):
+        # vLLM's Messages route answers every exception raised under it as a 500 `internal_error` (only the
+        # errors its chat code returns keep their status); the context check is one that raises. A vLLM
+        # defect (a 400 on the chat route), imitated because a pass-through hands it to clients as it is.
+        return Response(
+            error_body("internal_error", e.message), status_code=500, media_type="application/json"
+        )
     return Response(error_body(e.type, e.message), status_code=e.status, media_type="application/json")
 
 

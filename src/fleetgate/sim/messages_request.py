@@ -93,8 +93,9 @@ def chat_request(req: MessagesRequest | CountTokensRequest) -> dict[str, Any]:
     """The chat completions body vLLM builds for a Messages (or count_tokens) request."""
     out: dict[str, Any] = {"model": req.model, "messages": _messages(req)}
     if isinstance(req, MessagesRequest):
-        out.update(max_tokens=req.max_tokens, stop=req.stop_sequences, temperature=req.temperature,
-                   top_p=req.top_p, top_k=req.top_k)  # fmt: skip
+        # vLLM fills `max_completion_tokens` (its context-length error names that field: `err_too_long`).
+        out.update(max_completion_tokens=req.max_tokens, stop=req.stop_sequences,
+                   temperature=req.temperature, top_p=req.top_p, top_k=req.top_k)  # fmt: skip
         if req.stream:
             out["stream"] = True
             out["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}

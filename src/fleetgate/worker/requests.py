@@ -197,17 +197,28 @@ def check_sampling(req: _Sampling | ChatCompletionRequest) -> None:
         raise _param_error("min_tokens", req.min_tokens, "must be greater than or equal to 0")
 
 
-def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int) -> int:
-    """The output budget vLLM grants, or its 400 when the request cannot fit the context."""
+class ContextLengthError(BadRequestError):
+    """A request that cannot fit the context. vLLM raises these (a `VLLMValidationError`) where it returns
+    most other 400s: the OpenAI routes answer both alike, but `/v1/messages` answers everything raised under
+    it as a 500 `internal_error` (recorded from vLLM 0.26: tests/data/messages_contract.json, `err_too_long`;
+    the two context-length messages below come from the same vLLM check and are treated alike)."""
+
+
+def resolve_max_tokens(
+    requested: int | None, prompt_len: int, max_model_len: int, field: str = "max_tokens"
+) -> int:
+    """The output budget vLLM grants, or its 400 when the request cannot fit the context. `field` is the
+    request's name for the budget, which vLLM's message names (`max_completion_tokens` when a chat request
+    gave that one, as vLLM's own Messages conversion does)."""
     if requested is not None and requested > max_model_len:
-        raise BadRequestError(
-            f"max_tokens={requested} cannot be greater than max_model_len=max_total_tokens={max_model_len}. "
-            f"Please request fewer output tokens. (parameter=max_tokens, value={requested})",
-            param="max_tokens",
+        raise ContextLengthError(
+            f"{field}={requested} cannot be greater than max_model_len=max_total_tokens={max_model_len}. "
+            f"Please request fewer output tokens. (parameter={field}, value={requested})",
+            param=field,
         )
     if requested is None:
         if prompt_len >= max_model_len:
-            raise BadRequestError(
+            raise ContextLengthError(
                 f"This model's maximum context length is {max_model_len} tokens. However, your request has "
                 f"{prompt_len} input tokens. Please reduce the length of the input messages. "
                 f"(parameter=input_tokens, value={prompt_len})",
@@ -215,7 +226,7 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: in
             )
         return max_model_len - prompt_len
     if prompt_len + requested > max_model_len:
-        raise BadRequestError(
+        raise ContextLengthError(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
             f"{requested} output tokens and your prompt contains {prompt_len} input tokens, for a total of "
             f"{prompt_len + requested} tokens. Please reduce the length of the input prompt or the number of "
