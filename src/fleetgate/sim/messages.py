@@ -24,15 +24,28 @@ from fleetgate.worker.replies import reply_error, reply_json
 from fleetgate.worker.requests import ChatCompletionRequest, ContextLengthError, validate
 
 
+class _Raised(OpenAIError):
+    """What vLLM raises (rather than returns) under its Messages route, which answers every exception so:
+    a 500 `internal_error` with the exception's text (recorded from vLLM 0.26: `messages_image_block`,
+    `err_too_long` in tests/data/messages_contract.json; only errors vLLM's chat code returns, such as the
+    unknown model's 404, keep their status). A vLLM defect, these are the client's mistakes; imitated because
+    a pass-through hands them to clients as they are."""
+
+    status = 500
+    type = "internal_error"
+
+
 def _anthropic_error(e: OpenAIError) -> Response:
-    if isinstance(e, ContextLengthError):
-        # vLLM's Messages route answers every exception raised under it as a 500 `internal_error` (only the
-        # errors its chat code returns keep their status); the context check is one that raises. A vLLM
-        # defect (a 400 on the chat route), imitated because a pass-through hands it to clients as it is.
-        return Response(
-            error_body("internal_error", e.message), status_code=500, media_type="application/json"
-        )
+    if isinstance(e, ContextLengthError):  # a 400 on the chat route, raised under this one
+        e = _Raised(e.message)
     return Response(error_body(e.type, e.message), status_code=e.status, media_type="application/json")
+
+
+def _text_only(chat: ChatCompletionRequest, model: str) -> None:
+    """The simulated model reads no images: vLLM raises when it renders an image part for such a model."""
+    for m in chat.messages:
+        if isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content):
+            raise _Raised(f"{model} is not a multimodal model")
 
 
 class MessagesRoutes(ChatRoutes):
@@ -44,6 +57,8 @@ class MessagesRoutes(ChatRoutes):
             return reply_error(e)
         try:
             chat = validate(ChatCompletionRequest, chat_request(req))
+            self._check_model(chat.model)  # an unknown model's 404 comes first
+            _text_only(chat, self.model_name)
             run = await self._start_chat(request, chat, received)
         except OpenAIError as e:
             return _anthropic_error(e)
