@@ -155,6 +155,7 @@ class ChatRoutes(SimCore):
         top = (req.top_logprobs or 0) if req.logprobs else -1
         enc = render.ChatChunks(run.rid, run.created, run.model)
         crash = self._crash_point()
+        named = isinstance(req.tool_choice, NamedToolChoice)
         sent = 0
         for c in choices:
             yield enc.role(c.index)
@@ -171,7 +172,12 @@ class ChatRoutes(SimCore):
                     if self.s.tool_call_parser:
                         self.stats.on_tool_parse(streaming=True, called=delta is not None)
                     if ending is not None:
-                        reason = "tool_calls" if ending == "stop" else ending
+                        # vLLM ends a stream that has streamed a call as `tool_calls` even when max_tokens
+                        # cut it, unless the tool was named (recorded from vLLM 0.26: contract_tools.json's
+                        # tools_required_stream and tools_named_stream, messages_contract.json's
+                        # messages_tools_any_stream).
+                        cut_call = c.tool.called and not named
+                        reason = "tool_calls" if ending == "stop" or cut_call else ending
                         out.append(enc.finish(c.index, {}, reason, None, not include_usage))
                     elif delta is not None:
                         out.append(enc.delta(c.index, delta, lp))

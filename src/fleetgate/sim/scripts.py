@@ -107,6 +107,11 @@ class ToolStream:
         self.tokenizer = tokenizer
         self.index = 0
 
+    @property
+    def called(self) -> bool:
+        """Whether the call's head (its id and name) has been streamed."""
+        return self.index >= self.script.named
+
     def delta(self, token: int) -> dict[str, Any] | None:
         s = self.script
         i = self.index
