@@ -337,6 +337,22 @@ def test_tool_call_stream_follows_recorded_deltas(tools_sim: SimProcess, name: s
     assert finish["delta"] == {} and finish["finish_reason"] == "tool_calls"
 
 
+@pytest.mark.parametrize("name", sorted(TOOL_STREAMS))
+def test_tool_call_stream_cut_by_max_tokens_ends_as_recorded(tools_sim: SimProcess, name: str) -> None:
+    """Random weights left both recorded streams cut by max_tokens after the call's head: vLLM still ends
+    the `required` one as `tool_calls` and the named one as `length` (so does /v1/messages: `tool_use` in
+    messages_contract.json's messages_tools_any_stream). 20 tokens stream the head and no whole arguments."""
+    rec = sse_payloads(recorded_text(TOOLS[name]))
+    body = {**TOOLS[name]["request"]["body"], "max_tokens": 20}
+    sim = sse_payloads(httpx.post(tools_sim.url + "/v1/chat/completions", json=body, timeout=30).text)
+    heads = [
+        c for c in sim if c["choices"] and "id" in (c["choices"][0]["delta"].get("tool_calls") or [{}])[0]
+    ]
+    assert len(heads) == 1
+    assert sim[-1]["choices"][0]["finish_reason"] == rec[-1]["choices"][0]["finish_reason"]
+    assert rec[-1]["choices"][0]["finish_reason"] == ("length" if "named" in name else "tool_calls")
+
+
 async def test_tool_call_stream_with_async_sdk(tools_sim: SimProcess) -> None:
     body = TOOLS["tools_named_stream"]["request"]["body"]
     async with openai.AsyncOpenAI(base_url=tools_sim.url + "/v1", api_key="x", max_retries=0) as client:

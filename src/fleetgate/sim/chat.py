@@ -168,6 +168,7 @@ class ChatRoutes(SimCore):
                 lp = {"content": [render.token_logprob(text, c.req.rng, top)]} if top >= 0 else None
                 ending = finish if k == last else None
                 if c.tool is not None:
+                    called = c.tool.called  # before this token: the last token's delta is not sent
                     delta = c.tool.delta(tok)
                     if self.s.tool_call_parser:
                         self.stats.on_tool_parse(streaming=True, called=delta is not None)
@@ -176,7 +177,7 @@ class ChatRoutes(SimCore):
                         # cut it, unless the tool was named (recorded from vLLM 0.26: contract_tools.json's
                         # tools_required_stream and tools_named_stream, messages_contract.json's
                         # messages_tools_any_stream).
-                        cut_call = c.tool.called and not named
+                        cut_call = called and not named
                         reason = "tool_calls" if ending == "stop" or cut_call else ending
                         out.append(enc.finish(c.index, {}, reason, None, not include_usage))
                     elif delta is not None:
