@@ -343,7 +343,8 @@ def test_tool_call_stream_cut_by_max_tokens_ends_as_recorded(tools_sim: SimProce
     the `required` one as `tool_calls` and the named one as `length` (so does /v1/messages: `tool_use` in
     messages_contract.json's messages_tools_any_stream). 20 tokens stream the head and no whole arguments."""
     rec = sse_payloads(recorded_text(TOOLS[name]))
-    body = {**TOOLS[name]["request"]["body"], "max_tokens": 20}
+    # A seed of its own: the simulator's shared generator stays where later tests expect it.
+    body = {**TOOLS[name]["request"]["body"], "max_tokens": 20, "seed": 1}
     sim = sse_payloads(httpx.post(tools_sim.url + "/v1/chat/completions", json=body, timeout=30).text)
     heads = [
         c for c in sim if c["choices"] and "id" in (c["choices"][0]["delta"].get("tool_calls") or [{}])[0]
