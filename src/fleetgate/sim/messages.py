@@ -3,7 +3,9 @@ them: on top of the chat route (messages_request.py makes the chat request, mess
 
 Errors: a body that fails validation gets vLLM's validation answer in OpenAI's shape (FastAPI's handler is
 the same for every route); an error of the request itself (unknown model, a tool choice the server cannot
-honour) comes as `{"type": "error", "error": {"type", "message"}}` with the OpenAI error's type and status.
+honour) comes as `{"type": "error", "error": {"type", "message"}}` with the OpenAI error's type and status,
+except what vLLM raises rather than returns (an image for this text-only model, a context overrun): a 500
+`internal_error`. All as recorded from vLLM 0.26.0 (tests/data/messages_contract.json).
 """
 
 from __future__ import annotations
