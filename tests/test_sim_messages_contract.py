@@ -265,3 +265,16 @@ def test_sdk_streams_a_forced_tool_call(sim: SimProcess) -> None:
     (block,) = message.content
     assert block.type == "tool_use" and block.name == "search_segments"
     assert block.id.startswith("chatcmpl-tool-")
+
+
+def test_the_chat_route_answers_the_same_overrun_with_a_400(sim: SimProcess) -> None:
+    """The context check the Messages route turns into a 500 is a 400 on the chat route (recorded:
+    contract.json's err_max_tokens_too_big), naming the field the request gave: vLLM's Messages conversion
+    fills `max_completion_tokens`, hence that name in `err_too_long`."""
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 10**7}
+    resp = httpx.post(sim.url + "/v1/chat/completions", json=ask, timeout=10)
+    assert resp.status_code == 400
+    err = resp.json()["error"]
+    assert err["type"] == "BadRequestError" and err["param"] == "max_completion_tokens"
+    recorded = json.loads(RECORDING["err_too_long"]["body"])["error"]["message"]
+    assert err["message"] == recorded
