@@ -167,3 +167,140 @@ async def test_fair_share_orders_by_tokens_not_requests() -> None:
     # Start tags: big 0, 400, 800; small 0, 100, ..., 1100. One big request per four small ones.
     b, s = "big", "small"
     assert order == [b, s, s, s, s, b, s, s, s, s, b, s, s, s, s]
+
+
+class Rooms:
+    """Room per endpoint, set by the test; the pool's room is their sum."""
+
+    def __init__(self, **free: float) -> None:
+        self.free = free
+
+    def pool(self) -> float:
+        return sum(self.free.values())
+
+    def at(self, endpoint: str) -> float:
+        return self.free.get(endpoint, 0.0)
+
+
+def homed(rooms: Rooms, lookahead: int, max_length: int = 100) -> FlowQueue:
+    return FlowQueue(
+        "p", rooms.pool, max_length=max_length, max_wait=60, room_at=rooms.at, lookahead=lookahead
+    )
+
+
+async def queue_up(
+    q: FlowQueue, order: list[str], *waiters: tuple[str, str | None, int]
+) -> list[asyncio.Task[None]]:
+    """Waiters (name, home endpoint or None, priority) join in this order; returns their tasks."""
+
+    async def ask(name: str, home: str | None, priority: int) -> None:
+        await q.admit(priority, home=lambda: None if home is None else [home])
+        order.append(name)
+
+    tasks = []
+    for n, (name, home, priority) in enumerate(waiters, len(q) + 1):
+        tasks.append(asyncio.create_task(ask(name, home, priority)))
+        await settle(lambda: len(q) == n)  # noqa: B023
+    return tasks
+
+
+async def test_room_at_an_endpoint_goes_to_the_first_request_whose_prefix_lives_there() -> None:
+    rooms = Rooms(a=0, b=0)
+    q = homed(rooms, lookahead=8)
+    order: list[str] = []
+    tasks = await queue_up(q, order, ("for-a", "a", 0), ("for-b", "b", 0), ("for-b-too", "b", 0))
+    rooms.free["b"] = 1
+    q.kick()
+    await settle(lambda: len(order) == 1)
+    assert order == ["for-b"] and len(q) == 2  # not the head: its home has no room
+    rooms.free["b"] = 0
+    rooms.free["a"] = 1
+    q.done()
+    await settle(lambda: len(order) == 2)
+    assert order == ["for-b", "for-a"]
+    rooms.free["a"] = 0
+    rooms.free["b"] = 1
+    q.done()
+    await asyncio.gather(*tasks)
+    assert order == ["for-b", "for-a", "for-b-too"]
+
+
+async def test_strict_order_without_lookahead_and_the_head_when_nobody_wants_the_room() -> None:
+    for lookahead, first in [(0, "for-a"), (8, "for-c")]:
+        rooms = Rooms(a=0, b=0, c=0)
+        q = homed(rooms, lookahead)
+        order: list[str] = []
+        tasks = await queue_up(q, order, ("for-a", "a", 0), ("for-c", "c", 0))
+        rooms.free["c"] = 1
+        q.kick()
+        await settle(lambda: len(order) == 1)  # noqa: B023
+        assert order == [first]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # Room at an endpoint nobody waiting calls home still goes to the head: no room idles while one waits.
+    rooms = Rooms(a=0, b=0, c=0)
+    q = homed(rooms, lookahead=8)
+    order = []
+    tasks = await queue_up(q, order, ("for-a", "a", 0), ("for-b", "b", 0))
+    rooms.free["c"] = 1
+    q.kick()
+    await settle(lambda: len(order) == 1)
+    assert order == ["for-a"]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_request_without_a_home_takes_any_room_and_priorities_are_never_skipped() -> None:
+    rooms = Rooms(a=0, b=0)
+    q = homed(rooms, lookahead=8)
+    order: list[str] = []
+    tasks = await queue_up(
+        q, order, ("urgent-for-a", "a", 5), ("for-a", "a", 0), ("cold", None, 0), ("low-for-b", "b", 0)
+    )
+    rooms.free["b"] = 1
+    q.kick()
+    await settle(lambda: len(order) == 1)
+    # The urgent head's home is full, but the only requests that would take b's room are of a lower priority.
+    assert order == ["urgent-for-a"]
+    q.done()
+    await settle(lambda: len(order) == 2)
+    assert order == ["urgent-for-a", "cold"]  # no home: any room is its home; it joined before low-for-b
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_head_passed_over_lookahead_times_goes_at_the_next_room() -> None:
+    rooms = Rooms(a=0, b=0)
+    q = homed(rooms, lookahead=3)
+    order: list[str] = []
+    tasks = await queue_up(q, order, ("stuck-for-a", "a", 0))
+    for n in range(1, 5):  # requests for b arrive one by one, each finding one room at b
+        tasks += await queue_up(q, order, (f"b{n}", "b", 0))
+        rooms.free["b"] = 1
+        q.kick()
+        await settle(lambda: len(order) == n)  # noqa: B023
+        rooms.free["b"] = 0
+        q.done()
+    # Passed over three times, it took b's fourth room, its home or not; b4 still waits.
+    assert order == ["b1", "b2", "b3", "stuck-for-a"] and len(q) == 1
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_room_claimed_at_an_endpoint_is_not_given_twice_before_its_request_is_sent() -> None:
+    rooms = Rooms(a=0, b=0)
+    q = homed(rooms, lookahead=8)
+    order: list[str] = []
+    tasks = await queue_up(q, order, ("b1", "b", 0), ("b2", "b", 0), ("a1", "a", 0))
+    rooms.free["b"] = 1
+    rooms.free["a"] = 1
+    q.kick()  # two rooms, one at each: b1 takes b's, and b2 must not take it again: a's goes to a1
+    await settle(lambda: len(order) == 2)
+    assert sorted(order) == ["a1", "b1"] and len(q) == 1
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
