@@ -368,21 +368,3 @@ def test_the_approximate_index_is_sized_in_the_engines_tokens_not_ours() -> None
     r.track_capacity(a)
     state.approx.record("a", keys)
     assert state.approx.blocks("a") == 500
-
-
-def test_a_requests_home_is_where_affinity_would_send_it_by_prefix_alone() -> None:
-    a, b, c = endpoint("a", load()), endpoint("b", load()), endpoint("c", load())
-    state = pool(a, b, c)
-    r = router(state)
-    keys = token_keys(list(range(64)), 16)
-    state.approx.record("a", keys)
-    state.approx.record("b", keys[:2])
-    assert r.home(RouteRequest(MODEL, keys=keys), [a, b, c]) == ["a"]  # the most leading blocks
-    state.approx.record("c", keys)
-    assert sorted(r.home(RouteRequest(MODEL, keys=keys), [a, b, c]) or []) == ["a", "c"]
-    assert r.home(RouteRequest(MODEL, keys=token_keys([999] * 64, 16)), [a, b, c]) is None  # held nowhere
-    # A home past the imbalance limit is one affinity would not choose: the next best is.
-    c.load = a.load = load(waiting=12)
-    assert r.home(RouteRequest(MODEL, keys=keys), [a, b, c]) == ["b"]
-    assert router(state, picker="round_robin").home(RouteRequest(MODEL, keys=keys), [a, b, c]) is None
-    assert router(state, scorers={"load": 1}).home(RouteRequest(MODEL, keys=keys), [a, b, c]) is None

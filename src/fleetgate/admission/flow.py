@@ -7,15 +7,6 @@ called when a request finishes and after each metrics scrape). Sheddable request
 with 429 instead of waiting, and so is anything beyond the queue's length; the Retry-After they get grows
 with the queue's depth. A request that waits longer than `max_wait` gets 503.
 
-Where to send the room that appears: a request held because every endpoint is full usually has a home, the
-endpoints holding the longest prefix of its prompt. Room at one endpoint goes to the first waiting request
-(best first, among the `lookahead` best of the head's priority) whose home it is, or that has none: one global
-order would hand it to the head, whose home is elsewhere, so the head would queue at its home anyway while the
-endpoint with room got nothing meant for it, and a request of a lightly loaded prefix would wait behind the
-whole backlog. When no request in that window wants the room, the head takes it (no room stays idle while
-someone waits), and a head passed over `lookahead` times goes at the next room wherever it is, so nobody
-waits behind more than `lookahead` later requests. `lookahead` 0 is one strict order.
-
 Within a priority, tenants share the pool by tokens (`fair=True`): start-time fair queuing, a virtual token
 clock per tenant. A waiting request's tag is max(the queue's virtual time, the tenant's previous request's
 finish tag) and its finish tag adds its estimated tokens; the smallest tag goes first and the virtual time
@@ -32,8 +23,8 @@ import heapq
 import itertools
 import math
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetgate.protocol import RateLimitError, ServiceUnavailableError
@@ -48,9 +39,6 @@ class _Waiter:
     seq: int
     future: asyncio.Future[None] = field(compare=False)
     since: float = field(compare=False, default=0.0)  # loop time it began waiting
-    home: Sequence[str] | None = field(compare=False, default=None)  # endpoints holding its prefix
-    passed: int = field(compare=False, default=0)  # times a later request took room before it
-    claim: str = field(compare=False, default="")  # the home endpoint whose room it was released to
 
 
 class FlowQueue:
@@ -62,14 +50,9 @@ class FlowQueue:
         max_wait: float,
         on_wait: Callable[[], None] = lambda: None,
         fair: bool = False,
-        room_at: Callable[[str], float] = lambda endpoint: math.inf,
-        lookahead: int = 0,
     ) -> None:
         self.pool = pool
         self.fair = fair
-        self.room_at = room_at  # requests one endpoint takes now before it is saturated
-        self.lookahead = lookahead
-        self._claimed: Counter[str] = Counter()  # endpoint -> requests released to its room, not yet sent
         self._virtual = 0.0  # the tag of the last request released
         self._finish: dict[str, float] = {}  # tenant -> finish tag of its last queued request
         self.on_wait = on_wait  # a request began waiting: the autoscaler's cue when workers are cold
@@ -112,17 +95,11 @@ class FlowQueue:
         return self.capacity() - self._released >= 1
 
     async def admit(
-        self,
-        priority: int,
-        max_wait: float | None = None,
-        tenant: str = "",
-        tokens: float = 1.0,
-        home: Callable[[], Sequence[str] | None] = lambda: None,
+        self, priority: int, max_wait: float | None = None, tenant: str = "", tokens: float = 1.0
     ) -> float:
         """Return when the request may go upstream (after how many seconds of waiting), or raise. A request
         held for a cold start waits `max_wait` instead of the queue's own bound. `tenant` and `tokens` (its
-        estimated size) give it its turn among its priority's tenants; `home` names the endpoints holding
-        its prefix (None: any will do), asked only if it has to wait."""
+        estimated size) give it its turn among its priority's tenants."""
         if not self._heap and self.has_room():
             return 0.0
         if priority < 0:
@@ -140,8 +117,6 @@ class FlowQueue:
         loop = asyncio.get_running_loop()
         started = loop.time()
         waiter = _Waiter(-priority, self._tag(tenant, tokens), next(self._seq), loop.create_future(), started)
-        if self.lookahead:
-            waiter.home = home()
         heapq.heappush(self._heap, waiter)
         self.kick()
         if not waiter.future.done():
@@ -157,10 +132,6 @@ class FlowQueue:
         finally:
             if waiter.future.done() and not waiter.future.cancelled():
                 self._released -= 1
-                if waiter.claim:
-                    self._claimed[waiter.claim] -= 1
-                    if self._claimed[waiter.claim] <= 0:
-                        del self._claimed[waiter.claim]
             else:
                 waiter.future.cancel()
                 self._remove(waiter)
@@ -177,44 +148,14 @@ class FlowQueue:
         return start
 
     def kick(self) -> None:
-        """Release waiters while there is room: best first, or the first of the window whose home has it."""
+        """Release waiters, best first, while there is room."""
         while self._heap and self.has_room():
-            waiter, claim = self._next()
+            waiter = heapq.heappop(self._heap)
             if waiter.future.done():
                 continue
             waiter.future.set_result(None)
-            waiter.claim = claim
-            if claim:
-                self._claimed[claim] += 1
             self._virtual = max(self._virtual, waiter.tag)
             self._released += 1
-
-    def _next(self) -> tuple[_Waiter, str]:
-        """Take the waiter the room goes to, and the home endpoint whose room it takes ('' for none)."""
-        head = self._heap[0]
-        if not self.lookahead or head.passed >= self.lookahead:
-            return heapq.heappop(self._heap), ""
-        window = [w for w in heapq.nsmallest(self.lookahead, self._heap) if w.rank == head.rank]
-        for i, w in enumerate(window):
-            if w.future.done():
-                continue
-            target = self._room_for(w)
-            if target is None:
-                continue
-            for earlier in window[:i]:
-                earlier.passed += 1
-            self._remove(w)
-            return w, target
-        return heapq.heappop(self._heap), ""
-
-    def _room_for(self, waiter: _Waiter) -> str | None:
-        """The home endpoint with room for `waiter` ('' when it has no home), None when every one is full."""
-        if not waiter.home:
-            return ""
-        for name in waiter.home:
-            if self.room_at(name) - self._claimed[name] >= 1:
-                return name
-        return None
 
     def _remove(self, waiter: _Waiter) -> None:
         try:

@@ -350,7 +350,7 @@ class PublicApp:
             adapter = call.route.adapter
             if pool.loader is not None and adapter is not None and pool.loader.needed(adapter):
                 await pool.loader.ensure(adapter)
-            await self._admit(call, pool, rank, turn)
+            await self._admit(pool, rank, turn)
             admitted = True
             await gw.relay.forward(call, pool.route, downstream.send if downstream is not None else send)
         except OpenAIError as e:
@@ -366,7 +366,7 @@ class PublicApp:
                     pool.workers.last_active = time.monotonic()
                 pool.flow.done()
 
-    async def _admit(self, call: Call, pool: Pool, rank: int, turn: tuple[str, float]) -> None:
+    async def _admit(self, pool: Pool, rank: int, turn: tuple[str, float]) -> None:
         """Through the pool's flow queue; a request that finds no worker ready is held while one starts, as
         long as a cold start may take."""
         gw, name = self.gw, pool.config.name
@@ -377,10 +377,7 @@ class PublicApp:
             gw.metrics.held.labels(name).inc()
         max_wait = wp.hold_timeout() if wp is not None and held else None
         try:
-            router, route = pool.route.router, call.route
-            waited = await pool.flow.admit(
-                rank, max_wait, *turn, home=lambda: router.home(route, pool.state.endpoints)
-            )
+            waited = await pool.flow.admit(rank, max_wait, *turn)
         except OpenAIError as e:
             gw.metrics.shed.labels(name, "queue_timeout" if e.status == 503 else "saturated").inc()
             if wp is not None and held:

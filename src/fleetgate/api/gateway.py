@@ -152,22 +152,6 @@ def _room(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[], float]:
     return room
 
 
-def _room_at(router: PoolRouter, endpoints: list[Endpoint]) -> Callable[[str], float]:
-    """How many more requests one endpoint takes before it is saturated (0 when it cannot take any)."""
-    sat = router.saturation
-
-    def room_at(name: str) -> float:
-        now = time.monotonic()
-        for e in endpoints:  # the live list: discovery adds and removes endpoints in place
-            if e.name == name:
-                if not e.routable() or e.frozen(now, sat.stall_after):
-                    return 0.0
-                return sat.room(e, now)
-        return 0.0
-
-    return room_at
-
-
 def _on_change(pool: Pool) -> Callable[[Endpoint], None]:
     def changed(e: Endpoint) -> None:
         pool.route.router.track_capacity(e)
@@ -269,8 +253,6 @@ class Gateway:
             pc.limits.max_queue_wait,
             on_wait=lambda: self._held(),
             fair=self.config.tenancy.fair_share,
-            room_at=_room_at(router, endpoints),
-            lookahead=rc.saturation.lookahead,
         )
         pool = Pool(
             pc,

@@ -46,12 +46,6 @@ class SaturationConfig(BaseModel):
         default=5, gt=0, allow_inf_nan=False, description="Requests waiting in vLLM's queue (ours included)."
     )
     max_kv_usage: float = Field(default=0.8, gt=0, le=1, description="vLLM's KV-cache use, 0 to 1.")
-    lookahead: int = Field(
-        default=32,
-        ge=0,
-        description="While requests wait because every endpoint is full: how many of them (best first) "
-        "room at one endpoint may skip to reach one whose prefix that endpoint holds; 0 = strict order.",
-    )
 
 
 class SessionConfig(BaseModel):

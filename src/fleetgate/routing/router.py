@@ -121,25 +121,6 @@ class PoolRouter:
             endpoint.awaiting_events_since = now
         return Lease(endpoint, reason, cached, len(request.keys), pending, endpoint.sent)
 
-    def home(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[str] | None:
-        """The endpoints affinity would send `request` to, by the prefix alone: among those it may choose
-        (routable, open), the ones holding the most of the prompt's leading blocks. None when none holds a
-        block or the pool does not route by prefix: any endpoint will do. The flow queue hands room at an
-        endpoint to requests whose home it is."""
-        by_prefix = self.settings.strategy != "round_robin" and self.settings.scorers.get("prefix", 0) > 0
-        if not request.keys or not by_prefix:
-            return None
-        candidates = self.picker.candidates(request, endpoints)
-        if len(candidates) > 1:
-            candidates = self.saturation.open(candidates, time.monotonic())
-        if not candidates:
-            return None
-        cached = self.state.cached(request.keys, candidates)
-        most = max(cached)
-        if most == 0:
-            return None
-        return [e.name for e, c in zip(candidates, cached, strict=True) if c == most]
-
     def observed(self, request: RouteRequest, usage: Mapping[str, Any] | None) -> None:
         """An answered prompt's size as the engine counted it (its `usage`), against our estimate."""
         counted = usage.get("prompt_tokens") if usage else None
