@@ -283,6 +283,23 @@ def test_client_disconnect_aborts_upstream(gw: GatewayProcess, sims: list[SimPro
     until(lambda: metric(sim.url, "vllm:num_requests_running") == 0, "nothing running upstream")
 
 
+def test_an_engines_error_about_the_request_does_not_take_the_endpoint_out(
+    client: anthropic.Anthropic,
+) -> None:
+    """vLLM answers 500 to an image for a text-only model (recorded): a client sending screenshots must not
+    open the breaker of every endpoint it reaches, refusing everyone's valid requests until the next probe."""
+    image: list[MessageParam] = [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": {"type": "url", "url": "http://127.0.0.1:9/x.png"}},
+    ]}]  # fmt: skip
+    for _ in range(8):  # more than the breaker's threshold on each of the pool's two endpoints
+        with pytest.raises(anthropic.InternalServerError) as e:
+            client.messages.create(model="pair", max_tokens=4, messages=image)
+        assert "not a multimodal model" in e.value.message
+    m = client.messages.create(model="pair", max_tokens=4, messages=ASK)
+    assert m.content and m.usage.output_tokens > 0
+
+
 def test_passthrough_is_refused_for_embedded_workers(tmp_path: Path) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(

@@ -4,10 +4,12 @@ counted and logged once with its tenant, and no stricter than vLLM where clients
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,6 +151,65 @@ def test_upstream_error_bodies_become_openai_errors(
     assert is_openai_error(body) == body.startswith(b'{"error"')
     error = error_from_body(body, status)
     assert (error.status, error.message, error.type) == (status, message, kind)
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """An upstream that is up (health, models) but answers every request with a bare 500, as a crashed app
+    behind uvicorn or a proxy does."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
+        self._answer(200 if self.path in ("/health", "/v1/models") else 404, body, "application/json")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self._answer(500, b"Internal Server Error", "text/plain")
+
+    def _answer(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_bare_5xx_counts_against_the_endpoint_an_engines_own_error_does_not(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    """A 500 with the engine's error body is its answer about this request (vLLM answers 500 to an image for
+    a text-only model); one without is the endpoint failing. Only that one counts towards its breaker."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    answering = spawn_sim(tmp_path, "--served-model-name", MODEL, "--fault-error-rate", "500=1")
+    try:
+        config = f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+pools:
+  - name: main
+    models: [{MODEL}]
+    endpoints:
+      - {{url: 'http://127.0.0.1:{server.server_port}', name: bare}}
+      - {{url: '{answering.url}', name: engine}}
+"""
+        gw = gateway_factory(config)
+        seen: set[str] = set()
+        for _ in range(12):
+            r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+            assert_openai_error(r, 500)
+            seen.add(r.json()["error"]["message"])
+        assert seen >= {"injected fault"}  # the engine's own error, passed through unchanged
+        endpoints = {
+            e["name"]: e for e in httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["main"]["endpoints"]
+        }
+        assert endpoints["bare"]["last_error"] == "HTTP 500"
+        assert endpoints["engine"]["last_error"] is None
+    finally:
+        answering.stop()
+        server.shutdown()
 
 
 def test_errors_the_gateway_makes_are_counted_and_logged_once(

@@ -244,9 +244,7 @@ class Relay:
                     endpoint.server_failed(resp.status)
                 self.observer.attempt_failed(endpoint, f"http_{resp.status}")
                 return error_from_body(body, resp.status)
-            if resp.status >= 500:
-                endpoint.server_failed(resp.status)
-            else:
+            if resp.status < 500:
                 endpoint.succeeded()
             ctype = resp.headers.get("content-type", "application/json")
             if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
@@ -299,7 +297,14 @@ class Relay:
             raise GatewayTimeoutError("the upstream answer did not complete in time") from None
         ctype = resp.headers.get("content-type", "application/json")
         call.status = resp.status
-        if resp.status >= 400 and not is_openai_error(body):
+        answered = resp.status < 400 or is_openai_error(body)
+        if resp.status >= 500 and not answered and call.endpoint is not None:
+            # Only a 5xx that is no answer of the engine's own (a proxy's page, a crash) counts against the
+            # endpoint: vLLM answers 500 with its error body for some requests it cannot serve (an image for a
+            # text-only model, max_tokens past the context on /v1/messages), and a client sending those must
+            # not open the breaker of every endpoint it reaches.
+            call.endpoint.server_failed(resp.status)
+        if not answered:
             # FastAPI's {"detail": ...} from vLLM, a proxy's text or HTML page: the client gets OpenAI's.
             body, ctype = error_from_body(body, resp.status).to_json(), "application/json"
         if resp.status == 200 and b'"usage"' in body and call.usage_shape is not None:
