@@ -164,7 +164,7 @@ def test_minimal_example_loads_with_every_default(tmp_path: Path) -> None:
         16,
         False,
     )
-    assert routing.saturation.model_dump() == {"max_waiting": 5.0, "max_kv_usage": 0.8}
+    assert routing.saturation.model_dump() == {"max_waiting": 5.0, "max_kv_usage": 0.8, "max_imbalance": 16.0}
     assert routing.session.model_dump() == {"header": "x-session-id", "ttl": 600.0}
     assert pool.adapters == [] and all(e.kv_events is None for e in pool.endpoints)
     assert config.pool_for_model() == {"llama-8b": (pool, "llama-8b")}

@@ -140,7 +140,7 @@ def test_an_endpoint_whose_queue_is_much_longer_than_anothers_is_skipped() -> No
     hot = endpoint("hot", load(kv=0.95))  # a full KV cache is no reason to skip it: vLLM queues then
     state = pool(full, busy, hot)
     state.sessions.bind("s", "full", time.monotonic())
-    r = router(state, scorers={"session": 10.0, "load": 1.0})
+    r = router(state, scorers={"session": 10.0, "load": 1.0}, saturation={"max_imbalance": 5})
     lease = r.pick(RouteRequest(MODEL, session="s"), [full, busy, hot])
     assert lease is not None and lease.endpoint is hot  # the session yields to load (and moves there)
     lease.release()
@@ -151,8 +151,8 @@ def test_an_endpoint_whose_queue_is_much_longer_than_anothers_is_skipped() -> No
     assert lease is not None and lease.endpoint is full  # both queue: no imbalance worth a move
     lease.release()
     full.sent_at_scrape = full.sent  # the next scrape counts what was sent
-    assert Saturation(7, 0.8, 1.0, 5.0).of(full, time.monotonic()) is False  # the flow queue's rule
-    assert Saturation(5, 0.8, 1.0, 5.0).of(hot, time.monotonic()) is True
+    assert Saturation(7, 0.8, 1.0, 5.0, 16).of(full, time.monotonic()) is False  # the flow queue's rule
+    assert Saturation(5, 0.8, 1.0, 5.0, 16).of(hot, time.monotonic()) is True
 
 
 def test_max_reports_the_deciding_scorer_and_breaks_ties_at_random() -> None:
@@ -324,7 +324,7 @@ def test_a_request_sent_and_finished_since_the_scrape_no_longer_counts_as_queued
 
 
 def test_a_cache_under_pressure_spreads_a_hot_prefix_and_affinity_holds_when_all_are_busy() -> None:
-    """A hot prefix piles up at its endpoint until its queue is `max_waiting` longer than another's; then it
+    """A hot prefix piles up at its endpoint until its queue is `max_imbalance` longer than another's; then it
     spreads there, and from then on both hold it. When every queue is long, it stays put: moving it would
     trade a cache hit for a full prefill elsewhere."""
     es = [endpoint(n, load(running=8, kv=0.95)) for n in "abcd"]
@@ -333,12 +333,12 @@ def test_a_cache_under_pressure_spreads_a_hot_prefix_and_affinity_holds_when_all
     state.approx.record("a", hot)
     r = router(state)
     homes = []
-    for _ in range(24):  # no scrape in between: our own sends make the queues
+    for _ in range(48):  # no scrape in between: our own sends make the queues
         lease = r.pick(RouteRequest(MODEL, keys=hot, tokens=3300), es)
         assert lease is not None
         homes.append(lease.endpoint.name)
-    assert homes[:5] == ["a"] * 5  # affinity first, whatever the KV use
-    assert len(set(homes)) >= 3 and homes.count("a") < 12  # then it spread
+    assert homes[:16] == ["a"] * 16  # affinity first, whatever the KV use, up to max_imbalance (16)
+    assert len(set(homes)) >= 3 and homes.count("a") < 32  # then it spread
     assert all(state.cached(hot, [state.endpoints[i]])[0] == 200 for i in range(4) if es[i].name in homes)
     for e in es:  # everyone is as busy as a: affinity holds
         e.load, e.sent_at_scrape = load(running=8, waiting=20, kv=0.99), e.sent
@@ -368,3 +368,22 @@ def test_the_approximate_index_is_sized_in_the_engines_tokens_not_ours() -> None
     r.track_capacity(a)
     state.approx.record("a", keys)
     assert state.approx.blocks("a") == 500
+
+
+def test_affinity_yields_at_max_imbalance_not_where_the_flow_queue_starts_holding() -> None:
+    """The flow queue holds requests once every endpoint has `max_waiting` queued; a prefix leaves its home
+    only when that home's queue is `max_imbalance` longer than the shortest: moving costs a full prefill
+    elsewhere and evicts what that cache held for others, so it takes more than the gate."""
+    home, idle = endpoint("home", load(waiting=10)), endpoint("idle", load())
+    state = pool(home, idle)
+    keys = token_keys(list(range(640)), 16)
+    state.approx.record("home", keys)
+    now = time.monotonic()
+    for routing, expected in [({}, "home"), ({"saturation": {"max_imbalance": 8}}, "idle")]:
+        r = router(state, **routing)
+        assert r.saturation.of(home, now)  # the gate (max_waiting 5) counts it full either way
+        lease = r.pick(RouteRequest(MODEL, keys=keys, tokens=640), [home, idle])
+        assert lease is not None and lease.endpoint.name == expected, routing
+        lease.release()
+        home.sent_at_scrape = home.sent
+        idle.sent_at_scrape = idle.sent

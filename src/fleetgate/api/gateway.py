@@ -103,7 +103,9 @@ def routing_settings(pc: PoolConfig) -> RoutingSettings:
     return RoutingSettings(
         scorers=dict(rc.scorers),
         strategy=rc.picker,
-        saturation=Saturation(sat.max_waiting, sat.max_kv_usage, pc.scrape.stale_after, pc.stall_after),
+        saturation=Saturation(
+            sat.max_waiting, sat.max_kv_usage, pc.scrape.stale_after, pc.stall_after, sat.max_imbalance
+        ),
         block_size=rc.block_size,
         prefill_tokens_per_request=rc.prefill_tokens_per_request,
         ring_prefix_blocks=rc.ring.prefix_blocks,

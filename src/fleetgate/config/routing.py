@@ -46,6 +46,13 @@ class SaturationConfig(BaseModel):
         default=5, gt=0, allow_inf_nan=False, description="Requests waiting in vLLM's queue (ours included)."
     )
     max_kv_usage: float = Field(default=0.8, gt=0, le=1, description="vLLM's KV-cache use, 0 to 1.")
+    max_imbalance: float = Field(
+        default=16,
+        gt=0,
+        allow_inf_nan=False,
+        description="Requests an endpoint's queue may be longer than the shortest one's before affinity "
+        "yields and a prefix moves.",
+    )
 
 
 class SessionConfig(BaseModel):

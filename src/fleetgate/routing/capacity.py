@@ -39,6 +39,7 @@ class Saturation:
     max_kv_usage: float  # vLLM's KV-cache use, 0 to 1
     stale_after: float  # seconds after which scraped figures are not trusted
     stall_after: float  # seconds without any sign of life after which an endpoint counts as frozen
+    max_imbalance: float  # requests a queue may be longer than the shortest one's before affinity yields
 
     def room(self, e: Endpoint, now: float) -> float:
         """How many more requests `e` takes before it is saturated: 0 when it is, inf when its figures
@@ -64,10 +65,12 @@ class Saturation:
         return queued(e, load)
 
     def open(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
-        """The endpoints affinity may still choose: those whose queue is not `max_waiting` requests longer
+        """The endpoints affinity may still choose: those whose queue is not `max_imbalance` requests longer
         than the shortest one's. Affinity yields to load only past that imbalance, not at an absolute
         level: when every queue is long, moving a request only trades its prefix-cache hit for a full
         prefill elsewhere (and evicts what that cache held for others), which makes every queue longer.
+        The imbalance is its own setting, larger than the flow queue's gate (`max_waiting`): a prefix that
+        moves costs more than a request that waits a little, so it takes a wider gap to move it.
         KV-cache use is not a reason to move either: with prefix caching a busy cache is always nearly
         full, and vLLM queues (which this counts) when it truly has no room. If every endpoint's figures
         are stale, all are open."""
@@ -75,5 +78,5 @@ class Saturation:
         shortest = min(queues)
         if shortest == math.inf:
             return list(endpoints)
-        limit = max(self.max_waiting, shortest + self.max_waiting)
+        limit = shortest + self.max_imbalance
         return [e for e, q in zip(endpoints, queues, strict=True) if q < limit]

@@ -2,7 +2,7 @@
 method that ranks endpoints; retries and failover belong to the relay, waiting to the flow queue.
 
 Filters, in order: routable (breaker closed, awake), not tried yet for this request, serves the model, not
-frozen (no sign of life for `stall_after` s), and open: its queue not `max_waiting` requests longer than the
+frozen (no sign of life for `stall_after` s), and open: its queue not `max_imbalance` requests longer than the
 shortest one's, its figures not stale (`capacity.Saturation.open`). Strategies: `max` (highest weighted sum,
 random among ties), `weighted_random` (chance proportional to the sum), `round_robin` (scorers ignored; the
 baseline benchmarks compare against).
