@@ -210,6 +210,48 @@ pools:
     finally:
         answering.stop()
         server.shutdown()
+        server.server_close()
+
+
+def test_an_endpoint_answering_engine_errors_is_checked_at_once(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    """A dead engine core answers every request with a 500 in vLLM's own error shape (not counted against the
+    endpoint) and its /health with 503: the first such answer has the endpoint checked now, not at the next
+    probe (30 s here), so it leaves rotation after one failed request."""
+    dead = spawn_sim(tmp_path, "--served-model-name", MODEL, "--admin")
+    alive = spawn_sim(tmp_path, "--served-model-name", MODEL)
+    try:
+        gw = gateway_factory(f"""
+listen: {{host: 127.0.0.1, port: {{port}}}}
+admin: {{host: 127.0.0.1, port: {{admin_port}}}}
+pools:
+  - name: main
+    models: [{MODEL}]
+    endpoints: [{{url: '{dead.url}', name: dead}}, {{url: '{alive.url}', name: alive}}]
+    routing: {{picker: round_robin}}
+    health: {{interval: 30}}
+""")
+
+        def state(name: str) -> str:
+            endpoints = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["main"]["endpoints"]
+            return str(next(e for e in endpoints if e["name"] == name)["state"])
+
+        until(lambda: state("dead") == state("alive") == "closed", "both endpoints in rotation")
+        faults = {"error_rates": {"500": 1.0}, "health": "fail"}
+        httpx.post(f"{dead.url}/_sim/faults", json=faults).raise_for_status()
+        statuses = []
+        for _ in range(2):  # round robin: one of the two reaches the dead endpoint
+            r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+            statuses.append(r.status_code)
+        assert sorted(statuses) == [200, 500]
+        until(lambda: state("dead") == "open", "the dead endpoint out of rotation", within=5)
+        for _ in range(6):
+            r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+    finally:
+        dead.stop()
+        alive.stop()
 
 
 def test_errors_the_gateway_makes_are_counted_and_logged_once(

@@ -298,12 +298,16 @@ class Relay:
         ctype = resp.headers.get("content-type", "application/json")
         call.status = resp.status
         answered = resp.status < 400 or is_openai_error(body)
-        if resp.status >= 500 and not answered and call.endpoint is not None:
+        if resp.status >= 500 and call.endpoint is not None:
             # Only a 5xx that is no answer of the engine's own (a proxy's page, a crash) counts against the
             # endpoint: vLLM answers 500 with its error body for some requests it cannot serve (an image for a
             # text-only model, max_tokens past the context on /v1/messages), and a client sending those must
-            # not open the breaker of every endpoint it reaches.
-            call.endpoint.server_failed(resp.status)
+            # not open the breaker of every endpoint it reaches. A dead engine core answers 500 in that shape
+            # too, and its /health 503: the endpoint is checked at once instead of at the next interval.
+            if answered:
+                call.endpoint.probe_soon()
+            else:
+                call.endpoint.server_failed(resp.status)
         if not answered:
             # FastAPI's {"detail": ...} from vLLM, a proxy's text or HTML page: the client gets OpenAI's.
             body, ctype = error_from_body(body, resp.status).to_json(), "application/json"

@@ -56,8 +56,10 @@ class Monitor:
     def watch(self, e: Endpoint) -> None:
         """Start probing and scraping one endpoint (a worker that just became ready)."""
         if e not in self._tasks:
+            soon = asyncio.Event()
+            e.probe_soon = soon.set
             self._tasks[e] = (
-                asyncio.create_task(self._health_loop(e), name=f"health:{e.name}"),
+                asyncio.create_task(self._health_loop(e, soon), name=f"health:{e.name}"),
                 asyncio.create_task(self._scrape_loop(e), name=f"scrape:{e.name}"),
             )
 
@@ -113,10 +115,13 @@ class Monitor:
         e.adapters = frozenset(str(m["id"]) for m in entries if m.get("parent") not in (None, m["id"]))
         e.discovered_at = time.monotonic()
 
-    async def _health_loop(self, e: Endpoint) -> None:
+    async def _health_loop(self, e: Endpoint, soon: asyncio.Event) -> None:
         while True:
+            soon.clear()
             await self.probe(e)
-            await asyncio.sleep(self.s.health_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.s.health_interval):
+                    await soon.wait()  # the relay saw it answer a request with a 5xx: check it now
 
     async def _scrape_loop(self, e: Endpoint) -> None:
         timeout = aiohttp.ClientTimeout(total=self.s.scrape_timeout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -39,6 +39,8 @@ class Endpoint:
     breaker: Breaker = Breaker.OPEN  # nothing is routable before its first good health check
     failures: int = 0
     last_error: str | None = None
+    # Set by the monitor while it watches the endpoint: checks its health now instead of at the next interval.
+    probe_soon: Callable[[], None] = field(default=lambda: None, repr=False)
     # The monitor (fleet/monitor.py): scrapes, model discovery, probes.
     load: VLLMLoad | None = None
     load_at: float = 0.0  # monotonic time of the last good scrape

@@ -204,7 +204,7 @@ class Control:
                 return reply_error(e)
             except ValueError as e:
                 return reply_error(BadRequestError(str(e)))
-        return reply_json(self.srv.faults.model_dump())
+        return reply_json(self.srv.faults.model_dump(mode="json"))  # status keys as JSON strings
 
 
 def adapter_exists(path: str) -> bool:
