@@ -135,14 +135,14 @@ def saturated(gw: GatewayProcess, name: str) -> bool:
     return any(e["name"] == name and e["saturated"] for e in pool_view(gw)["endpoints"])
 
 
-def test_load_overrides_affinity_when_the_endpoint_saturates(
+def test_load_overrides_affinity_when_the_home_queues_max_imbalance_longer(
     sim_factory: SimFactory, gateway_factory: GatewayFactory
 ) -> None:
     sims = [
         sim_factory("--served-model-name", MODEL, "--time-scale", "5", "--max-num-seqs", "1")
         for _ in range(2)
     ]
-    routing = "{debug_headers: true, saturation: {max_waiting: 1}}"
+    routing = "{debug_headers: true, saturation: {max_waiting: 1, max_imbalance: 1}}"
     gw = gateway_factory(fleet(sims, routing))
     first = ask(gw, "Where to eat in Lyon?")
     home = first.headers["x-fleetgate-endpoint"]
