@@ -24,7 +24,7 @@ from fleetgate.worker.requests import (
     ChatCompletionRequest,
     NamedToolChoice,
     check_sampling,
-    resolve_max_tokens,
+    resolve_chat_max_tokens,
     validate,
 )
 
@@ -76,9 +76,7 @@ class ChatRoutes(SimCore):
         named = choice.function.name if isinstance(choice, NamedToolChoice) else None
         mode = choice if isinstance(choice, str) else None
         last_role = messages[-1]["role"] if messages else None
-        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        max_tokens = resolve_max_tokens(requested, len(prompt), self.s.engine.max_model_len, field)
+        max_tokens = resolve_chat_max_tokens(req, len(prompt), self.s.engine.max_model_len)
         reqs: list[EngineRequest] = []
         choices: list[Choice] = []
         stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())

@@ -234,3 +234,12 @@ def resolve_max_tokens(
             param="input_tokens",
         )
     return requested
+
+
+def resolve_chat_max_tokens(req: ChatCompletionRequest, prompt_len: int, max_model_len: int) -> int:
+    """`resolve_max_tokens` for a chat request: its `max_completion_tokens` when given (and named so in the
+    error, as vLLM does), else its `max_tokens`."""
+    if req.max_completion_tokens is not None:
+        field = "max_completion_tokens"
+        return resolve_max_tokens(req.max_completion_tokens, prompt_len, max_model_len, field)
+    return resolve_max_tokens(req.max_tokens, prompt_len, max_model_len)

@@ -217,9 +217,7 @@ class EmbeddedServer:
             tools = [t.model_dump(exclude_none=True) for t in req.tools or ()]
             messages = [message_dict(m) for m in req.messages]
             prompt = render_chat(self.m.tokenizer, messages, tools or None)
-            field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-            requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-            max_tokens = bodies.resolve_max_tokens(requested, len(prompt), self.m.max_model_len, field)
+            max_tokens = bodies.resolve_chat_max_tokens(req, len(prompt), self.m.max_model_len)
             assert self.grammars is not None
             grammar = None
             if mode == "forced":
