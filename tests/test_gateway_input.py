@@ -46,6 +46,11 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 
 
 def fleet(sim: SimProcess, extra: str = "", pool: str = "", log: str = "json") -> str:
+    return fleet_of(f"[{sim.url}]", extra, pool, log)
+
+
+def fleet_of(endpoints: str, extra: str = "", pool: str = "", log: str = "json") -> str:
+    """One pool, `main`, of the endpoints given as the fleet file's list."""
     return f"""
 listen: {{host: 127.0.0.1, port: {{port}}}}
 admin: {{host: 127.0.0.1, port: {{admin_port}}}}
@@ -54,7 +59,7 @@ log: {{format: {log}, level: info}}
 pools:
   - name: main
     models: [{MODEL}]
-    endpoints: [{sim.url}]
+    endpoints: {endpoints}
 {pool}
 """
 
@@ -185,17 +190,10 @@ def test_a_bare_5xx_counts_against_the_endpoint_an_engines_own_error_does_not(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     answering = spawn_sim(tmp_path, "--served-model-name", MODEL, "--fault-error-rate", "500=1")
     try:
-        config = f"""
-listen: {{host: 127.0.0.1, port: {{port}}}}
-admin: {{host: 127.0.0.1, port: {{admin_port}}}}
-pools:
-  - name: main
-    models: [{MODEL}]
-    endpoints:
-      - {{url: 'http://127.0.0.1:{server.server_port}', name: bare}}
-      - {{url: '{answering.url}', name: engine}}
-"""
-        gw = gateway_factory(config)
+        bare = f"http://127.0.0.1:{server.server_port}"
+        gw = gateway_factory(
+            fleet_of(f"[{{url: '{bare}', name: bare}}, {{url: '{answering.url}', name: engine}}]")
+        )
         seen: set[str] = set()
         for _ in range(12):
             r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
@@ -222,16 +220,12 @@ def test_an_endpoint_answering_engine_errors_is_checked_at_once(
     dead = spawn_sim(tmp_path, "--served-model-name", MODEL, "--admin")
     alive = spawn_sim(tmp_path, "--served-model-name", MODEL)
     try:
-        gw = gateway_factory(f"""
-listen: {{host: 127.0.0.1, port: {{port}}}}
-admin: {{host: 127.0.0.1, port: {{admin_port}}}}
-pools:
-  - name: main
-    models: [{MODEL}]
-    endpoints: [{{url: '{dead.url}', name: dead}}, {{url: '{alive.url}', name: alive}}]
-    routing: {{picker: round_robin}}
-    health: {{interval: 30}}
-""")
+        gw = gateway_factory(
+            fleet_of(
+                f"[{{url: '{dead.url}', name: dead}}, {{url: '{alive.url}', name: alive}}]",
+                pool="    routing: {picker: round_robin}\n    health: {interval: 30}",
+            )
+        )
 
         def state(name: str) -> str:
             endpoints = httpx.get(f"{gw.admin}/admin/fleet").json()["pools"]["main"]["endpoints"]
