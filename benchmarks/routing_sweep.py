@@ -22,7 +22,8 @@ Reported per point: TTFT p50/p90 (simulated seconds), goodput (share of requests
 the server-side prefix hit rate from the replicas' own counters (`vllm:prefix_cache_hits` / `queries`), and
 for fleetgate which scorer decided the picks. `--timeline DIR` also writes, per run, one JSON line per second:
 each replica's running, waiting, KV use and hit rate so far, and (fleetgate) the index's belief of how many
-blocks each endpoint holds next to what the simulator holds. Medians over `--seeds`.
+blocks each endpoint holds next to what the simulator holds. Medians over `--seeds`; `--out FILE` keeps
+every run.
 
 The defaults (time scale 0.1, 1x = 30 req/s) were measured on a 2-core machine: round-robin holds a TTFT
 p90 of 0.12 s at 20 req/s and falls to 60% goodput at 40 req/s with 48 prefixes of 3,400 tokens.
@@ -337,6 +338,7 @@ def main() -> None:
     )
     ap.add_argument("--timeline", default="", help="directory for per-run timelines (JSON lines)")
     ap.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "routing-sweep"))
+    ap.add_argument("--out", type=Path, help="append one JSON line per run (point, router, seed, figures)")
     ap.add_argument("--quick", action="store_true", help="one tight point (0.9x share, 1x rate), one seed")
     args = ap.parse_args()
     if args.quick:
@@ -357,7 +359,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for point in grid(args):
         for name in names:
-            runs = [run_one(args, point, name, seed, peers, variants) for seed in seeds]
+            runs = []
+            for seed in seeds:
+                runs.append(run_one(args, point, name, seed, peers, variants))
+                if args.out:
+                    with args.out.open("a") as f:
+                        f.write(json.dumps({**point, "router": name, "seed": seed, **runs[-1]}) + "\n")
             med = {
                 k: statistics.median(r[k] for r in runs) for k in ("ttft_p50", "ttft_p90", "goodput", "hit")
             }
