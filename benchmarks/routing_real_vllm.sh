@@ -6,6 +6,9 @@
 #   BLOCKS=1800 bash benchmarks/routing_real_vllm.sh OUTDIR LABEL RATE [routing_real_vllm.py flags...]
 # Servers already running with the same BLOCKS are reused (their caches are reset before each contender).
 # START_ONLY=1 starts the servers and returns (run it under setsid to have them start while a call ends).
+# Sizes: on an H100 80 GB each server peaks at 17-20 GiB while it starts (weights, warm-up, KV cache): four of
+# them fit with BLOCKS=1800 (UTIL=0.2), not with BLOCKS=4000 (out of memory in warm-up, 2026-12-07); use 3000 for
+# a cache above the affinity share there, or an H200.
 set -uo pipefail
 OUT=${1:?output directory} LABEL=${2:?label} RATE=${3:?requests per second}
 shift 3
@@ -40,9 +43,17 @@ PY
       --served-model-name llama-8b --host 127.0.0.1 --port $((8000 + i)) --gpu-memory-utilization "$UTIL" \
       --num-gpu-blocks-override "$BLOCKS" --max-model-len 4096 --enforce-eager --kv-events-config "$kv" \
       --enable-auto-tool-choice --tool-call-parser hermes > "$OUT/logs/vllm-$i-$BLOCKS.log" 2>&1 &
+    pids[i]=$!
   done
   for i in 0 1 2 3; do
-    for _ in $(seq 1 300); do curl -sf "127.0.0.1:$((8000 + i))/health" >/dev/null && break; sleep 1; done
+    for _ in $(seq 1 300); do  # a server that died (out of memory, a bad flag) is not waited for
+      curl -sf "127.0.0.1:$((8000 + i))/health" >/dev/null || ! kill -0 "${pids[i]}" 2>/dev/null && break
+      sleep 1
+    done
+    if ! curl -sf "127.0.0.1:$((8000 + i))/health" >/dev/null; then
+      echo "server $i did not start: $OUT/logs/vllm-$i-$BLOCKS.log" | tee -a "$OUT/routing.md"
+      exit 1
+    fi
   done
   echo "4 servers with $BLOCKS blocks up after $(( $(date +%s) - start )) s" | tee -a "$OUT/routing.md"
   echo "$BLOCKS" > /tmp/vllm-blocks
