@@ -719,3 +719,49 @@ def _check_usage(out: Mapping[str, Any], body: Mapping[str, Any]) -> None:
     choices: Sequence[Mapping[str, Any]] = out["choices"]
     assert choices and [c["index"] for c in choices] == list(range(len(choices)))
     assert all(c["finish_reason"] in ("stop", "length", "tool_calls") for c in choices)
+
+
+# ---- constrained answers whose tokens share ids with prompt words ------------------------------------------
+# The stand-in tokenizer hashes pieces into the vocabulary, so two pieces can share an id (" abiub" and "42"
+# do). Once a prompt has shown " abiub", a constrained answer holding 42 must still read 42, not " abiub": a
+# CI run got `{"city":"weekend","days": near}` back for a schema that asks for an integer.
+_CLASH: list[ChatCompletionMessageParam] = [{"role": "user", "content": "abiub abiub: how many days?"}]
+_FORTY_TWO: dict[str, Any] = {"type": "object", "properties": {"days": {"const": 42}}, "required": ["days"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_answer_reads_as_built_when_a_prompt_piece_shares_its_ids(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "days", "schema": _FORTY_TWO}}
+    if stream:
+        text = stream_chat(client, messages=_CLASH, response_format=fmt, max_tokens=50).text[0]
+    else:
+        resp = client.chat.completions.create(
+            model=MODEL, messages=_CLASH, response_format=cast(Any, fmt), max_tokens=50
+        )
+        text = resp.choices[0].message.content or ""
+    assert json.loads(text) == {"days": 42}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_arguments_read_as_built_when_a_prompt_piece_shares_its_ids(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    tool: ChatCompletionToolParam = {
+        "type": "function",
+        "function": {"name": "plan", "parameters": _FORTY_TWO},
+    }
+    ask: dict[str, Any] = {"model": MODEL, "messages": _CLASH, "tools": [tool], "tool_choice": "required"}
+    if stream:
+        args = "".join(
+            call.function.arguments or ""
+            for chunk in client.chat.completions.create(**ask, stream=True)
+            for choice in chunk.choices
+            for call in choice.delta.tool_calls or ()
+            if call.function is not None
+        )
+    else:
+        (call,) = client.chat.completions.create(**ask).choices[0].message.tool_calls or []
+        args = call.function.arguments
+    assert json.loads(args) == {"days": 42}

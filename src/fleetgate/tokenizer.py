@@ -89,9 +89,14 @@ class Tokenizer:
         self._text_of.setdefault(token, piece)
         return token
 
+    def pieces(self, text: str) -> tuple[str, ...]:
+        """The text of each token `encode` gives: ids alone cannot always give it back, since two pieces
+        may hash to one id, and the first seen keeps it for `decode`."""
+        return tuple(part for piece in _PIECE.findall(text) for part in _split(piece))
+
     def _encode(self, text: str) -> tuple[int, ...]:
         pid = self.piece_id
-        return tuple(pid(part) for piece in _PIECE.findall(text) for part in _split(piece))
+        return tuple(pid(part) for part in self.pieces(text))
 
     def count(self, text: str) -> int:
         return len(self.encode(text))

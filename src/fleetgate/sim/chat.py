@@ -91,8 +91,9 @@ class ChatRoutes(SimCore):
                 script = json_script(self.tokenizer, req.response_format, rng)
             er = self._new_request(prompt, max_tokens, seed, req.ignore_eos, lora, req.n, script)
             reqs.append(er)
-            stream = ToolStream(script, self.tokenizer) if script and script.tool_name else None
-            choices.append(Choice(i, er, stops, self.tokenizer.token_text, stream))
+            stream = ToolStream(script) if script and script.tool_name else None
+            pieces = script.pieces if script else ()
+            choices.append(Choice(i, er, stops, self.tokenizer.token_text, stream, pieces))
         if not await self._admit(request, reqs, received):
             return None
         model = req.model or self.model_name
@@ -140,12 +141,17 @@ class ChatRoutes(SimCore):
             return render.chat_choice(c.index, message, None, "tool_calls", None)
         if self.s.tool_call_parser:
             self.stats.on_tool_parse(streaming=False, called=False)
-        text = c.final_text(self._text_of(tokens))
+        text = c.final_text("".join(c.text(k, t) for k, t in enumerate(tokens)))
         reason, stop_reason = self._finish_of(c)
         lp = None
         if logprobs:
-            tt = self.tokenizer.token_text
-            lp = {"content": [render.token_logprob(tt(t), c.req.rng, top) for t in tokens if t != IM_END]}
+            lp = {
+                "content": [
+                    render.token_logprob(c.text(k, t), c.req.rng, top)
+                    for k, t in enumerate(tokens)
+                    if t != IM_END
+                ]
+            }
         return render.chat_choice(c.index, render.chat_message(text, None), lp, reason, stop_reason)
 
     async def _chat_stream(self, run: ChatRun, include_usage: bool) -> AsyncIterator[bytes]:
@@ -159,15 +165,15 @@ class ChatRoutes(SimCore):
             yield enc.role(c.index)
         async for c, tokens, finish in merge(choices):
             out: list[bytes] = []
-            tt = self.tokenizer.token_text
             last = len(tokens) - 1
             for k, tok in enumerate(tokens):
-                text = "" if tok == IM_END else tt(tok)
+                text = c.text(c.shown, tok)
+                c.shown += 1
                 lp = {"content": [render.token_logprob(text, c.req.rng, top)]} if top >= 0 else None
                 ending = finish if k == last else None
                 if c.tool is not None:
                     called = c.tool.called  # before this token: the last token's delta is not sent
-                    delta = c.tool.delta(tok)
+                    delta = c.tool.delta()
                     if self.s.tool_call_parser:
                         self.stats.on_tool_parse(streaming=True, called=delta is not None)
                     if ending is not None:

@@ -26,6 +26,8 @@ class Choice:
     stops: tuple[str, ...]
     token_text: Callable[[int], str]
     tool: ToolStream | None = None
+    script: tuple[str, ...] = ()  # the text of each scripted token (see `text`)
+    shown: int = 0  # tokens streamed so far
     tail: str = ""
     stop_hit: str | None = None
     hit_piece: str = ""  # the text of the stopping token that precedes the stop string
@@ -37,7 +39,7 @@ class Choice:
     def watch(self, token: int) -> bool:
         """Called by the engine for every generated token: True once a stop string is complete, so
         generation (and billing) ends at that token, as vLLM's output processor ends it."""
-        text = "" if token == IM_END else self.token_text(token)
+        text = self.text(len(self.req.output) - 1, token)
         window = self.tail + text
         for s in self.stops:
             at = window.find(s)
@@ -48,6 +50,13 @@ class Choice:
         keep = max(len(s) for s in self.stops) - 1
         self.tail = window[-keep:] if keep else ""
         return False
+
+    def text(self, pos: int, token: int) -> str:
+        """The text of output token `pos`: a scripted answer's own piece, as the stand-in tokenizer may have
+        given that piece's id to another text first, else the token's text."""
+        if token == IM_END:
+            return ""
+        return self.script[pos] if pos < len(self.script) else self.token_text(token)
 
     def final_text(self, text: str) -> str:
         return text[: text.find(self.stop_hit)] if self.stop_hit is not None else text

@@ -76,7 +76,7 @@ class ResponsesRoutes(SimCore):
 
         if req.stream:
             if script is not None:
-                gen = self._responses_call_stream(er, body, mid, ToolStream(script, self.tokenizer))
+                gen = self._responses_call_stream(er, body, mid, ToolStream(script))
                 return self._streaming(gen, [er])
             return self._streaming(self._responses_stream(er, body, mid), [er])
 
@@ -101,8 +101,8 @@ class ResponsesRoutes(SimCore):
         pieces: list[str] = []
         while True:
             tokens, finish = await er.next_tokens()
-            for tok in tokens:
-                delta = tool.delta(tok)
+            for _ in tokens:
+                delta = tool.delta()
                 calls = (delta or {}).get("tool_calls") or [{}]
                 piece = calls[0].get("function", {}).get("arguments")
                 if piece:

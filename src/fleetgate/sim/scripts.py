@@ -23,6 +23,8 @@ from fleetgate.tokenizer import Tokenizer
 @dataclass(frozen=True, slots=True)
 class Script:
     tokens: tuple[int, ...]
+    # The text of each token: the answer must read as built even where a piece shares its id with another.
+    pieces: tuple[str, ...]
     # For a tool call: tokens [0, head) are `<tool_call>{"name": ..., "arguments": `, [head, head+args) the
     # arguments JSON, the rest the closing markup; the name is complete after token `named`.
     tool_name: str | None = None
@@ -57,7 +59,12 @@ def json_script(
     if response_format.get("type") not in ("json_schema", "json_object"):
         return None
     text = orjson.dumps(generate(_compiled(_schema_of(response_format), "response_format"), rng)).decode()
-    return Script(tuple(tokenizer.encode(text)))
+    pieces = tokenizer.pieces(text)
+    return Script(_ids(tokenizer, pieces), pieces)
+
+
+def _ids(tokenizer: Tokenizer, pieces: Sequence[str]) -> tuple[int, ...]:
+    return tuple(tokenizer.piece_id(p) for p in pieces)
 
 
 def pick_tool(
@@ -84,12 +91,13 @@ def tool_script(tokenizer: Tokenizer, tool: Mapping[str, Any], rng: random.Rando
     schema = _compiled(fn.get("parameters") or {"type": "object"}, "tools")
     arguments = orjson.dumps(generate(schema, rng)).decode()
     # Hermes streaming names the tool as soon as `"name": "..."` is complete, before the arguments start.
-    named = tokenizer.encode(f'<tool_call>\n{{"name": "{name}"')
-    head = (*named, *tokenizer.encode(', "arguments": '))
-    args = tokenizer.encode(arguments)
-    tail = tokenizer.encode("}\n</tool_call>")
+    named = tokenizer.pieces(f'<tool_call>\n{{"name": "{name}"')
+    head = (*named, *tokenizer.pieces(', "arguments": '))
+    args = tokenizer.pieces(arguments)
+    pieces = (*head, *args, *tokenizer.pieces("}\n</tool_call>"))
     return Script(
-        tokens=(*head, *args, *tail),
+        tokens=_ids(tokenizer, pieces),
+        pieces=pieces,
         tool_name=name,
         call_id=random_id("chatcmpl-tool-"),
         named=len(named),
@@ -102,9 +110,8 @@ def tool_script(tokenizer: Tokenizer, tool: Mapping[str, Any], rng: random.Rando
 class ToolStream:
     """Turns the tokens of a tool-call script into vLLM's streamed `tool_calls` deltas."""
 
-    def __init__(self, script: Script, tokenizer: Tokenizer) -> None:
+    def __init__(self, script: Script) -> None:
         self.script = script
-        self.tokenizer = tokenizer
         self.index = 0
 
     @property
@@ -112,7 +119,8 @@ class ToolStream:
         """Whether the call's head (its id and name) has been streamed."""
         return self.index >= self.script.named
 
-    def delta(self, token: int) -> dict[str, Any] | None:
+    def delta(self) -> dict[str, Any] | None:
+        """The delta of the script's next token, if it streams one."""
         s = self.script
         i = self.index
         self.index += 1
@@ -120,6 +128,6 @@ class ToolStream:
             call = {"id": s.call_id, "type": "function", "index": 0, "function": {"name": s.tool_name}}
             return {"content": None, "tool_calls": [call]}
         if s.head <= i < s.head + s.args:
-            piece = self.tokenizer.token_text(token)
+            piece = s.pieces[i]
             return {"content": None, "tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
         return None
