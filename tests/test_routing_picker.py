@@ -97,6 +97,21 @@ def test_prefix_scores_the_share_of_blocks_held_precise_where_events_flow() -> N
     assert scorer.score(req, [a, b]) == [0.5, 0.25] and state.cached(keys, [a, b]) == [2, 1]
 
 
+def test_precise_falls_back_to_where_a_prompt_was_sent_when_no_cache_holds_any_of_it() -> None:
+    """A prompt evicted everywhere, or one whose first prefill is still running (its events not yet in), is
+    held by no live cache: where the gateway last sent it is then the one clue, and following it gives the
+    prompt one home again instead of scattering its burst by load."""
+    a, b = endpoint("a", kv_events="tcp://x:1"), endpoint("b", kv_events="tcp://x:2")
+    a.kv_live = b.kv_live = True
+    state = pool(a, b)
+    ids = list(range(64))
+    keys = token_keys(ids, 16)
+    state.approx.record("b", keys)
+    assert state.cached(keys, [a, b]) == [0, 4]
+    state.precise.stored("a", [1], None, ids[:16], 16, None)  # once any live cache holds a block, it decides
+    assert state.cached(keys, [a, b]) == [1, 0]
+
+
 def test_lora_prefers_running_then_loaded_then_a_free_slot() -> None:
     running = endpoint("r", load(lora_running=("sql",), max_lora=2), adapters=frozenset({"sql"}))
     loaded = endpoint("l", load(max_lora=2), adapters=frozenset({"sql"}))

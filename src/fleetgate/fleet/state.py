@@ -169,12 +169,17 @@ class PoolState:
 
     def cached(self, keys: Sequence[int], endpoints: Sequence[Endpoint]) -> list[int]:
         """For each endpoint, how many leading blocks of `keys` it holds: what its KV-cache events say
-        where they flow (precise), otherwise what this gateway routed there (approximate)."""
+        where they flow (precise), otherwise what this gateway routed there (approximate).
+
+        When no live cache holds any block of the prompt (evicted everywhere, or its first prefill still
+        running and its events not yet in), where it was last sent is the one clue left: following it gives
+        the prompt one home again, where load alone would scatter its next requests over the pool."""
         names = [e.name for e in endpoints]
         hits = self.approx.match(keys, names)
         if any(e.kv_live for e in endpoints):
             exact = self.precise.match(keys, names)
-            hits = [x if e.kv_live else h for e, x, h in zip(endpoints, exact, hits, strict=True)]
+            if any(x for e, x in zip(endpoints, exact, strict=True) if e.kv_live):
+                hits = [x if e.kv_live else h for e, x, h in zip(endpoints, exact, hits, strict=True)]
         return hits
 
 
