@@ -346,7 +346,8 @@ def main() -> None:
         args.contenders = "round-robin,approximate"
     peers = dict(p.split("=", 1) for p in args.peer)
     variants = dict(v.split("=", 1) for v in args.fleetgate)
-    names = [*args.contenders.split(","), *variants, *peers]
+    # A variant or peer also named in --contenders runs once, in the --contenders order.
+    names = list(dict.fromkeys([*args.contenders.split(","), *variants, *peers]))
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.timeline:
         Path(args.timeline).mkdir(parents=True, exist_ok=True)
