@@ -110,6 +110,7 @@ def test_precise_falls_back_to_where_a_prompt_was_sent_when_no_cache_holds_any_o
     assert state.cached(keys, [a, b]) == [0, 4]
     state.precise.stored("a", [1], None, ids[:16], 16, None)  # once any live cache holds a block, it decides
     assert state.cached(keys, [a, b]) == [1, 0]
+    assert state.cached(keys, [b]) == [0], "a question about one endpoint gets the answer the pool's pick got"
 
 
 def test_lora_prefers_running_then_loaded_then_a_free_slot() -> None:

@@ -171,16 +171,21 @@ class PoolState:
         """For each endpoint, how many leading blocks of `keys` it holds: what its KV-cache events say
         where they flow (precise), otherwise what this gateway routed there (approximate).
 
-        When no live cache holds any block of the prompt (evicted everywhere, or its first prefill still
-        running and its events not yet in), where it was last sent is the one clue left: following it gives
-        the prompt one home again, where load alone would scatter its next requests over the pool."""
+        When no live cache in the pool holds any block of the prompt (evicted everywhere, or its first
+        prefill still running and its events not yet in), where it was last sent is the one clue left:
+        following it gives the prompt one home again, where load alone would scatter its next requests over
+        the pool. The pool's caches decide, not just `endpoints`', so the pick and the lease agree."""
         names = [e.name for e in endpoints]
         hits = self.approx.match(keys, names)
-        if any(e.kv_live for e in endpoints):
+        if any(e.kv_live for e in endpoints) and self._held_live(keys):
             exact = self.precise.match(keys, names)
-            if any(x for e, x in zip(endpoints, exact, strict=True) if e.kv_live):
-                hits = [x if e.kv_live else h for e, x, h in zip(endpoints, exact, hits, strict=True)]
+            hits = [x if e.kv_live else h for e, x, h in zip(endpoints, exact, hits, strict=True)]
         return hits
+
+    def _held_live(self, keys: Sequence[int]) -> bool:
+        """Whether any live cache in the pool holds the prompt's first block (a prefix starts there)."""
+        live = [e.name for e in self.endpoints if e.kv_live]
+        return bool(keys) and any(self.precise.match(keys[:1], live))
 
 
 @dataclass
