@@ -296,7 +296,7 @@ async def test_close_leaves_no_child(tmp_path: Path) -> None:
 
 
 PARENT = """
-import asyncio, sys
+import asyncio, faulthandler, signal, sys
 from pathlib import Path
 from fleetgate.scaling.gpus import GpuInventory
 from fleetgate.scaling.local import LocalProvider
@@ -310,6 +310,7 @@ async def main() -> None:
         print(w.pid, w.port, flush=True)
         await asyncio.Event().wait()
 
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if this hangs
 asyncio.run(main())
 """
 
@@ -318,19 +319,29 @@ async def test_ctrl_c_of_the_parent_stops_every_worker(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(PARENT))
     root = Path(__file__).parent.parent
-    parent = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script),
-        str(tmp_path / "logs"),
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=asyncio.subprocess.PIPE,
-    )
+    stderr = tmp_path / "parent.err"
+    with stderr.open("wb") as err:
+        parent = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            str(tmp_path / "logs"),
+            env={**os.environ, "PYTHONPATH": str(root)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
     try:
         assert parent.stdout is not None
         worker = int((await asyncio.wait_for(parent.stdout.readline(), 30)).split()[0])
         assert alive(worker)
         parent.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(parent.wait(), 30) != 0  # KeyboardInterrupt, after the cleanup
+        try:
+            code = await asyncio.wait_for(parent.wait(), 30)
+        except TimeoutError:
+            # Seen once in CI (1 run in about 8, not reproduced since): leave the stacks to read.
+            parent.send_signal(signal.SIGUSR1)
+            await until(lambda: b"most recent call first" in stderr.read_bytes(), "a stack dump", within=5)
+            pytest.fail(f"the parent still runs 30 s after SIGINT; its stderr:\n{stderr.read_text()}")
+        assert code != 0  # KeyboardInterrupt, after the cleanup
         await until(lambda: not alive(worker), "the worker to be gone", within=5)
         # The graceful sequence ran (SIGTERM), not only the atexit backstop (SIGKILL).
         assert (tmp_path / "logs" / "p-1.log").read_text().rstrip().endswith("killed by SIGTERM")
