@@ -7,8 +7,8 @@
 # Servers already running with the same BLOCKS are reused (their caches are reset before each contender).
 # START_ONLY=1 starts the servers and returns (run it under setsid to have them start while a call ends).
 # Sizes: on an H100 80 GB each server peaks at 17-20 GiB while it starts (weights, warm-up, KV cache): four of
-# them fit with BLOCKS=1800 (UTIL=0.2), not with BLOCKS=4000 (out of memory in warm-up, 2026-12-07); 3000 should
-# (an estimate from those peaks, not tried), or use an H200.
+# them fit with BLOCKS=1800 or 3000 (UTIL=0.2; 59 GB in use at 3000), not with BLOCKS=4000 (out of memory in
+# warm-up, 2026-12-07); 4000 needs an H200.
 set -uo pipefail
 OUT=${1:?output directory} LABEL=${2:?label} RATE=${3:?requests per second}
 shift 3
